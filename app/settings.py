@@ -1,0 +1,130 @@
+"""The service's configuration: environment, `.env` and `/run/secrets/<name>`, validated once."""
+
+from __future__ import annotations
+
+import base64
+import binascii
+from pathlib import Path
+from typing import Annotated, Literal
+
+from pydantic import Field, SecretStr, ValidationError, field_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+SECRET_PREFIX = "whsec_"  # noqa: S105 (a format marker, not a secret)
+
+
+class ConfigurationError(Exception):
+    """Invalid configuration; the message is one line naming the variable or file."""
+
+
+def parse_webhook_secret(text: str) -> SecretStr:
+    """Check one `whsec_<base64>` secret and return it wrapped; raise ValueError otherwise."""
+    value = text.strip()
+    if not value.startswith(SECRET_PREFIX):
+        raise ValueError("each secret must start with 'whsec_'")
+    try:
+        key = base64.b64decode(value[len(SECRET_PREFIX) :] + "==", validate=True)
+    except (binascii.Error, ValueError):
+        raise ValueError("the part after 'whsec_' is not base64") from None
+    if len(key) < 16:
+        raise ValueError("the secret's key is shorter than 16 bytes")
+    return SecretStr(value)
+
+
+class Settings(BaseSettings):
+    """Every variable of SPEC section 2. Init keyword arguments beat the environment."""
+
+    model_config = SettingsConfigDict(
+        env_file=".env",
+        env_file_encoding="utf-8",
+        secrets_dir="/run/secrets",
+        secrets_dir_missing="ok",
+        extra="ignore",
+        populate_by_name=True,
+        frozen=True,
+    )
+
+    openai_api_key: SecretStr | None = Field(default=None, alias="OPENAI_API_KEY")
+    openai_webhook_secret: Annotated[tuple[SecretStr, ...], NoDecode] = Field(
+        default=(), alias="OPENAI_WEBHOOK_SECRET"
+    )
+    openai_base_url: str = Field(default="https://api.openai.com/v1", alias="OPENAI_BASE_URL")
+    rules: Path = Field(default=Path("routing_rules/rules.yaml"), alias="SIP_ROUTER_RULES")
+    dry_run: bool = Field(default=False, alias="SIP_ROUTER_DRY_RUN")
+    redis_url: SecretStr | None = Field(default=None, alias="SIP_ROUTER_REDIS_URL")
+    admin_token: SecretStr | None = Field(default=None, alias="SIP_ROUTER_ADMIN_TOKEN")
+    action_deadline_s: float = Field(default=5.0, gt=0, le=60, alias="SIP_ROUTER_ACTION_DEADLINE_S")
+    max_event_age_s: float = Field(default=120.0, gt=0, alias="SIP_ROUTER_MAX_EVENT_AGE_S")
+    timestamp_tolerance_s: float = Field(
+        default=300.0, gt=0, alias="SIP_ROUTER_TIMESTAMP_TOLERANCE_S"
+    )
+    log_format: Literal["json", "text"] = Field(default="json", alias="SIP_ROUTER_LOG_FORMAT")
+    log_level: Literal["debug", "info", "warning", "error"] = Field(
+        default="info", alias="SIP_ROUTER_LOG_LEVEL"
+    )
+    mask_numbers: bool = Field(default=True, alias="SIP_ROUTER_MASK_NUMBERS")
+
+    @field_validator("openai_api_key", "admin_token", "redis_url", mode="before")
+    @classmethod
+    def _empty_is_unset(cls, value: object) -> object:
+        # `SIP_ROUTER_ADMIN_TOKEN=` in an env file means "not configured", not "empty token".
+        if isinstance(value, str) and not value.strip():
+            return None
+        return value
+
+    @field_validator("openai_webhook_secret", mode="before")
+    @classmethod
+    def _split_secrets(cls, value: object) -> object:
+        if isinstance(value, str):
+            return tuple(parse_webhook_secret(part) for part in value.split(",") if part.strip())
+        if isinstance(value, (list, tuple)):
+            return tuple(
+                parse_webhook_secret(v.get_secret_value() if isinstance(v, SecretStr) else str(v))
+                for v in value
+            )
+        return value
+
+    @field_validator("openai_base_url")
+    @classmethod
+    def _check_base_url(cls, value: str) -> str:
+        if not value.startswith(("http://", "https://")):
+            raise ValueError("must be an http:// or https:// URL")
+        return value.rstrip("/")
+
+    @field_validator("redis_url")
+    @classmethod
+    def _check_redis_url(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is None or not value.get_secret_value():
+            return None
+        if not value.get_secret_value().startswith(("redis://", "rediss://", "unix://")):
+            raise ValueError("must be a redis://, rediss:// or unix:// URL")
+        return value
+
+    @field_validator("log_level", "log_format", mode="before")
+    @classmethod
+    def _lower(cls, value: object) -> object:
+        return value.lower() if isinstance(value, str) else value
+
+    @property
+    def webhook_secrets(self) -> tuple[str, ...]:
+        """The configured secrets in clear, for the verifier only."""
+        return tuple(s.get_secret_value() for s in self.openai_webhook_secret)
+
+
+def load_settings(**overrides: object) -> Settings:
+    """Build the settings or raise ConfigurationError with one line naming the variable."""
+    try:
+        return Settings(**overrides)  # type: ignore[arg-type]
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        field = str(first["loc"][0]) if first["loc"] else "configuration"
+        name = _variable_name(field)
+        message = first["msg"].removeprefix("Value error, ")
+        raise ConfigurationError(f"{name}: {message}") from None
+
+
+def _variable_name(field: str) -> str:
+    info = Settings.model_fields.get(field)
+    if info is not None and info.alias:
+        return info.alias
+    return field
