@@ -1,0 +1,539 @@
+"""Schedules: weekly windows in a time zone, closed and open days, evaluated at an instant.
+
+A schedule with no weekly windows is open at all times except on its closed days.
+"""
+
+from __future__ import annotations
+
+import re
+from bisect import bisect_right
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from datetime import UTC, date, datetime, timedelta
+from difflib import get_close_matches
+from functools import cache
+from typing import Annotated, Any
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError, available_timezones
+
+from holidays import country_holidays, list_supported_countries
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    TypeAdapter,
+    ValidationInfo,
+    field_validator,
+)
+
+WEEKDAYS = ("mon", "tue", "wed", "thu", "fri", "sat", "sun")
+_WEEKDAY_LABELS = ("Mon", "Tue", "Wed", "Thu", "Fri", "Sat", "Sun")
+_DAY_MINUTES = 24 * 60
+_TIME = re.compile(r"(\d{2}):(\d{2})")
+_DATE = re.compile(r"\d{4}-\d{2}-\d{2}")
+
+
+def load_zone(key: str) -> ZoneInfo:
+    """Return the IANA time zone `key`, or raise ValueError naming it."""
+    try:
+        return ZoneInfo(key)
+    except (ZoneInfoNotFoundError, ValueError, OSError):
+        close = get_close_matches(key, available_timezones(), n=1, cutoff=0.8)
+        hint = f" (did you mean '{close[0]}'?)" if close else ""
+        raise ValueError(f"unknown time zone '{key}'{hint}") from None
+
+
+def _weekday(name: str) -> int:
+    try:
+        return WEEKDAYS.index(name)
+    except ValueError:
+        raise ValueError(f"unknown weekday '{name}' (use {', '.join(WEEKDAYS)})") from None
+
+
+def _day_token(token: str) -> tuple[int, ...]:
+    """Weekday numbers (Monday 0) named by "fri" or a range "mon-fri" / "fri-mon"."""
+    text = token.strip().lower()
+    if "-" not in text:
+        return (_weekday(text),)
+    first, _, last = (part.strip() for part in text.partition("-"))
+    start, end = _weekday(first), _weekday(last)
+    if start == end:
+        raise ValueError(f"day range '{token}' starts and ends on the same day (write '{first}')")
+    return tuple((start + i) % 7 for i in range((end - start) % 7 + 1))
+
+
+def _checked_day_token(token: str) -> str:
+    _day_token(token)
+    return token.strip().lower()
+
+
+_DAY_LIST: TypeAdapter[tuple[str, ...]] = TypeAdapter(
+    tuple[Annotated[str, AfterValidator(_checked_day_token)], ...]
+)
+
+
+def _time_minutes(value: Any, *, field: str) -> int:
+    """Minutes after midnight for "HH:MM"; "24:00" only where `field` is "to"."""
+    if isinstance(value, bool) or not isinstance(value, str | int):
+        raise ValueError(f'time must be a quoted "HH:MM" string, got {value!r}')
+    if isinstance(value, int):
+        message = f'time must be a quoted "HH:MM" string, got the number {value}'
+        if 0 <= value <= _DAY_MINUTES:
+            # YAML 1.1 reads an unquoted 18:00 as the base-60 number 1080.
+            hours, minutes = divmod(value, 60)
+            message += f" (YAML reads an unquoted {hours:02d}:{minutes:02d} as {value}; quote it)"
+        raise ValueError(message)
+    match = _TIME.fullmatch(value)
+    if match is None:
+        raise ValueError(f"time must be HH:MM, got '{value}'")
+    hours, minutes = int(match[1]), int(match[2])
+    if (hours, minutes) == (24, 0):
+        if field != "to":
+            raise ValueError(
+                '"24:00" is allowed only for to; a window starting at midnight is "00:00"'
+            )
+        return _DAY_MINUTES
+    if hours > 23 or minutes > 59:
+        raise ValueError(f"time out of range, got '{value}' (00:00 to 23:59, or 24:00 for to)")
+    return hours * 60 + minutes
+
+
+def _parse_date(text: str) -> date:
+    text = text.strip()
+    if _DATE.fullmatch(text) is None:
+        raise ValueError(f"date must be YYYY-MM-DD or a range YYYY-MM-DD..YYYY-MM-DD, got '{text}'")
+    try:
+        return date.fromisoformat(text)
+    except ValueError as error:
+        raise ValueError(f"invalid date '{text}': {error}") from None
+
+
+def _date_span(entry: str) -> tuple[date, date]:
+    """First and last day (inclusive) of "YYYY-MM-DD" or "YYYY-MM-DD..YYYY-MM-DD"."""
+    first, dots, last = entry.partition("..")
+    start = _parse_date(first)
+    if not dots:
+        return start, start
+    end = _parse_date(last)
+    if end < start:
+        raise ValueError(f"date range end is before its start: '{entry}'")
+    return start, end
+
+
+def _date_entry(value: Any) -> str:
+    # datetime is a date subclass; YAML produces one for "2026-12-24 10:00".
+    if isinstance(value, datetime):
+        raise ValueError(f"expected a date, got the date and time '{value.isoformat()}'")
+    if isinstance(value, date):
+        return value.isoformat()
+    if not isinstance(value, str):
+        raise ValueError(
+            f"date must be a string YYYY-MM-DD or YYYY-MM-DD..YYYY-MM-DD, got {value!r}"
+        )
+    start, end = _date_span(value)
+    return start.isoformat() if start == end else f"{start.isoformat()}..{end.isoformat()}"
+
+
+DateEntry = Annotated[str, BeforeValidator(_date_entry)]
+
+
+@dataclass(frozen=True, slots=True)
+class _CountryInfo:
+    country: str
+    subdivisions: tuple[str, ...]
+    aliases: Mapping[str, str]
+    categories: tuple[str, ...]
+
+
+@cache
+def _country_info(code: str) -> _CountryInfo:
+    calendar = country_holidays(code)
+    return _CountryInfo(
+        country=calendar.country,
+        subdivisions=tuple(calendar.subdivisions),
+        aliases=dict(calendar.subdivisions_aliases),
+        categories=tuple(calendar.supported_categories),
+    )
+
+
+def _not_a_code(value: Any, what: str) -> str:
+    if isinstance(value, bool):
+        # YAML 1.1 reads unquoted NO (Norway), ON (Ontario), YES and OFF as booleans.
+        return f"{what} was read by YAML as the boolean {str(value).lower()}; quote it"
+    return f"{what} must be a quoted string, got {value!r}"
+
+
+class HolidaySpec(BaseModel):
+    """Public holidays of a country, optionally of one subdivision, via the holidays library."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    country: str
+    subdiv: str | None = None
+    categories: tuple[str, ...] | None = None
+
+    @field_validator("country", mode="before")
+    @classmethod
+    def _known_country(cls, value: Any) -> Any:
+        if not isinstance(value, str):
+            raise ValueError(_not_a_code(value, "country code"))
+        code = value.strip().upper()
+        if code not in list_supported_countries():
+            raise ValueError(
+                f"unknown country '{value}' for holidays (use an ISO code like DE or US)"
+            )
+        return _country_info(code).country
+
+    @field_validator("subdiv", mode="before")
+    @classmethod
+    def _known_subdivision(cls, value: Any, info: ValidationInfo) -> Any:
+        if value is None:
+            return None
+        if not isinstance(value, str):
+            raise ValueError(_not_a_code(value, "subdivision code"))
+        country = info.data.get("country")
+        if country is None:
+            return value
+        known = _country_info(country)
+        wanted = value.strip().casefold()
+        for code in known.subdivisions:
+            if code.casefold() == wanted:
+                return code
+        for alias, code in known.aliases.items():
+            if alias.casefold() == wanted:
+                return code
+        listed = ", ".join(known.subdivisions) if known.subdivisions else "none"
+        raise ValueError(f"unknown subdivision '{value}' for {country} (known: {listed})")
+
+    @field_validator("categories", mode="before")
+    @classmethod
+    def _one_or_many_categories(cls, value: Any) -> Any:
+        return (value,) if isinstance(value, str) else value
+
+    @field_validator("categories")
+    @classmethod
+    def _known_categories(
+        cls, value: tuple[str, ...] | None, info: ValidationInfo
+    ) -> tuple[str, ...] | None:
+        if value is None:
+            return None
+        if not value:
+            raise ValueError("categories must name at least one category (or be left out)")
+        country = info.data.get("country")
+        if country is None:
+            return value
+        known = _country_info(country).categories
+        names = tuple(name.strip().lower() for name in value)
+        for name in names:
+            if name not in known:
+                raise ValueError(
+                    f"unknown holiday category '{name}' for {country} (known: {', '.join(known)})"
+                )
+        return names
+
+    def label(self) -> str:
+        """Short name for traces: "DE-BE", "US"."""
+        return f"{self.country}-{self.subdiv}" if self.subdiv else self.country
+
+
+_HOLIDAY_LIST: TypeAdapter[tuple[HolidaySpec, ...]] = TypeAdapter(tuple[HolidaySpec, ...])
+
+
+class DaySetSpec(BaseModel):
+    """Whole days: public holidays, single dates and inclusive date ranges "a..b"."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    holidays: HolidaySpec | tuple[HolidaySpec, ...] | None = None
+    dates: tuple[DateEntry, ...] = ()
+
+    @field_validator("holidays", mode="before")
+    @classmethod
+    def _one_or_many_holidays(cls, value: Any) -> Any:
+        # Validating the chosen shape here keeps error locations free of union branch names.
+        if value is None or isinstance(value, HolidaySpec):
+            return value
+        if isinstance(value, Mapping):
+            return HolidaySpec.model_validate(value)
+        if isinstance(value, list | tuple):
+            return _HOLIDAY_LIST.validate_python(tuple(value))
+        raise ValueError(
+            "holidays must be a mapping like {country: DE, subdiv: BE} or a list of them"
+        )
+
+    @field_validator("dates", mode="before")
+    @classmethod
+    def _one_or_many_dates(cls, value: Any) -> Any:
+        return (value,) if isinstance(value, str | date) else value
+
+
+class WeeklyWindowSpec(BaseModel):
+    """Half-open window [from, to) on some weekdays; `to` not after `from` runs overnight."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid", populate_by_name=True)
+
+    days: str | tuple[str, ...]
+    from_: str = Field(alias="from")
+    to: str
+
+    @field_validator("days", mode="before")
+    @classmethod
+    def _known_days(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            return _checked_day_token(value)
+        if isinstance(value, list | tuple):
+            if not value:
+                raise ValueError("days must name at least one day")
+            return _DAY_LIST.validate_python(tuple(value))
+        raise ValueError(
+            "days must be a weekday like mon, a range like mon-fri, or a list of them, "
+            f"got {value!r}"
+        )
+
+    @field_validator("from_", mode="before")
+    @classmethod
+    def _valid_from(cls, value: Any) -> Any:
+        _time_minutes(value, field="from")
+        return value
+
+    @field_validator("to", mode="before")
+    @classmethod
+    def _valid_to(cls, value: Any) -> Any:
+        _time_minutes(value, field="to")
+        return value
+
+    def weekdays(self) -> frozenset[int]:
+        """Weekday numbers (Monday 0) on which the window starts."""
+        tokens = (self.days,) if isinstance(self.days, str) else self.days
+        return frozenset(day for token in tokens for day in _day_token(token))
+
+    def label(self) -> str:
+        """The window as written, for traces: "fri 22:00-02:00"."""
+        days = self.days if isinstance(self.days, str) else ",".join(self.days)
+        return f"{days} {self.from_}-{self.to}"
+
+
+class ScheduleSpec(BaseModel):
+    """A named schedule as written in the rule file."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    timezone: str | None = None
+    weekly: tuple[WeeklyWindowSpec, ...] = ()
+    closed: DaySetSpec | None = None
+    open: DaySetSpec | None = None
+
+    @field_validator("timezone", mode="before")
+    @classmethod
+    def _known_timezone(cls, value: Any) -> Any:
+        if value is None:
+            return None
+        if not isinstance(value, str):
+            raise ValueError(f"time zone must be an IANA name like Europe/Berlin, got {value!r}")
+        load_zone(value)
+        return value
+
+
+@dataclass(frozen=True, slots=True)
+class ScheduleVerdict:
+    """Whether a schedule is open at an instant, and a short sentence saying why."""
+
+    open: bool
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
+class _Window:
+    # Minutes after midnight of the start day; an overnight window ends past 1440.
+    start: int
+    end: int
+    label: str
+
+
+class _HolidayCalendar:
+    """Holidays of one HolidaySpec, computed once per year and then looked up."""
+
+    __slots__ = ("_label", "_spec", "_years")
+
+    def __init__(self, spec: HolidaySpec) -> None:
+        self._spec = spec
+        self._label = spec.label()
+        # Filling a year twice under concurrency yields equal values, so no lock is needed.
+        self._years: dict[int, Mapping[date, str]] = {}
+
+    def name_on(self, day: date) -> str | None:
+        names = self._years.get(day.year)
+        if names is None:
+            names = self._load(day.year)
+            self._years[day.year] = names
+        return names.get(day)
+
+    def label(self) -> str:
+        return self._label
+
+    def _load(self, year: int) -> Mapping[date, str]:
+        calendar = country_holidays(
+            self._spec.country,
+            subdiv=self._spec.subdiv,
+            years=year,
+            categories=self._spec.categories,
+        )
+        return dict(calendar.items())
+
+
+class _DaySet:
+    """Compiled DaySetSpec: merged date ranges searched by bisection, plus holiday calendars."""
+
+    __slots__ = ("_calendars", "_ends", "_kind", "_starts")
+
+    def __init__(self, spec: DaySetSpec, kind: str) -> None:
+        self._kind = kind
+        spans = sorted(
+            (start.toordinal(), end.toordinal())
+            for start, end in (_date_span(entry) for entry in spec.dates)
+        )
+        merged: list[tuple[int, int]] = []
+        for start, end in spans:
+            if merged and start <= merged[-1][1] + 1:
+                merged[-1] = (merged[-1][0], max(merged[-1][1], end))
+            else:
+                merged.append((start, end))
+        self._starts = tuple(start for start, _ in merged)
+        self._ends = tuple(end for _, end in merged)
+        specs: Sequence[HolidaySpec]
+        if spec.holidays is None:
+            specs = ()
+        elif isinstance(spec.holidays, HolidaySpec):
+            specs = (spec.holidays,)
+        else:
+            specs = spec.holidays
+        self._calendars = tuple(_HolidayCalendar(holiday) for holiday in specs)
+
+    def match(self, day: date) -> str | None:
+        """Why `day` is in the set ("2026-12-25 is a holiday (...)"), or None."""
+        ordinal = day.toordinal()
+        index = bisect_right(self._starts, ordinal) - 1
+        if index >= 0 and ordinal <= self._ends[index]:
+            start, end = self._starts[index], self._ends[index]
+            if start == end:
+                return f"{day.isoformat()} is listed in {self._kind} dates"
+            span = f"{date.fromordinal(start).isoformat()}..{date.fromordinal(end).isoformat()}"
+            return f"{day.isoformat()} is in {self._kind} dates {span}"
+        for calendar in self._calendars:
+            name = calendar.name_on(day)
+            if name is not None:
+                return f"{day.isoformat()} is a holiday ({name}, {calendar.label()})"
+        return None
+
+
+class CompiledSchedule:
+    """A schedule ready to evaluate: windows per start weekday, day sets, a ZoneInfo."""
+
+    __slots__ = ("_closed", "_open", "_windows", "name", "timezone")
+
+    def __init__(
+        self,
+        name: str,
+        timezone: ZoneInfo,
+        windows: tuple[tuple[_Window, ...], ...],
+        closed: _DaySet | None,
+        open_days: _DaySet | None,
+    ) -> None:
+        self.name = name
+        self.timezone = timezone
+        self._windows = windows
+        self._closed = closed
+        self._open = open_days
+
+    def evaluate(self, at: datetime) -> ScheduleVerdict:
+        """Decide whether the schedule is open at the aware instant `at`, with a reason."""
+        local, today, minute = self._local(at)
+        when = f"{_WEEKDAY_LABELS[today.weekday()]} {local:%H:%M} {self.timezone.key}"
+        if not any(self._windows):
+            closed, reopened = self._day_status(today)
+            if closed is not None:
+                return ScheduleVerdict(False, f"closed: {closed}")
+            return ScheduleVerdict(True, _with_note(f"open: {when}, no weekly windows", reopened))
+        blocked: str | None = None
+        for window, start_day in self._matching_windows(today, minute):
+            closed, reopened = self._day_status(start_day)
+            if closed is None:
+                return ScheduleVerdict(
+                    True, _with_note(f"open: {when} in {window.label}", reopened)
+                )
+            blocked = blocked or closed
+        if blocked is None:
+            blocked = self._day_status(today)[0]
+        if blocked is not None:
+            return ScheduleVerdict(False, f"closed: {blocked}")
+        return ScheduleVerdict(False, f"closed: {when} is outside the weekly windows")
+
+    def is_open(self, at: datetime) -> bool:
+        """Whether the schedule is open at the aware instant `at`."""
+        _, today, minute = self._local(at)
+        if not any(self._windows):
+            return self._day_status(today)[0] is None
+        return any(
+            self._day_status(start_day)[0] is None
+            for _, start_day in self._matching_windows(today, minute)
+        )
+
+    def _local(self, at: datetime) -> tuple[datetime, date, int]:
+        if at.utcoffset() is None:
+            raise ValueError("schedule evaluation needs a timezone-aware datetime, got a naive one")
+        # Through UTC so a wall time that never existed in this zone becomes the real instant
+        # (astimezone to the same tzinfo object would return it unchanged).
+        local = at.astimezone(UTC).astimezone(self.timezone)
+        return local, local.date(), local.hour * 60 + local.minute
+
+    def _matching_windows(self, today: date, minute: int) -> list[tuple[_Window, date]]:
+        found = [
+            (window, today)
+            for window in self._windows[today.weekday()]
+            if window.start <= minute < window.end
+        ]
+        if today > date.min:
+            yesterday = today - timedelta(days=1)
+            later = minute + _DAY_MINUTES
+            found.extend(
+                (window, yesterday)
+                for window in self._windows[yesterday.weekday()]
+                if later < window.end
+            )
+        return found
+
+    def _day_status(self, day: date) -> tuple[str | None, str | None]:
+        """(why the day is closed or None, why a closed day was reopened or None)."""
+        closed = self._closed.match(day) if self._closed is not None else None
+        if closed is None:
+            return None, None
+        reopened = self._open.match(day) if self._open is not None else None
+        if reopened is None:
+            return closed, None
+        return None, reopened
+
+
+def _with_note(reason: str, note: str | None) -> str:
+    return reason if note is None else f"{reason}; {note}"
+
+
+def compile_schedule(name: str, spec: ScheduleSpec, default_timezone: str) -> CompiledSchedule:
+    """Compile a validated ScheduleSpec; `default_timezone` applies when it names none."""
+    zone = load_zone(spec.timezone or default_timezone)
+    per_day: list[dict[_Window, None]] = [{} for _ in WEEKDAYS]
+    for window_spec in spec.weekly:
+        start = _time_minutes(window_spec.from_, field="from")
+        end = _time_minutes(window_spec.to, field="to")
+        if end <= start:
+            end += _DAY_MINUTES
+        window = _Window(start, end, window_spec.label())
+        for day in window_spec.weekdays():
+            per_day[day][window] = None
+    return CompiledSchedule(
+        name=name,
+        timezone=zone,
+        windows=tuple(tuple(windows) for windows in per_day),
+        closed=_DaySet(spec.closed, "closed") if spec.closed is not None else None,
+        open_days=_DaySet(spec.open, "open") if spec.open is not None else None,
+    )
