@@ -1,0 +1,18 @@
+"""What a routing decision is made from: one call's identity, headers and arrival time."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+
+from app.sip_identity import CallParties, SipHeaders
+
+
+@dataclass(frozen=True, slots=True)
+class CallContext:
+    """The inputs of one decision; `at` is the event's `created_at`, timezone-aware."""
+
+    call_id: str
+    parties: CallParties
+    headers: SipHeaders
+    at: datetime

@@ -1,0 +1,246 @@
+"""The shape of a rule file, as frozen pydantic models (SPEC section 5).
+
+Shorthands (`caller: "+1415*"`, `expect: rule-name`, `vip: [..]`) are expanded by
+`mode="before"` validators into one canonical form, so the compiler sees no unions.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt, model_validator
+
+from app.rules.schedule import ScheduleSpec
+
+_FROZEN = ConfigDict(frozen=True, extra="forbid", populate_by_name=True)
+
+Name = Annotated[str, Field(min_length=1, max_length=100, pattern=r"^[A-Za-z0-9_.\-]+$")]
+
+
+def _as_text(value: Any) -> Any:
+    # Unquoted numbers arrive as ints from YAML; rule files mean the digits.
+    if isinstance(value, int) and not isinstance(value, bool):
+        return str(value)
+    return value
+
+
+class NumberTermSpec(BaseModel):
+    """Exactly one of the keys of a number condition."""
+
+    model_config = _FROZEN
+
+    exact: str | None = None
+    prefix: str | None = None
+    pattern: str | None = None
+    regex: str | None = None
+    in_: Name | None = Field(default=None, alias="in")
+    country: tuple[str, ...] | None = None
+    anonymous: StrictBool | None = None
+
+    @model_validator(mode="before")
+    @classmethod
+    def _expand(cls, value: Any) -> Any:
+        value = _as_text(value)
+        if isinstance(value, str):
+            if value == "anonymous":
+                return {"anonymous": True}
+            if value.endswith("*"):
+                return {"prefix": value}
+            return {"exact": value}
+        if isinstance(value, dict):
+            value = {k: _as_text(v) for k, v in value.items()}
+            if isinstance(value.get("country"), str):
+                value["country"] = (value["country"],)
+        return value
+
+    @model_validator(mode="after")
+    def _exactly_one(self) -> NumberTermSpec:
+        if len(self.model_fields_set) != 1:
+            raise ValueError(
+                "a number condition takes exactly one of exact, prefix, pattern, regex, in,"
+                " country, anonymous"
+            )
+        return self
+
+
+def _as_tuple(value: Any) -> Any:
+    return value if isinstance(value, list | tuple) else [value]
+
+
+NumberConditionSpec = Annotated[tuple[NumberTermSpec, ...], Field(min_length=1)]
+
+
+class HeaderTestSpec(BaseModel):
+    """`"exact value"`, `{regex: ...}` or `{present: true|false}`."""
+
+    model_config = _FROZEN
+
+    equals: str | None = None
+    regex: str | None = None
+    present: StrictBool | None = None
+
+    @model_validator(mode="before")
+    @classmethod
+    def _expand(cls, value: Any) -> Any:
+        value = _as_text(value)
+        return {"equals": value} if isinstance(value, str) else value
+
+    @model_validator(mode="after")
+    def _exactly_one(self) -> HeaderTestSpec:
+        if len(self.model_fields_set) != 1:
+            raise ValueError("a header test takes exactly one of a value, regex, present")
+        return self
+
+
+class WhenSpec(BaseModel):
+    """A mapping of conditions, ANDed."""
+
+    model_config = _FROZEN
+
+    caller: NumberConditionSpec | None = None
+    called: NumberConditionSpec | None = None
+    header: dict[str, HeaderTestSpec] | None = None
+    schedule: Name | None = None
+    all: tuple[WhenSpec, ...] | None = None
+    any: tuple[WhenSpec, ...] | None = None
+    not_: WhenSpec | None = Field(default=None, alias="not")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _wrap_single_terms(cls, value: Any) -> Any:
+        if isinstance(value, dict):
+            value = dict(value)
+            for key in ("caller", "called"):
+                if key in value and value[key] is not None:
+                    value[key] = _as_tuple(value[key])
+        return value
+
+
+class AcceptSpec(BaseModel):
+    model_config = _FROZEN
+
+    profile: Name
+    overrides: dict[str, Any] | None = None
+
+
+class ReferSpec(BaseModel):
+    model_config = _FROZEN
+
+    target_uri: str = Field(min_length=1, max_length=2048)
+
+
+class RejectSpec(BaseModel):
+    model_config = _FROZEN
+
+    status_code: StrictInt = Field(default=603, ge=400, le=699)
+
+
+class ActionSpec(BaseModel):
+    """Exactly one of accept, refer, reject."""
+
+    model_config = _FROZEN
+
+    accept: AcceptSpec | None = None
+    refer: ReferSpec | None = None
+    reject: RejectSpec | None = None
+
+    @model_validator(mode="after")
+    def _exactly_one(self) -> ActionSpec:
+        chosen = [k for k in ("accept", "refer", "reject") if getattr(self, k) is not None]
+        if len(chosen) != 1:
+            raise ValueError("takes exactly one of accept, refer, reject")
+        return self
+
+    @property
+    def kind(self) -> Literal["accept", "refer", "reject"]:
+        if self.accept is not None:
+            return "accept"
+        return "refer" if self.refer is not None else "reject"
+
+
+class RuleSpec(ActionSpec):
+    """One rule: a name, a `when`, and its action."""
+
+    name: Name
+    when: WhenSpec | None = None
+
+
+class ExpectSpec(BaseModel):
+    model_config = _FROZEN
+
+    rule: Name | None = None
+    action: Literal["accept", "refer", "reject"] | None = None
+    status_code: StrictInt | None = None
+    target_uri: str | None = None
+    profile: Name | None = None
+
+    @model_validator(mode="before")
+    @classmethod
+    def _expand(cls, value: Any) -> Any:
+        return {"rule": value} if isinstance(value, str) else value
+
+
+class TestCaseSpec(BaseModel):
+    model_config = _FROZEN
+
+    from_: str = Field(alias="from")
+    to: str
+    headers: dict[str, str] | None = None
+    at: datetime | None = None
+    expect: ExpectSpec
+
+    @model_validator(mode="before")
+    @classmethod
+    def _numbers_as_text(cls, value: Any) -> Any:
+        if isinstance(value, dict):
+            value = dict(value)
+            for key in ("from", "to"):
+                if key in value:
+                    value[key] = _as_text(value[key])
+        return value
+
+
+class ListSpec(BaseModel):
+    """A named number list: inline entries, or a file of one entry a line."""
+
+    model_config = _FROZEN
+
+    numbers: tuple[str, ...] | None = None
+    file: str | None = None
+
+    @model_validator(mode="before")
+    @classmethod
+    def _expand(cls, value: Any) -> Any:
+        if isinstance(value, list | tuple):
+            return {"numbers": [_as_text(v) for v in value]}
+        return value
+
+    @model_validator(mode="after")
+    def _exactly_one(self) -> ListSpec:
+        if (self.numbers is None) == (self.file is None):
+            raise ValueError("a list is either a YAML list of numbers or {file: path}")
+        return self
+
+
+class DefaultsSpec(BaseModel):
+    model_config = _FROZEN
+
+    timezone: str = "UTC"
+    region: str | None = Field(default=None, min_length=2, max_length=2)
+
+
+class RuleFileSpec(BaseModel):
+    """A whole rule file. Profiles stay raw here: they are merged (`extends`) first."""
+
+    model_config = _FROZEN
+
+    version: Literal[1]
+    defaults: DefaultsSpec = DefaultsSpec()
+    profiles: dict[Name, dict[str, Any]] = Field(default_factory=dict)
+    lists: dict[Name, ListSpec] = Field(default_factory=dict)
+    schedules: dict[Name, ScheduleSpec] = Field(default_factory=dict)
+    rules: tuple[RuleSpec, ...] = ()
+    default: ActionSpec
+    on_error: ActionSpec | None = None
+    tests: tuple[TestCaseSpec, ...] = ()

@@ -1,0 +1,120 @@
+"""`{{ ... }}` in `instructions` and `target_uri`, rendered in Jinja2's immutable sandbox.
+
+Unknown variables and attributes of `caller`/`called` are load-time errors; anything
+only detectable while rendering raises TemplateRenderError, and `on_error` applies.
+Header values and display names come from the caller's INVITE: they are untrusted,
+so control and bidirectional-override characters are removed and length is capped.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+import jinja2
+from jinja2 import meta, nodes
+from jinja2.sandbox import ImmutableSandboxedEnvironment
+
+VARIABLES = frozenset({"caller", "called", "call_id", "rule", "headers", "now"})
+PARTY_FIELDS = frozenset({"e164", "display_name", "country", "anonymous"})
+MAX_UNTRUSTED_CHARS = 256
+MAX_RENDERED_CHARS = 64 * 1024
+
+# C0/C1 controls, and the Unicode marks that reorder or hide text (bidi overrides,
+# isolates, zero-width characters), so a header cannot smuggle instructions past a reader.
+_UNSAFE_CHARS = re.compile(
+    "[\x00-\x08\x0b-\x1f\x7f-\x9f\u061c\u200b-\u200f\u202a-\u202e\u2060-\u2069\ufeff]"
+)
+
+
+class TemplateRenderError(Exception):
+    """A template failed while rendering (undefined value, sandbox violation, too long)."""
+
+
+def _finalize(value: object) -> object:
+    return "" if value is None else value
+
+
+_ENV = ImmutableSandboxedEnvironment(
+    undefined=jinja2.StrictUndefined,
+    autoescape=False,
+    finalize=_finalize,
+    keep_trailing_newline=True,
+)
+
+
+def clean_untrusted(text: str) -> str:
+    """Caller-supplied text made safe to place in a prompt or a log: no controls, capped."""
+    return _UNSAFE_CHARS.sub("", text[: MAX_UNTRUSTED_CHARS * 2])[:MAX_UNTRUSTED_CHARS]
+
+
+@dataclass(frozen=True, slots=True)
+class Template:
+    """A string that may contain `{{ ... }}`; plain strings render to themselves."""
+
+    source: str
+    compiled: jinja2.Template | None
+
+    @property
+    def is_static(self) -> bool:
+        return self.compiled is None
+
+    def render(self, variables: Mapping[str, Any]) -> str:
+        if self.compiled is None:
+            return self.source
+        try:
+            text = self.compiled.render(variables)
+        except jinja2.TemplateError as exc:
+            raise TemplateRenderError(str(exc)) from None
+        except (TypeError, ValueError, ArithmeticError, LookupError) as exc:
+            raise TemplateRenderError(f"{type(exc).__name__}: {exc}") from None
+        if len(text) > MAX_RENDERED_CHARS:
+            raise TemplateRenderError("rendered text is longer than 64 KiB")
+        return text
+
+
+def compile_template(source: str) -> Template:
+    """Compile `source`; raise ValueError naming the problem when it cannot work."""
+    if "{{" not in source and "{%" not in source and "{#" not in source:
+        return Template(source, None)
+    try:
+        tree = _ENV.parse(source)
+    except jinja2.TemplateSyntaxError as exc:
+        raise ValueError(f"template syntax error: {exc.message}") from None
+    unknown = sorted(meta.find_undeclared_variables(tree) - VARIABLES)
+    if unknown:
+        known = ", ".join(sorted(VARIABLES))
+        raise ValueError(f"unknown template variable '{unknown[0]}' (known: {known})")
+    for node in tree.find_all(nodes.Getattr):
+        target = node.node
+        if (
+            isinstance(target, nodes.Name)
+            and target.name in ("caller", "called")
+            and node.attr not in PARTY_FIELDS
+        ):
+            fields = ", ".join(sorted(PARTY_FIELDS))
+            raise ValueError(f"unknown field '{target.name}.{node.attr}' (known: {fields})")
+    return Template(source, _ENV.from_string(source))
+
+
+def template_variables(
+    *,
+    caller: Mapping[str, Any],
+    called: Mapping[str, Any],
+    call_id: str,
+    rule: str | None,
+    headers: Mapping[str, str],
+    now: datetime,
+) -> dict[str, Any]:
+    """The variables SPEC section 5 lists, with untrusted values cleaned."""
+    return {
+        "caller": dict(caller),
+        "called": dict(called),
+        "call_id": call_id,
+        "rule": rule or "default",
+        "headers": {name: clean_untrusted(value) for name, value in headers.items()},
+        "now": now,
+    }

@@ -1,0 +1,140 @@
+"""Read a YAML rule file into plain data plus the line of every value.
+
+YAML 1.1 (what PyYAML implements) silently turns `08:30` into 510, `NO` into False and
+`0151` into 105. Rule files are full of times, country codes and phone numbers, so those
+plain scalars are refused with a hint instead of being converted.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+from typing import Any
+
+import yaml
+
+from app.rules.problems import Problem, RuleFileError
+
+Path = tuple[str | int, ...]
+
+_YAML11_BOOL_WORDS = frozenset({"yes", "no", "on", "off", "y", "n"})
+_SEXAGESIMAL = re.compile(r"[-+]?[0-9][0-9_]*(?::[0-5]?[0-9])+(?:\.[0-9_]*)?")
+_OCTAL_LOOKING = re.compile(r"0[0-9_]+")
+_MAX_DEPTH = 64
+
+
+class LineIndex:
+    """Maps a path of keys and list indexes to the 1-based line where it was written."""
+
+    def __init__(self, lines: dict[Path, int]) -> None:
+        self._lines = lines
+
+    def line_of(self, path: Path) -> int:
+        """The line of `path`, or of its closest enclosing value that has one."""
+        probe = tuple(path)
+        while probe:
+            line = self._lines.get(probe)
+            if line is not None:
+                return line
+            probe = probe[:-1]
+        return self._lines.get((), 1)
+
+
+def load_yaml(text: str, filename: str) -> tuple[Any, LineIndex]:
+    """Parse `text` into dicts/lists/scalars and a LineIndex; raise RuleFileError if invalid."""
+    try:
+        node = yaml.compose(text, Loader=yaml.SafeLoader)
+    except yaml.MarkedYAMLError as exc:
+        mark = exc.problem_mark or exc.context_mark
+        line = mark.line + 1 if mark is not None else 0
+        message = exc.problem or exc.context or "invalid YAML"
+        raise RuleFileError([Problem(filename, line, f"invalid YAML: {message}")]) from None
+    except yaml.YAMLError as exc:
+        raise RuleFileError([Problem(filename, 0, f"invalid YAML: {exc}")]) from None
+    if node is None:
+        return None, LineIndex({(): 1})
+    builder = _Builder(filename)
+    data = builder.build(node, (), 0)
+    if builder.problems:
+        raise RuleFileError(builder.problems)
+    return data, LineIndex(builder.lines)
+
+
+class _Builder:
+    def __init__(self, filename: str) -> None:
+        self.filename = filename
+        self.lines: dict[Path, int] = {}
+        self.problems: list[Problem] = []
+        self._constructor = yaml.SafeLoader("")
+
+    def build(self, node: yaml.Node, path: Path, depth: int) -> Any:
+        self.lines.setdefault(path, node.start_mark.line + 1)
+        if depth > _MAX_DEPTH:
+            self._problem(node, "nesting is too deep")
+            return None
+        if isinstance(node, yaml.MappingNode):
+            return self._mapping(node, path, depth)
+        if isinstance(node, yaml.SequenceNode):
+            return [self.build(item, (*path, i), depth + 1) for i, item in enumerate(node.value)]
+        assert isinstance(node, yaml.ScalarNode)
+        return self._scalar(node)
+
+    def _mapping(self, node: yaml.MappingNode, path: Path, depth: int) -> dict[str, Any]:
+        result: dict[str, Any] = {}
+        for key_node, value_node in node.value:
+            if key_node.tag == "tag:yaml.org,2002:merge":
+                self._problem(key_node, "merge keys (<<) are not supported; repeat the values")
+                continue
+            if not isinstance(key_node, yaml.ScalarNode):
+                self._problem(key_node, "keys must be plain strings")
+                continue
+            key = key_node.value
+            if key in result:
+                self._problem(key_node, f"duplicate key '{key}'")
+                continue
+            self.lines[(*path, key)] = key_node.start_mark.line + 1
+            result[key] = self.build(value_node, (*path, key), depth + 1)
+        return result
+
+    def _scalar(self, node: yaml.ScalarNode) -> Any:
+        if node.style is None:
+            # Checked on the text, not the resolved tag: PyYAML reads `8:30` as 510 but
+            # `08:30` as a string, and `0151` as octal but `0189` as a string.
+            text = node.value
+            if text.lower() in _YAML11_BOOL_WORDS:
+                self._problem(
+                    node,
+                    f'{text} is read by YAML as a boolean; quote it: "{text}"'
+                    " (write true or false for a boolean)",
+                )
+                return text
+            if _SEXAGESIMAL.fullmatch(text):
+                self._problem(
+                    node, f'{text} is read by YAML as a number; times must be quoted: "{text}"'
+                )
+                return text
+            if _OCTAL_LOOKING.fullmatch(text):
+                self._problem(
+                    node, f'{text} is read by YAML as an octal number; quote it: "{text}"'
+                )
+                return text
+        return self._constructor.construct_object(node, deep=True)
+
+    def _problem(self, node: yaml.Node, message: str) -> None:
+        self.problems.append(Problem(self.filename, node.start_mark.line + 1, message))
+
+
+def describe_path(path: Path) -> str:
+    """`rules[2].when.caller` for ('rules', 2, 'when', 'caller')."""
+    out = ""
+    for part in path:
+        if isinstance(part, int):
+            out += f"[{part}]"
+        else:
+            out += f".{part}" if out else str(part)
+    return out
+
+
+def is_mapping(value: object) -> bool:
+    """True for a YAML mapping (a dict after loading)."""
+    return isinstance(value, Mapping)
