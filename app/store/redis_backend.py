@@ -1,0 +1,181 @@
+"""Dedupe claims and the call log in Redis, shared by every replica and worker."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import math
+import secrets
+from collections.abc import Iterator, Mapping
+from typing import Any
+
+from redis.asyncio import Redis
+from redis.backoff import NoBackoff
+from redis.exceptions import RedisError
+from redis.retry import Retry
+
+from app.store.call_log import CALL_LOG_SIZE, check_limit
+from app.store.dedupe import (
+    DONE_KEEP_S,
+    Claim,
+    ClaimResult,
+    check_claim_args,
+    check_keep_s,
+)
+from app.store.errors import StoreUnavailable
+
+KEY_PREFIX = "sip-router:"
+CONNECT_TIMEOUT_S = 1.0
+COMMAND_TIMEOUT_S = 1.0
+
+# KEYS: webhook done, call done, webhook lease, call lease. ARGV: token, lease ms.
+_CLAIM = """
+local done = redis.call('GET', KEYS[1])
+if done then return {1, done} end
+done = redis.call('GET', KEYS[2])
+if done then return {2, done} end
+if redis.call('EXISTS', KEYS[3], KEYS[4]) > 0 then return {3} end
+redis.call('SET', KEYS[3], ARGV[1], 'PX', ARGV[2])
+redis.call('SET', KEYS[4], ARGV[1], 'PX', ARGV[2])
+return {0}
+"""
+
+# KEYS: webhook lease, call lease, then optionally webhook done, call done.
+# ARGV: token, then optionally outcome JSON and keep seconds. Returns leases dropped.
+_FINISH = """
+if #KEYS == 4 then
+  redis.call('SET', KEYS[3], ARGV[2], 'EX', ARGV[3])
+  redis.call('SET', KEYS[4], ARGV[2], 'EX', ARGV[3])
+end
+local dropped = 0
+for i = 1, 2 do
+  if redis.call('GET', KEYS[i]) == ARGV[1] then
+    redis.call('DEL', KEYS[i])
+    dropped = dropped + 1
+  end
+end
+return dropped
+"""
+
+_CLAIM_RESULTS = {
+    0: ClaimResult.ACQUIRED,
+    1: ClaimResult.DUPLICATE_DONE,
+    2: ClaimResult.CALL_DONE,
+    3: ClaimResult.IN_FLIGHT,
+}
+
+
+class RedisStore:
+    """DedupeStore and CallLog over one Redis database; each claim is one Lua script.
+
+    Every Redis failure (refused, timed out, read-only, out of memory) is raised as
+    StoreUnavailable. Keys of one claim span several hash slots: not for Redis Cluster.
+    """
+
+    def __init__(self, client: Redis, *, prefix: str = KEY_PREFIX) -> None:
+        """Use `client` (created with decode_responses=True); the store closes it."""
+        self._redis = client
+        self._prefix = prefix
+        self._claim = client.register_script(_CLAIM)
+        self._finish = client.register_script(_FINISH)
+
+    @classmethod
+    def from_url(cls, url: str, *, prefix: str = KEY_PREFIX) -> RedisStore:
+        """Connect lazily to `url` with short timeouts, so a down Redis fails within ~2 s."""
+        client = Redis.from_url(
+            url,
+            decode_responses=True,
+            socket_connect_timeout=CONNECT_TIMEOUT_S,
+            socket_timeout=COMMAND_TIMEOUT_S,
+            # One immediate retry replaces a pooled connection that Redis closed meanwhile.
+            retry=Retry(NoBackoff(), retries=1),
+        )
+        return cls(client, prefix=prefix)
+
+    async def claim(self, webhook_id: str, call_id: str, lease_s: float) -> Claim:
+        """Check both done records, then both leases, and lease both ids if free."""
+        check_claim_args(webhook_id, call_id, lease_s)
+        token = secrets.token_hex(16)
+        keys = [*self._done_keys(webhook_id, call_id), *self._lease_keys(webhook_id, call_id)]
+        with _unavailable():
+            reply = await self._claim(keys=keys, args=[token, math.ceil(lease_s * 1000)])
+        result = _CLAIM_RESULTS[int(reply[0])]
+        if result is ClaimResult.ACQUIRED:
+            return Claim(result, webhook_id, call_id, token=token)
+        outcome = json.loads(reply[1]) if len(reply) > 1 else None
+        return Claim(result, webhook_id, call_id, outcome=outcome)
+
+    async def finish(
+        self, claim: Claim, outcome: Mapping[str, Any], keep_s: int = DONE_KEEP_S
+    ) -> bool:
+        """Record the outcome for both ids for keep_s and drop the leases still owned."""
+        token = claim.lease_token()
+        check_keep_s(keep_s)
+        text = json.dumps(dict(outcome), separators=(",", ":"))
+        keys = [
+            *self._lease_keys(claim.webhook_id, claim.call_id),
+            *self._done_keys(claim.webhook_id, claim.call_id),
+        ]
+        with _unavailable():
+            dropped = await self._finish(keys=keys, args=[token, text, keep_s])
+        return int(dropped) == 2
+
+    async def release(self, claim: Claim) -> bool:
+        """Drop the leases still owned by this claim; another owner's lease stays."""
+        token = claim.lease_token()
+        keys = self._lease_keys(claim.webhook_id, claim.call_id)
+        with _unavailable():
+            dropped = await self._finish(keys=keys, args=[token])
+        return int(dropped) == 2
+
+    async def append(self, entry: Mapping[str, Any]) -> None:
+        """Add one call log entry and trim the list to CALL_LOG_SIZE in one transaction."""
+        text = json.dumps(dict(entry), separators=(",", ":"))
+        key = self._calls_key()
+        with _unavailable():
+            async with self._redis.pipeline(transaction=True) as pipe:
+                pipe.lpush(key, text)
+                pipe.ltrim(key, 0, CALL_LOG_SIZE - 1)
+                await pipe.execute()
+
+    async def recent(self, limit: int) -> list[dict[str, Any]]:
+        """Up to `limit` call log entries, newest first."""
+        count = check_limit(limit)
+        if count == 0:
+            return []
+        with _unavailable():
+            texts = await self._redis.lrange(self._calls_key(), 0, count - 1)
+        return [json.loads(text) for text in texts]
+
+    async def ping(self) -> None:
+        """Return when Redis answers; StoreUnavailable otherwise (readiness)."""
+        with _unavailable():
+            await self._redis.ping()
+
+    async def aclose(self) -> None:
+        """Close the client and its connection pool."""
+        await self._redis.aclose()
+
+    def _lease_keys(self, webhook_id: str, call_id: str) -> list[str]:
+        return [
+            f"{self._prefix}webhook:{webhook_id}:lease",
+            f"{self._prefix}call:{call_id}:lease",
+        ]
+
+    def _done_keys(self, webhook_id: str, call_id: str) -> list[str]:
+        return [
+            f"{self._prefix}webhook:{webhook_id}:done",
+            f"{self._prefix}call:{call_id}:done",
+        ]
+
+    def _calls_key(self) -> str:
+        return f"{self._prefix}calls"
+
+
+@contextlib.contextmanager
+def _unavailable() -> Iterator[None]:
+    try:
+        yield
+    except (RedisError, OSError) as exc:
+        # The message stays generic (it reaches /readyz); the cause is chained for logs.
+        raise StoreUnavailable(f"redis is unavailable ({type(exc).__name__})") from exc

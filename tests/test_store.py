@@ -1,0 +1,621 @@
+"""The dedupe store and the call log, run against process memory and a real redis-server."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from pathlib import Path
+from typing import Any
+from uuid import uuid4
+
+import pytest
+import redis
+import redis.asyncio
+
+from app.store import (
+    CALL_LOG_SIZE,
+    DONE_KEEP_S,
+    MAX_ID_LENGTH,
+    Claim,
+    ClaimResult,
+    MemoryStore,
+    RedisStore,
+    Store,
+    StoreUnavailable,
+    open_store,
+)
+
+REDIS_SERVER = shutil.which("redis-server") or (
+    "/usr/bin/redis-server" if Path("/usr/bin/redis-server").exists() else None
+)
+PROJECT_ROOT = Path(__file__).resolve().parents[1]
+OUTCOME = {"action": "accept", "outcome": "ok", "status": 200, "rule": "office hours"}
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+class RedisServer:
+    """A throwaway redis-server on a loopback port, without persistence."""
+
+    def __init__(self, directory: Path, port: int | None = None) -> None:
+        self.directory = directory
+        self.port = port or free_port()
+        self.process: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}/15"
+
+    def start(self) -> None:
+        assert REDIS_SERVER is not None
+        self.process = subprocess.Popen(
+            [
+                REDIS_SERVER,
+                "--port", str(self.port),
+                "--bind", "127.0.0.1",
+                "--save", "",
+                "--appendonly", "no",
+                "--dir", str(self.directory),
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )  # fmt: skip
+        deadline = time.monotonic() + 10
+        while True:
+            try:
+                with redis.Redis(port=self.port, socket_timeout=0.5) as client:
+                    client.ping()
+                return
+            except redis.ConnectionError:
+                if self.process.poll() is not None or time.monotonic() > deadline:
+                    self.stop()
+                    raise RuntimeError(f"redis-server did not start on port {self.port}") from None
+                time.sleep(0.05)
+
+    def stop(self) -> None:
+        if self.process is not None:
+            self.process.terminate()
+            self.process.wait(timeout=10)
+            self.process = None
+
+
+def needs_redis_server() -> None:
+    if REDIS_SERVER is None:
+        pytest.skip("redis-server is not installed")
+
+
+@pytest.fixture(scope="session")
+def redis_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """SIP_ROUTER_TEST_REDIS_URL, or a redis-server started for this session."""
+    url = os.environ.get("SIP_ROUTER_TEST_REDIS_URL")
+    if url:
+        yield url
+        return
+    if REDIS_SERVER is None:
+        pytest.skip("SIP_ROUTER_TEST_REDIS_URL is unset and redis-server is not installed")
+    server = RedisServer(tmp_path_factory.mktemp("redis"))
+    server.start()
+    yield server.url
+    server.stop()
+
+
+async def delete_prefix(url: str, prefix: str) -> None:
+    async with redis.asyncio.Redis.from_url(url) as client:
+        keys = [key async for key in client.scan_iter(match=f"{prefix}*")]
+        if keys:
+            await client.delete(*keys)
+
+
+@pytest.fixture
+def prefix() -> str:
+    """A key prefix of its own per test, so tests never see each other's keys."""
+    return f"sip-router-test:{uuid4().hex}:"
+
+
+@pytest.fixture(params=["memory", pytest.param("redis", marks=pytest.mark.redis)])
+async def store(request: pytest.FixtureRequest, prefix: str) -> AsyncIterator[Store]:
+    if request.param == "memory":
+        yield MemoryStore()
+        return
+    url: str = request.getfixturevalue("redis_url")
+    redis_store = RedisStore.from_url(url, prefix=prefix)
+    yield redis_store
+    await redis_store.aclose()
+    await delete_prefix(url, prefix)
+
+
+@pytest.fixture
+async def raw_redis(redis_url: str, prefix: str) -> AsyncIterator[redis.asyncio.Redis]:
+    client = redis.asyncio.Redis.from_url(redis_url, decode_responses=True)
+    yield client
+    await client.aclose()
+    await delete_prefix(redis_url, prefix)
+
+
+def results(claims: list[Claim]) -> list[ClaimResult]:
+    return sorted((c.result for c in claims), key=lambda r: r.value)
+
+
+# --- claims ---------------------------------------------------------------------------
+
+
+async def test_concurrent_copies_of_one_delivery_acquire_once(store: Store) -> None:
+    claims = await asyncio.gather(*(store.claim("msg_1", "rtc_1", 30) for _ in range(50)))
+
+    assert results(claims) == [ClaimResult.ACQUIRED] + [ClaimResult.IN_FLIGHT] * 49
+    (acquired,) = [c for c in claims if c.result is ClaimResult.ACQUIRED]
+    assert acquired.token
+    assert all(c.token is None and c.outcome is None for c in claims if c is not acquired)
+
+
+async def test_concurrent_deliveries_for_one_call_acquire_once(store: Store) -> None:
+    claims = await asyncio.gather(*(store.claim(f"msg_{i}", "rtc_1", 30) for i in range(10)))
+
+    assert results(claims) == [ClaimResult.ACQUIRED] + [ClaimResult.IN_FLIGHT] * 9
+
+
+async def test_tokens_differ_between_owners(store: Store) -> None:
+    first = await store.claim("msg_1", "rtc_1", 30)
+    second = await store.claim("msg_2", "rtc_2", 30)
+
+    assert first.token
+    assert second.token
+    assert first.token != second.token
+
+
+@pytest.mark.parametrize(
+    ("webhook_id", "call_id", "expected"),
+    [
+        ("msg_1", "rtc_1", ClaimResult.DUPLICATE_DONE),
+        ("msg_2", "rtc_1", ClaimResult.CALL_DONE),
+        # The delivery's own record wins, whatever call it names.
+        ("msg_1", "rtc_9", ClaimResult.DUPLICATE_DONE),
+    ],
+)
+async def test_finished_claims_answer_with_the_outcome(
+    store: Store, webhook_id: str, call_id: str, expected: ClaimResult
+) -> None:
+    claim = await store.claim("msg_1", "rtc_1", 30)
+    assert await store.finish(claim, OUTCOME) is True
+
+    again = await store.claim(webhook_id, call_id, 30)
+
+    assert again.result is expected
+    assert again.outcome == OUTCOME
+    assert again.token is None
+
+
+async def test_finish_leaves_other_deliveries_and_calls_free(store: Store) -> None:
+    await store.finish(await store.claim("msg_1", "rtc_1", 30), OUTCOME)
+
+    assert (await store.claim("msg_2", "rtc_2", 30)).result is ClaimResult.ACQUIRED
+
+
+async def test_ids_that_look_like_key_suffixes_do_not_collide(store: Store) -> None:
+    await store.finish(await store.claim("msg", "rtc", 30), OUTCOME)
+
+    claim = await store.claim("msg:done", "rtc:done", 30)
+
+    assert claim.result is ClaimResult.ACQUIRED
+
+
+async def test_release_lets_the_next_delivery_acquire(store: Store) -> None:
+    first = await store.claim("msg_1", "rtc_1", 30)
+    assert (await store.claim("msg_1", "rtc_1", 30)).result is ClaimResult.IN_FLIGHT
+
+    assert await store.release(first) is True
+    second = await store.claim("msg_1", "rtc_1", 30)
+
+    assert second.result is ClaimResult.ACQUIRED
+    assert second.token != first.token
+    assert (await store.claim("msg_2", "rtc_1", 30)).result is ClaimResult.IN_FLIGHT
+
+
+async def test_released_call_accepts_another_delivery(store: Store) -> None:
+    await store.release(await store.claim("msg_1", "rtc_1", 30))
+
+    assert (await store.claim("msg_2", "rtc_1", 30)).result is ClaimResult.ACQUIRED
+
+
+async def test_expired_lease_lets_a_new_claim_in(store: Store) -> None:
+    await store.claim("msg_1", "rtc_1", 0.3)
+    assert (await store.claim("msg_1", "rtc_1", 0.3)).result is ClaimResult.IN_FLIGHT
+    assert (await store.claim("msg_2", "rtc_1", 0.3)).result is ClaimResult.IN_FLIGHT
+
+    await asyncio.sleep(0.45)
+
+    assert (await store.claim("msg_2", "rtc_1", 30)).result is ClaimResult.ACQUIRED
+
+
+async def test_stale_release_keeps_the_new_owners_lease(store: Store) -> None:
+    stale = await store.claim("msg_1", "rtc_1", 0.3)
+    await asyncio.sleep(0.45)
+    owner = await store.claim("msg_1", "rtc_1", 30)
+    assert owner.result is ClaimResult.ACQUIRED
+
+    assert await store.release(stale) is False
+
+    assert (await store.claim("msg_1", "rtc_1", 30)).result is ClaimResult.IN_FLIGHT
+    assert (await store.claim("msg_2", "rtc_1", 30)).result is ClaimResult.IN_FLIGHT
+    assert await store.release(owner) is True
+
+
+async def test_stale_finish_records_but_keeps_the_new_owners_lease(store: Store) -> None:
+    stale = await store.claim("msg_1", "rtc_1", 0.3)
+    await asyncio.sleep(0.45)
+    owner = await store.claim("msg_2", "rtc_1", 30)
+    assert owner.result is ClaimResult.ACQUIRED
+
+    # The stale owner's action did happen upstream, so its outcome is still recorded.
+    assert await store.finish(stale, OUTCOME) is False
+
+    assert (await store.claim("msg_3", "rtc_1", 30)).outcome == OUTCOME
+    assert await store.release(owner) is True
+
+
+async def test_done_records_expire_after_keep_s(store: Store) -> None:
+    await store.finish(await store.claim("msg_1", "rtc_1", 30), OUTCOME, keep_s=1)
+    assert (await store.claim("msg_1", "rtc_1", 30)).result is ClaimResult.DUPLICATE_DONE
+
+    await asyncio.sleep(1.1)
+
+    assert (await store.claim("msg_1", "rtc_1", 30)).result is ClaimResult.ACQUIRED
+
+
+async def test_outcome_is_returned_as_a_fresh_copy(store: Store) -> None:
+    outcome: dict[str, Any] = {"action": "refer", "upstream": {"status": 200, "tries": [1, 2]}}
+    await store.finish(await store.claim("msg_1", "rtc_1", 30), outcome)
+    outcome["upstream"]["status"] = 500
+
+    first = await store.claim("msg_1", "rtc_1", 30)
+    assert first.outcome is not None
+    first.outcome["action"] = "changed"
+
+    second = await store.claim("msg_1", "rtc_1", 30)
+    assert second.outcome == {"action": "refer", "upstream": {"status": 200, "tries": [1, 2]}}
+
+
+@pytest.mark.parametrize(
+    ("webhook_id", "call_id", "lease_s"),
+    [
+        ("", "rtc_1", 30),
+        ("msg_1", "", 30),
+        ("m" * (MAX_ID_LENGTH + 1), "rtc_1", 30),
+        ("msg_1", "r" * (MAX_ID_LENGTH + 1), 30),
+        ("msg_\ud800", "rtc_1", 30),
+        ("msg_1", "rtc_1", 0),
+        ("msg_1", "rtc_1", -1),
+        ("msg_1", "rtc_1", float("inf")),
+        ("msg_1", "rtc_1", float("nan")),
+    ],
+)
+async def test_claim_rejects_bad_arguments(
+    store: Store, webhook_id: str, call_id: str, lease_s: float
+) -> None:
+    with pytest.raises(ValueError, match=r"webhook_id|call_id|lease_s"):
+        await store.claim(webhook_id, call_id, lease_s)
+
+
+async def test_longest_allowed_ids_and_any_characters_are_accepted(store: Store) -> None:
+    webhook_id = "m" * MAX_ID_LENGTH
+    call_id = "rtc *?[]{}:\n\u00e9\U0001f4de"
+
+    claim = await store.claim(webhook_id, call_id, 30)
+    await store.finish(claim, OUTCOME)
+
+    assert (await store.claim("msg_2", call_id, 30)).result is ClaimResult.CALL_DONE
+    assert (await store.claim(webhook_id, "rtc_2", 30)).result is ClaimResult.DUPLICATE_DONE
+
+
+@pytest.mark.parametrize("result", [r for r in ClaimResult if r is not ClaimResult.ACQUIRED])
+async def test_only_acquired_claims_can_be_finished_or_released(
+    store: Store, result: ClaimResult
+) -> None:
+    claim = Claim(result, "msg_1", "rtc_1")
+
+    with pytest.raises(ValueError, match="not acquired"):
+        await store.finish(claim, OUTCOME)
+    with pytest.raises(ValueError, match="not acquired"):
+        await store.release(claim)
+
+
+async def test_finish_rejects_an_outcome_that_is_not_json(store: Store) -> None:
+    claim = await store.claim("msg_1", "rtc_1", 30)
+
+    with pytest.raises(TypeError):
+        await store.finish(claim, {"at": object()})
+
+    assert (await store.claim("msg_2", "rtc_1", 30)).result is ClaimResult.IN_FLIGHT
+
+
+# --- call log -------------------------------------------------------------------------
+
+
+def entry(n: int) -> dict[str, Any]:
+    return {
+        "time": f"2026-05-09T10:00:{n % 60:02d}Z",
+        "call_id": f"rtc_{n}",
+        "caller": "+1******0123",
+        "called": "+44******0958",
+        "rule": "office hours" if n % 2 else None,
+        "action": "accept",
+        "outcome": "ok",
+        "latency_ms": 12.5 + n,
+        "ruleset": "3f2a9c",
+    }
+
+
+async def test_call_log_is_newest_first_and_limited(store: Store) -> None:
+    for n in range(5):
+        await store.append(entry(n))
+
+    assert await store.recent(3) == [entry(4), entry(3), entry(2)]
+    assert await store.recent(10) == [entry(n) for n in (4, 3, 2, 1, 0)]
+    assert await store.recent(1) == [entry(4)]
+    assert await store.recent(0) == []
+
+
+async def test_call_log_starts_empty(store: Store) -> None:
+    assert await store.recent(50) == []
+
+
+async def test_call_log_keeps_the_last_1000_entries(store: Store) -> None:
+    total = CALL_LOG_SIZE + 5
+    for n in range(total):
+        await store.append(entry(n))
+
+    calls = await store.recent(CALL_LOG_SIZE * 2)
+
+    assert len(calls) == CALL_LOG_SIZE
+    assert calls[0] == entry(total - 1)
+    assert calls[-1] == entry(5)
+
+
+async def test_call_log_rejects_a_negative_limit(store: Store) -> None:
+    with pytest.raises(ValueError, match="limit"):
+        await store.recent(-1)
+
+
+# --- redis specifics ------------------------------------------------------------------
+
+
+@pytest.mark.redis
+async def test_redis_keys_and_their_expiry(
+    redis_url: str, prefix: str, raw_redis: redis.asyncio.Redis
+) -> None:
+    store = RedisStore.from_url(redis_url, prefix=prefix)
+    try:
+        claim = await store.claim("msg_1", "rtc_1", 30)
+        for key in (f"{prefix}webhook:msg_1:lease", f"{prefix}call:rtc_1:lease"):
+            assert await raw_redis.get(key) == claim.token
+            assert 29_000 < await raw_redis.pttl(key) <= 30_000
+
+        await store.finish(claim, OUTCOME)
+
+        assert not await raw_redis.exists(f"{prefix}webhook:msg_1:lease")
+        assert not await raw_redis.exists(f"{prefix}call:rtc_1:lease")
+        for key in (f"{prefix}webhook:msg_1:done", f"{prefix}call:rtc_1:done"):
+            assert json.loads(await raw_redis.get(key) or "null") == OUTCOME
+            assert DONE_KEEP_S - 60 < await raw_redis.ttl(key) <= DONE_KEEP_S == 96 * 3600
+
+        for n in range(CALL_LOG_SIZE + 5):
+            await store.append(entry(n))
+        assert await raw_redis.llen(f"{prefix}calls") == CALL_LOG_SIZE
+    finally:
+        await store.aclose()
+
+
+@pytest.mark.redis
+async def test_default_prefix_is_sip_router(redis_url: str) -> None:
+    store = RedisStore.from_url(redis_url)
+    call_id = f"rtc_{uuid4().hex}"
+    try:
+        claim = await store.claim(f"msg_{uuid4().hex}", call_id, 5)
+        async with redis.asyncio.Redis.from_url(redis_url, decode_responses=True) as client:
+            assert await client.get(f"sip-router:call:{call_id}:lease") == claim.token
+        await store.release(claim)
+    finally:
+        await store.aclose()
+
+
+@pytest.mark.redis
+async def test_two_clients_share_claims(redis_url: str, prefix: str) -> None:
+    first = RedisStore.from_url(redis_url, prefix=prefix)
+    second = RedisStore.from_url(redis_url, prefix=prefix)
+    try:
+        claims = await asyncio.gather(
+            *(s.claim("msg_1", "rtc_1", 30) for s in (first, second) for _ in range(10))
+        )
+        assert results(claims) == [ClaimResult.ACQUIRED] + [ClaimResult.IN_FLIGHT] * 19
+        (acquired,) = [c for c in claims if c.result is ClaimResult.ACQUIRED]
+
+        await second.finish(acquired, OUTCOME)
+
+        assert (await first.claim("msg_2", "rtc_1", 30)).outcome == OUTCOME
+    finally:
+        await first.aclose()
+        await second.aclose()
+        await delete_prefix(redis_url, prefix)
+
+
+@pytest.mark.redis
+async def test_stopped_redis_raises_store_unavailable_quickly_and_recovers(
+    tmp_path: Path,
+) -> None:
+    needs_redis_server()
+    server = RedisServer(tmp_path)
+    server.start()
+    store = RedisStore.from_url(server.url)
+    try:
+        await store.ping()
+        acquired = await store.claim("msg_1", "rtc_1", 30)
+        server.stop()
+
+        operations: dict[str, Callable[[], Awaitable[object]]] = {
+            "ping": store.ping,
+            "claim": lambda: store.claim("msg_2", "rtc_2", 30),
+            "finish": lambda: store.finish(acquired, OUTCOME),
+            "release": lambda: store.release(acquired),
+            "append": lambda: store.append(entry(1)),
+            "recent": lambda: store.recent(10),
+        }
+        for name, operation in operations.items():
+            started = time.monotonic()
+            with pytest.raises(StoreUnavailable) as raised:
+                await operation()
+            assert time.monotonic() - started < 3, name
+            assert isinstance(raised.value.__cause__, redis.RedisError), name
+            assert "127.0.0.1" not in str(raised.value), name
+
+        server.start()
+        await store.ping()
+        # The new server has neither the data nor the cached Lua scripts.
+        assert (await store.claim("msg_1", "rtc_1", 30)).result is ClaimResult.ACQUIRED
+    finally:
+        await store.aclose()
+        server.stop()
+
+
+@pytest.mark.redis
+async def test_silent_redis_raises_store_unavailable_after_the_timeouts() -> None:
+    # Accepts connections (via the backlog) but never answers a command.
+    with socket.socket() as listener:
+        listener.bind(("127.0.0.1", 0))
+        listener.listen(16)
+        store = RedisStore.from_url(f"redis://127.0.0.1:{listener.getsockname()[1]}/0")
+        try:
+            started = time.monotonic()
+            with pytest.raises(StoreUnavailable) as raised:
+                await store.ping()
+            assert 0.9 < time.monotonic() - started < 3
+            assert isinstance(raised.value.__cause__, redis.TimeoutError)
+        finally:
+            await store.aclose()
+
+
+CLAIMING_PROCESS = """
+import asyncio, json, sys
+from app.store import RedisStore
+
+async def main(url, prefix, worker, calls):
+    store = RedisStore.from_url(url, prefix=prefix)
+    await store.ping()
+    print("ready", flush=True)
+    await asyncio.get_running_loop().run_in_executor(None, sys.stdin.readline)
+    claims = await asyncio.gather(*(
+        store.claim(webhook_id, f"rtc_{n}", 30)
+        for n in range(calls)
+        for webhook_id in [f"msg_{n}"] * 5 + [f"msg_{n}_{worker}_{k}" for k in range(5)]
+    ))
+    print(json.dumps([[c.call_id, c.result.value] for c in claims]), flush=True)
+    await store.aclose()
+
+asyncio.run(main(sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4])))
+"""
+
+
+@pytest.mark.redis
+def test_processes_claiming_the_same_ids_acquire_once_overall(redis_url: str, prefix: str) -> None:
+    calls = 10
+    workers = [
+        subprocess.Popen(
+            [sys.executable, "-c", CLAIMING_PROCESS, redis_url, prefix, str(worker), str(calls)],
+            cwd=PROJECT_ROOT,
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            text=True,
+        )
+        for worker in range(3)
+    ]
+    try:
+        for worker in workers:
+            assert worker.stdout is not None
+            assert worker.stdout.readline().strip() == "ready"
+        # Every process is connected before any claims, so their claims really overlap.
+        for worker in workers:
+            assert worker.stdin is not None
+            worker.stdin.write("go\n")
+            worker.stdin.flush()
+        outputs = [worker.communicate(timeout=30)[0] for worker in workers]
+    finally:
+        for worker in workers:
+            if worker.poll() is None:
+                worker.kill()
+                worker.communicate()
+        asyncio.run(delete_prefix(redis_url, prefix))
+
+    assert [worker.returncode for worker in workers] == [0, 0, 0]
+    claims = [claim for output in outputs for claim in json.loads(output)]
+    assert len(claims) == 3 * calls * 10
+    for n in range(calls):
+        per_call = sorted(result for call_id, result in claims if call_id == f"rtc_{n}")
+        assert per_call == ["acquired"] + ["in_flight"] * 29, f"rtc_{n}"
+
+
+# --- memory specifics and wiring ------------------------------------------------------
+
+
+class FakeClock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+async def test_memory_leases_and_records_follow_the_given_clock() -> None:
+    clock = FakeClock()
+    store = MemoryStore(clock=clock)
+    first = await store.claim("msg_1", "rtc_1", 10)
+
+    clock.now += 9.999
+    assert (await store.claim("msg_2", "rtc_1", 10)).result is ClaimResult.IN_FLIGHT
+    clock.now += 0.001
+    second = await store.claim("msg_2", "rtc_1", 10)
+    assert second.result is ClaimResult.ACQUIRED
+    assert await store.release(first) is False
+
+    await store.finish(second, OUTCOME, keep_s=60)
+    clock.now += 59
+    assert (await store.claim("msg_2", "rtc_1", 10)).result is ClaimResult.DUPLICATE_DONE
+    clock.now += 1
+    assert (await store.claim("msg_2", "rtc_1", 10)).result is ClaimResult.ACQUIRED
+
+
+async def test_memory_record_written_again_keeps_its_later_expiry() -> None:
+    clock = FakeClock()
+    store = MemoryStore(clock=clock)
+    stale = await store.claim("msg_1", "rtc_1", 1)
+    clock.now += 1
+    owner = await store.claim("msg_1", "rtc_1", 10)
+    await store.finish(stale, OUTCOME, keep_s=10)
+    clock.now += 1
+    await store.finish(owner, OUTCOME, keep_s=100)
+    clock.now += 50
+
+    # Passing the first record's expiry must not remove the record written after it.
+    assert (await store.claim("msg_1", "rtc_1", 10)).result is ClaimResult.DUPLICATE_DONE
+    clock.now += 50
+    assert (await store.claim("msg_1", "rtc_1", 10)).result is ClaimResult.ACQUIRED
+
+
+async def test_open_store_picks_the_backend() -> None:
+    memory = open_store(None)
+    assert isinstance(memory, MemoryStore)
+    await memory.ping()
+
+    remote = open_store("redis://127.0.0.1:1/0")
+    assert isinstance(remote, RedisStore)
+    await remote.aclose()
