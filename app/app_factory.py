@@ -1,0 +1,144 @@
+"""The composition root: `create_app(settings)` builds every part of the service once."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import signal
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+import httpx
+from fastapi import FastAPI
+
+from app.call_processing import CallProcessor, ProcessingOptions
+from app.http import admin, health, webhooks
+from app.http.services import Services
+from app.metrics import Metrics
+from app.openai_calls import OpenAICallsClient
+from app.rules.problems import RuleFileError
+from app.rules_reloading import RulesHolder
+from app.settings import Settings
+from app.store import Store, open_store
+from app.webhook_verification import WebhookVerifier
+
+log = logging.getLogger("sip_router")
+
+
+def create_app(
+    settings: Settings,
+    *,
+    transport: httpx.AsyncBaseTransport | None = None,
+    store: Store | None = None,
+    handle_signals: bool = False,
+    watch_interval_s: float | None = 1.0,
+) -> FastAPI:
+    """Build the service. `transport` replaces the network (tests); signals only under serve."""
+    metrics = Metrics()
+    rules = RulesHolder(settings.rules, metrics)
+    if store is None:
+        redis_url = settings.redis_url.get_secret_value() if settings.redis_url else None
+        store = open_store(redis_url)
+    http = httpx.AsyncClient(
+        transport=transport,
+        limits=httpx.Limits(max_connections=200, max_keepalive_connections=50),
+        follow_redirects=False,
+    )
+    api_key = settings.openai_api_key.get_secret_value() if settings.openai_api_key else ""
+    calls = OpenAICallsClient(
+        http,
+        base_url=settings.openai_base_url,
+        api_key=api_key,
+        deadline_s=settings.action_deadline_s,
+        on_response=metrics.upstream_answered,
+    )
+    processor = CallProcessor(
+        verifier=WebhookVerifier(settings.webhook_secrets, settings.timestamp_tolerance_s),
+        rules=rules,
+        store=store,
+        calls=calls,
+        metrics=metrics,
+        options=ProcessingOptions(
+            dry_run=settings.dry_run,
+            max_event_age_s=settings.max_event_age_s,
+            action_deadline_s=settings.action_deadline_s,
+            mask_numbers=settings.mask_numbers,
+        ),
+    )
+    services = Services(settings, metrics, rules, store, processor)
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        try:
+            ruleset = rules.current or rules.load_now()
+        except RuleFileError as exc:
+            log.error(
+                "routing rules are invalid",
+                extra={"fields": {"errors": [str(p) for p in exc.problems]}},
+            )
+            raise
+        log.info(
+            "sip-router started",
+            extra={
+                "fields": {
+                    "ruleset": ruleset.version,
+                    "rules": str(settings.rules),
+                    "dry_run": settings.dry_run,
+                    "store": "redis" if settings.redis_url else "memory",
+                    "warnings": list(ruleset.warnings),
+                }
+            },
+        )
+        watcher = asyncio.create_task(rules.watch(watch_interval_s)) if watch_interval_s else None
+        if handle_signals:
+            _on_sighup(rules)
+        try:
+            yield
+        finally:
+            finished = await processor.drain(settings.action_deadline_s * 2 + 1)
+            dropped = processor.cancel_scheduled_hangups()
+            log.info(
+                "sip-router stopped",
+                extra={
+                    "fields": {"in_flight_finished": finished, "scheduled_hangups_dropped": dropped}
+                },
+            )
+            if watcher is not None:
+                watcher.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await watcher
+            await http.aclose()
+            await store.aclose()
+
+    app = FastAPI(
+        title="sip-router",
+        summary="Routes incoming SIP calls on OpenAI's Realtime API.",
+        lifespan=lifespan,
+        docs_url=None,
+        redoc_url=None,
+        openapi_url=None,
+    )
+    app.state.services = services
+    app.include_router(webhooks.router)
+    app.include_router(health.router)
+    app.include_router(admin.router)
+    return app
+
+
+def _on_sighup(rules: RulesHolder) -> None:
+    loop = asyncio.get_running_loop()
+    pending: set[asyncio.Task[object]] = set()
+
+    def reload() -> None:
+        task = loop.create_task(_reload_quietly(rules))
+        pending.add(task)
+        task.add_done_callback(pending.discard)
+
+    with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):
+        loop.add_signal_handler(signal.SIGHUP, reload)
+
+
+async def _reload_quietly(rules: RulesHolder) -> None:
+    with contextlib.suppress(RuleFileError):
+        await rules.reload("SIGHUP")

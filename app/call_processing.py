@@ -1,0 +1,327 @@
+"""One webhook delivery from raw bytes to an answer (SPEC sections 1, 6 and 7).
+
+raw body -> verify -> parse -> stale? -> claim (webhook-id, call_id) -> identity ->
+decide at `created_at` -> act (deadline, retries, on_error) -> record -> answer.
+The webhook is answered after the action, so a crash leads to a redelivery.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+from app.errors import DeliveryError, ServiceUnavailable
+from app.metrics import Metrics
+from app.openai_calls import ActionResult, OpenAICallsClient
+from app.phone_numbers import mask_number
+from app.rules.call_context import CallContext
+from app.rules.ruleset import Decision, Ruleset
+from app.rules_reloading import RulesHolder
+from app.sip_identity import Party, SipHeaders, parse_parties
+from app.store import Claim, ClaimResult, Store, StoreUnavailable
+from app.webhook_event import IncomingCall, OtherEvent, parse_event
+from app.webhook_verification import WebhookVerifier
+
+log = logging.getLogger("sip_router.webhook")
+
+
+@dataclass(frozen=True, slots=True)
+class WebhookAnswer:
+    status_code: int
+    body: dict[str, Any]
+
+
+@dataclass
+class _Record:
+    """What one delivery did, for the log line, the call log and the metrics."""
+
+    outcome: str
+    webhook_id: str | None = None
+    call_id: str | None = None
+    caller: str | None = None
+    called: str | None = None
+    rule: str | None = None
+    action: str | None = None
+    upstream_status: int | None = None
+    ruleset: str | None = None
+    detail: str | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class ProcessingOptions:
+    dry_run: bool
+    max_event_age_s: float
+    action_deadline_s: float
+    mask_numbers: bool
+
+
+class CallProcessor:
+    """Turns deliveries into exactly one action per call; owns in-flight tracking."""
+
+    def __init__(
+        self,
+        *,
+        verifier: WebhookVerifier,
+        rules: RulesHolder,
+        store: Store,
+        calls: OpenAICallsClient,
+        metrics: Metrics,
+        options: ProcessingOptions,
+        wall_clock: Callable[[], float] = time.time,
+    ) -> None:
+        self._verifier = verifier
+        self._rules = rules
+        self._store = store
+        self._calls = calls
+        self._metrics = metrics
+        self._options = options
+        self._wall_clock = wall_clock
+        self._in_flight = 0
+        self._idle = asyncio.Event()
+        self._idle.set()
+        self.draining = False
+        self._hangups: set[asyncio.Task[None]] = set()
+
+    @property
+    def in_flight(self) -> int:
+        return self._in_flight
+
+    async def handle(self, body: bytes, headers: Mapping[str, str]) -> WebhookAnswer:
+        """Process one delivery; every outcome is an answer, nothing here raises for input."""
+        started = time.perf_counter()
+        self._in_flight += 1
+        self._idle.clear()
+        record = _Record(outcome="error")
+        try:
+            answer = await self._process(body, headers, record)
+        except DeliveryError as exc:
+            record.outcome, record.detail = exc.outcome, str(exc)
+            answer = WebhookAnswer(exc.status_code, {"status": "rejected", "error": str(exc)})
+        except ServiceUnavailable as exc:
+            record.outcome, record.detail = exc.outcome, str(exc)
+            answer = WebhookAnswer(503, {"status": "unavailable", "error": str(exc)})
+        finally:
+            self._in_flight -= 1
+            if self._in_flight == 0:
+                self._idle.set()
+        elapsed = time.perf_counter() - started
+        await self._record(record, answer, elapsed)
+        return answer
+
+    async def _process(
+        self, body: bytes, headers: Mapping[str, str], record: _Record
+    ) -> WebhookAnswer:
+        if self.draining:
+            raise ServiceUnavailable("shutting down; deliver again")
+        delivery = self._verifier.verify(body, headers, now=self._wall_clock())
+        record.webhook_id = delivery.webhook_id
+        event = parse_event(delivery.body)
+        if isinstance(event, OtherEvent):
+            record.outcome, record.detail = "ignored", event.type
+            return WebhookAnswer(200, {"status": "ignored", "call_id": None, "action": None})
+        record.call_id = event.call_id
+        ruleset = self._rules.current
+        if ruleset is None:
+            raise ServiceUnavailable("routing rules are not loaded")
+        age = self._wall_clock() - event.created_at
+        if age > self._options.max_event_age_s:
+            record.outcome, record.detail = "stale", f"event is {age:.0f} s old"
+            return WebhookAnswer(200, {"status": "stale", "call_id": event.call_id, "action": None})
+        claim = await self._claim(delivery.webhook_id, event.call_id)
+        if claim.result in (ClaimResult.DUPLICATE_DONE, ClaimResult.CALL_DONE):
+            done = claim.outcome or {}
+            record.outcome = "duplicate"
+            record.action = done.get("action")
+            return WebhookAnswer(
+                200, {"status": "duplicate", "call_id": event.call_id, "action": done.get("action")}
+            )
+        if claim.result is ClaimResult.IN_FLIGHT:
+            record.outcome = "in_flight"
+            return WebhookAnswer(
+                409, {"status": "in_flight", "call_id": event.call_id, "action": None}
+            )
+        return await self._act_once(claim, event, ruleset, record)
+
+    async def _claim(self, webhook_id: str, call_id: str) -> Claim:
+        # The lease outlives the action and its on_error, each with its own deadline.
+        lease_s = 2 * self._options.action_deadline_s + 10
+        try:
+            return await self._store.claim(webhook_id, call_id, lease_s)
+        except StoreUnavailable:
+            raise ServiceUnavailable("the shared store does not answer") from None
+
+    async def _act_once(
+        self, claim: Claim, event: IncomingCall, ruleset: Ruleset, record: _Record
+    ) -> WebhookAnswer:
+        try:
+            status, decision, result = await self._decide_and_act(event, ruleset, record)
+        except BaseException:
+            # Nothing was recorded: let the sender's retry try again.
+            await self._release_quietly(claim)
+            raise
+        if status == "failed":
+            await self._release_quietly(claim)
+            return WebhookAnswer(
+                503, {"status": "failed", "call_id": event.call_id, "action": decision.action}
+            )
+        outcome = {"action": decision.action, "rule": decision.rule, "status": status}
+        try:
+            await self._store.finish(claim, outcome)
+        except StoreUnavailable:
+            # The action happened; a redelivery will find the call lease still held until
+            # it expires, and the call itself already has its action.
+            log.error("could not record a finished call in the shared store")
+        if status == "ok" and decision.max_duration_s and result is not None:
+            self._schedule_hangup(event.call_id, decision.max_duration_s)
+        return WebhookAnswer(
+            200,
+            {
+                "status": "dry_run" if self._options.dry_run else status_text(status),
+                "call_id": event.call_id,
+                "action": decision.action,
+            },
+        )
+
+    async def _decide_and_act(
+        self, event: IncomingCall, ruleset: Ruleset, record: _Record
+    ) -> tuple[str, Decision, ActionResult | None]:
+        headers = SipHeaders.from_pairs(event.sip_headers)
+        parties = parse_parties(headers, ruleset.region or "ZZ")
+        record.caller = self._shown(parties.caller)
+        record.called = self._shown(parties.called)
+        record.ruleset = ruleset.version
+        ctx = CallContext(
+            call_id=event.call_id,
+            parties=parties,
+            headers=headers,
+            at=datetime.fromtimestamp(event.created_at, tz=UTC),
+        )
+        decision = ruleset.decide(ctx)
+        self._note(record, decision)
+        if decision.error is not None:
+            record.extra["error"] = decision.error
+        if self._options.dry_run:
+            record.outcome = "dry_run"
+            return "ok", decision, None
+        result = await self._calls.perform(decision.action, event.call_id, decision.body)
+        record.upstream_status = result.status
+        if result.outcome != "failed":
+            record.outcome = status_text(result.outcome)
+            if result.outcome == "unknown":
+                record.detail = result.detail
+            return result.outcome, decision, result
+        # The action had no effect upstream: run on_error (SPEC 6).
+        record.extra["failed_action"] = decision.action
+        record.extra["failure"] = result.detail
+        fallback = ruleset.fallback(
+            ctx, decision.rule, f"{decision.action} failed: {result.detail}"
+        )
+        self._note(record, fallback)
+        second = await self._calls.perform(fallback.action, event.call_id, fallback.body)
+        record.upstream_status = second.status
+        if second.outcome == "failed":
+            record.outcome, record.detail = "failed", second.detail
+            return "failed", fallback, second
+        record.outcome = "on_error" if second.outcome == "ok" else status_text(second.outcome)
+        return ("on_error" if second.outcome == "ok" else second.outcome), fallback, second
+
+    def _note(self, record: _Record, decision: Decision) -> None:
+        record.rule = decision.rule or "default"
+        record.action = decision.action
+        self._metrics.decisions.labels(rule=record.rule, action=decision.action).inc()
+
+    def _shown(self, party: Party) -> str:
+        if party.e164 is None:
+            return "anonymous"
+        return mask_number(party.e164) if self._options.mask_numbers else party.e164
+
+    async def _release_quietly(self, claim: Claim) -> None:
+        try:
+            await self._store.release(claim)
+        except StoreUnavailable:
+            log.error("could not release a lease; it expires by itself")
+
+    def _schedule_hangup(self, call_id: str, after_s: float) -> None:
+        task = asyncio.create_task(self._hangup_later(call_id, after_s))
+        self._hangups.add(task)
+        task.add_done_callback(self._hangups.discard)
+
+    async def _hangup_later(self, call_id: str, after_s: float) -> None:
+        await asyncio.sleep(after_s)
+        result = await self._calls.perform("hangup", call_id, None)
+        log.info(
+            "max_duration_s reached",
+            extra={
+                "fields": {"call_id": call_id, "outcome": result.outcome, "status": result.status}
+            },
+        )
+
+    async def hangup(self, call_id: str) -> ActionResult:
+        """Hang up an active call now (admin endpoint)."""
+        return await self._calls.perform("hangup", call_id, None)
+
+    async def drain(self, timeout_s: float) -> bool:
+        """Refuse new deliveries and wait for in-flight ones; True if all finished."""
+        self.draining = True
+        try:
+            await asyncio.wait_for(self._idle.wait(), timeout_s)
+        except TimeoutError:
+            return False
+        return True
+
+    def cancel_scheduled_hangups(self) -> int:
+        for task in self._hangups:
+            task.cancel()
+        return len(self._hangups)
+
+    async def _record(self, record: _Record, answer: WebhookAnswer, elapsed_s: float) -> None:
+        latency_ms = round(elapsed_s * 1000, 2)
+        self._metrics.webhooks.labels(outcome=record.outcome).inc()
+        if record.action is not None and record.outcome not in ("duplicate", "in_flight"):
+            self._metrics.decision_seconds.observe(elapsed_s)
+            entry = {
+                "time": datetime.fromtimestamp(self._wall_clock(), tz=UTC).isoformat(),
+                "call_id": record.call_id,
+                "caller": record.caller,
+                "called": record.called,
+                "rule": record.rule,
+                "action": record.action,
+                "outcome": record.outcome,
+                "latency_ms": latency_ms,
+                "ruleset": record.ruleset,
+            }
+            try:
+                await self._store.append(entry)
+            except StoreUnavailable:
+                log.warning("could not append to the call log")
+        fields = {
+            "webhook_id": record.webhook_id,
+            "call_id": record.call_id,
+            "caller": record.caller,
+            "called": record.called,
+            "rule": record.rule,
+            "action": record.action,
+            "outcome": record.outcome,
+            "http_status": answer.status_code,
+            "upstream_status": record.upstream_status,
+            "latency_ms": latency_ms,
+            "ruleset": record.ruleset,
+            "dry_run": self._options.dry_run or None,
+            "detail": record.detail,
+            **record.extra,
+        }
+        level = logging.ERROR if record.outcome in ("unknown", "failed") else logging.INFO
+        log.log(
+            level, "webhook", extra={"fields": {k: v for k, v in fields.items() if v is not None}}
+        )
+
+
+def status_text(outcome: str) -> str:
+    """The webhook answer's `status` for an action outcome."""
+    return {"ok": "processed"}.get(outcome, outcome)

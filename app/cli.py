@@ -1,0 +1,278 @@
+"""The `sip-router` command: serve, check, test, simulate, send-test-call, schema."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import tempfile
+import time
+from collections.abc import Sequence
+from datetime import UTC, datetime
+from pathlib import Path
+
+import httpx
+
+from app.rules.loader import load_ruleset
+from app.rules.problems import RuleFileError
+from app.rules.ruleset import Ruleset
+from app.rules.simulation import decision_json, run_rule_tests, simulated_context
+from app.settings import ConfigurationError, Settings, load_settings
+
+EXIT_OK, EXIT_PROBLEMS, EXIT_CONFIG = 0, 1, 2
+
+
+def _fail(message: str, code: int = EXIT_CONFIG) -> int:
+    print(f"sip-router: {message}", file=sys.stderr)
+    return code
+
+
+def _default_rules() -> Path:
+    return Path(os.environ.get("SIP_ROUTER_RULES") or Settings.model_fields["rules"].default)
+
+
+def _print_problems(exc: RuleFileError) -> None:
+    for problem in exc.problems:
+        print(problem, file=sys.stderr)
+
+
+def _load(path: Path) -> Ruleset | None:
+    try:
+        ruleset = load_ruleset(path)
+    except RuleFileError as exc:
+        _print_problems(exc)
+        return None
+    for warning in ruleset.warnings:
+        print(warning, file=sys.stderr)
+    return ruleset
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    import uvicorn
+
+    from app.log_format import configure_logging, logging_config
+    from app.rules_reloading import load_checked_ruleset
+
+    if args.dry_run:
+        os.environ["SIP_ROUTER_DRY_RUN"] = "true"
+    try:
+        settings = load_settings()
+    except ConfigurationError as exc:
+        return _fail(str(exc))
+    if settings.openai_api_key is None and not settings.dry_run:
+        return _fail("OPENAI_API_KEY: required (or run in dry-run: --dry-run)")
+    if not settings.openai_webhook_secret:
+        if not settings.dry_run:
+            return _fail("OPENAI_WEBHOOK_SECRET: required (the whsec_... secret of your webhook)")
+        import base64
+        import secrets
+
+        generated = "whsec_" + base64.b64encode(secrets.token_bytes(32)).decode()
+        os.environ["OPENAI_WEBHOOK_SECRET"] = generated
+        print(
+            "sip-router: dry-run without OPENAI_WEBHOOK_SECRET; generated one for this run:\n"
+            f"  {generated}\n"
+            f"  try: sip-router send-test-call --url http://127.0.0.1:{args.port}/webhooks/openai"
+            f" --from +14155550123 --to +18005550100 --secret {generated}",
+            file=sys.stderr,
+            flush=True,
+        )
+    if args.workers > 1 and settings.redis_url is None:
+        return _fail(
+            "--workers > 1 needs SIP_ROUTER_REDIS_URL: in-process dedupe cannot keep one action"
+            " per call across worker processes"
+        )
+    try:
+        load_checked_ruleset(settings.rules, datetime.now(tz=UTC))
+    except RuleFileError as exc:
+        _print_problems(exc)
+        return _fail(f"SIP_ROUTER_RULES: {settings.rules} is invalid; not starting")
+    if args.workers > 1 and not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+        os.environ["PROMETHEUS_MULTIPROC_DIR"] = tempfile.mkdtemp(prefix="sip-router-metrics-")
+    configure_logging(settings.log_format, settings.log_level)
+    uvicorn.run(
+        "app.asgi:app_from_environment",
+        factory=True,
+        host=args.host,
+        port=args.port,
+        workers=args.workers,
+        log_config=logging_config(settings.log_format, settings.log_level),
+        access_log=False,
+        timeout_graceful_shutdown=int(settings.action_deadline_s * 2 + 2),
+        server_header=False,
+    )
+    return EXIT_OK
+
+
+def cmd_check(args: argparse.Namespace) -> int:
+    path = Path(args.rules) if args.rules else _default_rules()
+    ruleset = _load(path)
+    if ruleset is None:
+        return EXIT_PROBLEMS
+    results = run_rule_tests(ruleset, datetime.now(tz=UTC))
+    failed = [r for r in results if not r.passed]
+    for result in failed:
+        print(
+            f"{result.file}:{result.line}: test {result.description}: {result.failure}",
+            file=sys.stderr,
+        )
+    if failed:
+        return EXIT_PROBLEMS
+    print(
+        f"{path}: ok: {len(ruleset.rules)} rules, {len(results)} tests passed,"
+        f" {len(ruleset.warnings)} warnings, ruleset {ruleset.version}"
+    )
+    return EXIT_OK
+
+
+def cmd_test(args: argparse.Namespace) -> int:
+    path = Path(args.rules) if args.rules else _default_rules()
+    try:
+        ruleset = load_ruleset(path)
+    except RuleFileError as exc:
+        _print_problems(exc)
+        return EXIT_PROBLEMS
+    results = run_rule_tests(ruleset, datetime.now(tz=UTC))
+    for result in results:
+        if not result.passed:
+            print(f"{result.file}:{result.line}: FAIL {result.description}: {result.failure}")
+    passed = sum(r.passed for r in results)
+    print(f"{passed} passed, {len(results) - passed} failed")
+    return EXIT_OK if passed == len(results) else EXIT_PROBLEMS
+
+
+def _parse_headers(values: Sequence[str]) -> dict[str, str] | None:
+    headers: dict[str, str] = {}
+    for item in values:
+        name, sep, value = item.partition(":")
+        if not sep or not name.strip():
+            raise ValueError(f"--header takes 'Name: value', got {item!r}")
+        headers[name.strip()] = value.strip()
+    return headers
+
+
+def _parse_at(text: str | None) -> datetime | None:
+    if text is None:
+        return None
+    try:
+        return datetime.fromisoformat(text)
+    except ValueError:
+        raise ValueError(
+            f"--at takes an ISO-8601 time such as 2026-03-27T23:30:00+01:00, got {text!r}"
+        ) from None
+
+
+def cmd_simulate(args: argparse.Namespace) -> int:
+    try:
+        headers = _parse_headers(args.header)
+        at = _parse_at(args.at)
+    except ValueError as exc:
+        return _fail(str(exc), EXIT_PROBLEMS)
+    path = Path(args.rules) if args.rules else _default_rules()
+    ruleset = _load(path)
+    if ruleset is None:
+        return EXIT_PROBLEMS
+    ctx = simulated_context(ruleset, args.from_, args.to, at or datetime.now(tz=UTC), headers)
+    decision = ruleset.decide(ctx, explain=True)
+    result = decision_json(decision)
+    if args.json:
+        print(json.dumps(result, ensure_ascii=False))
+        return EXIT_OK
+    rule = decision.rule or "the default"
+    print(f"{decision.action} by {rule} (ruleset {decision.ruleset}, at {ctx.at.isoformat()})")
+    body = json.dumps(result["request"]["body"], ensure_ascii=False)
+    print(f"  POST {result['request']['path']} {body}")
+    if decision.error:
+        print(f"  on_error applied: {decision.error}")
+    for step in decision.trace:
+        mark = "match" if step.matched else "no   "
+        print(f"  {mark} {step.rule}: {step.reason}")
+    if decision.rule is None:
+        print("  no rule matched: default applies")
+    return EXIT_OK
+
+
+def cmd_send_test_call(args: argparse.Namespace) -> int:
+    from app.webhook_signing import signed_test_call
+
+    secret = args.secret or os.environ.get("OPENAI_WEBHOOK_SECRET", "").split(",")[0].strip()
+    if not secret:
+        return _fail("--secret whsec_... is required (or set OPENAI_WEBHOOK_SECRET)")
+    try:
+        headers = _parse_headers(args.header)
+        delivery = signed_test_call(
+            secret, args.from_, args.to, now=int(time.time()), extra_headers=headers
+        )
+    except ValueError as exc:
+        return _fail(str(exc), EXIT_PROBLEMS)
+    try:
+        response = httpx.post(args.url, content=delivery.body, headers=delivery.headers, timeout=30)
+    except httpx.HTTPError as exc:
+        return _fail(f"could not reach {args.url}: {exc}", EXIT_PROBLEMS)
+    print(f"call {delivery.call_id} (webhook {delivery.webhook_id}): HTTP {response.status_code}")
+    print(response.text)
+    return EXIT_OK if response.is_success else EXIT_PROBLEMS
+
+
+def cmd_schema(args: argparse.Namespace) -> int:
+    from app.rules.json_schema import rule_file_schema
+
+    print(json.dumps(rule_file_schema(), indent=2))
+    return EXIT_OK
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="sip-router",
+        description="Route incoming SIP calls on OpenAI's Realtime API with YAML rules.",
+    )
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    serve = commands.add_parser("serve", help="run the webhook service")
+    serve.add_argument("--host", default="0.0.0.0")
+    serve.add_argument("--port", type=int, default=8000)
+    serve.add_argument("--workers", type=int, default=1)
+    serve.add_argument(
+        "--dry-run", action="store_true", help="decide and log, send nothing upstream"
+    )
+    serve.set_defaults(func=cmd_serve)
+
+    check = commands.add_parser("check", help="validate a rule file and run its tests")
+    check.add_argument("rules", nargs="?", help="rule file (default: $SIP_ROUTER_RULES)")
+    check.set_defaults(func=cmd_check)
+
+    test = commands.add_parser("test", help="run a rule file's tests: block")
+    test.add_argument("rules", nargs="?", help="rule file (default: $SIP_ROUTER_RULES)")
+    test.set_defaults(func=cmd_test)
+
+    simulate = commands.add_parser("simulate", help="show the decision for a call")
+    simulate.add_argument("--from", dest="from_", required=True, metavar="NUMBER")
+    simulate.add_argument("--to", required=True, metavar="NUMBER")
+    simulate.add_argument("--header", action="append", default=[], metavar="'Name: value'")
+    simulate.add_argument("--at", metavar="ISO-8601", help="the call's time (default: now)")
+    simulate.add_argument("--rules", help="rule file (default: $SIP_ROUTER_RULES)")
+    simulate.add_argument("--json", action="store_true", help="print one JSON object")
+    simulate.set_defaults(func=cmd_simulate)
+
+    send = commands.add_parser("send-test-call", help="send one signed test webhook")
+    send.add_argument("--url", required=True)
+    send.add_argument("--from", dest="from_", required=True, metavar="NUMBER")
+    send.add_argument("--to", required=True, metavar="NUMBER")
+    send.add_argument("--secret", help="whsec_... (default: $OPENAI_WEBHOOK_SECRET)")
+    send.add_argument("--header", action="append", default=[], metavar="'Name: value'")
+    send.set_defaults(func=cmd_send_test_call)
+
+    schema = commands.add_parser("schema", help="print the JSON Schema of rule files")
+    schema.set_defaults(func=cmd_schema)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    code: int = args.func(args)
+    return code
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,121 @@
+"""`/admin/*`: rules, reload, simulate, call log, hangup; behind SIP_ROUTER_ADMIN_TOKEN.
+
+Without a configured token every admin path answers 404, as if it did not exist.
+"""
+
+from __future__ import annotations
+
+import hmac
+import json
+from datetime import UTC, datetime
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Depends, HTTPException, Query, Request
+from fastapi.responses import JSONResponse
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from app.http.services import Services, ServicesDep
+from app.rules.problems import RuleFileError
+from app.rules.simulation import decision_json, simulated_context
+from app.store import StoreUnavailable
+from app.webhook_event import CallId
+
+
+def require_admin(request: Request, services: ServicesDep) -> Services:
+    token = services.settings.admin_token
+    if token is None:
+        raise HTTPException(status_code=404, detail="Not Found")
+    given = request.headers.get("authorization", "")
+    expected = f"Bearer {token.get_secret_value()}"
+    if not hmac.compare_digest(given.encode(), expected.encode()):
+        raise HTTPException(
+            status_code=401, detail="admin token required", headers={"WWW-Authenticate": "Bearer"}
+        )
+    return services
+
+
+AdminDep = Annotated[Services, Depends(require_admin)]
+
+router = APIRouter(prefix="/admin")
+
+
+class SimulateRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid", populate_by_name=True)
+
+    from_: str = Field(alias="from", min_length=1, max_length=64)
+    to: str = Field(min_length=1, max_length=64)
+    headers: dict[str, Annotated[str, Field(max_length=1024)]] | None = None
+    at: datetime | None = None
+
+
+@router.get("/rules")
+async def rules(services: AdminDep) -> dict[str, Any]:
+    status = services.rules.status()
+    return {
+        "version": status.version,
+        "files": list(status.files),
+        "loaded_at": status.loaded_at,
+        "last_error": status.last_error,
+    }
+
+
+@router.post("/reload")
+async def reload(services: AdminDep) -> JSONResponse:
+    try:
+        ruleset = await services.rules.reload("admin request")
+    except RuleFileError as exc:
+        return JSONResponse(
+            {"status": "error", "errors": [str(p) for p in exc.problems]}, status_code=422
+        )
+    return JSONResponse(
+        {"status": "ok", "version": ruleset.version, "warnings": list(ruleset.warnings)}
+    )
+
+
+@router.post("/simulate")
+async def simulate(request: Request, services: AdminDep) -> JSONResponse:
+    try:
+        payload = SimulateRequest.model_validate(json.loads(await request.body()))
+    except (ValueError, ValidationError):
+        return JSONResponse(
+            {"error": 'expected {"from", "to", "headers"?, "at"?: ISO-8601}'}, status_code=422
+        )
+    ruleset = services.rules.current
+    if ruleset is None:
+        return JSONResponse({"error": "routing rules are not loaded"}, status_code=503)
+    at = payload.at or datetime.now(tz=UTC)
+    ctx = simulated_context(ruleset, payload.from_, payload.to, at, payload.headers)
+    return JSONResponse(decision_json(ruleset.decide(ctx, explain=True)))
+
+
+@router.get("/calls")
+async def calls(
+    services: AdminDep, limit: Annotated[int, Query(ge=1, le=1000)] = 100
+) -> JSONResponse:
+    try:
+        entries = await services.store.recent(limit)
+    except StoreUnavailable:
+        return JSONResponse({"error": "the shared store does not answer"}, status_code=503)
+    return JSONResponse({"calls": entries})
+
+
+@router.post("/calls/{call_id}/hangup")
+async def hangup(call_id: str, services: AdminDep) -> JSONResponse:
+    try:
+        CallIdModel.model_validate({"call_id": call_id})
+    except ValidationError:
+        return JSONResponse({"error": "not a call id"}, status_code=400)
+    if services.settings.dry_run:
+        return JSONResponse({"status": "dry_run", "call_id": call_id})
+    result = await services.processor.hangup(call_id)
+    if result.outcome == "ok":
+        return JSONResponse({"status": "ok", "call_id": call_id})
+    if result.outcome == "gone":
+        return JSONResponse({"status": "gone", "call_id": call_id}, status_code=404)
+    return JSONResponse(
+        {"status": result.outcome, "call_id": call_id, "detail": result.detail}, status_code=502
+    )
+
+
+class CallIdModel(BaseModel):
+    call_id: CallId

@@ -1,0 +1,31 @@
+"""What the HTTP routes need, built once by `create_app` and reached through `request.app`."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Annotated
+
+from fastapi import Depends, Request
+
+from app.call_processing import CallProcessor
+from app.metrics import Metrics
+from app.rules_reloading import RulesHolder
+from app.settings import Settings
+from app.store import Store
+
+
+@dataclass
+class Services:
+    settings: Settings
+    metrics: Metrics
+    rules: RulesHolder
+    store: Store
+    processor: CallProcessor
+
+
+def get_services(request: Request) -> Services:
+    services: Services = request.app.state.services
+    return services
+
+
+ServicesDep = Annotated[Services, Depends(get_services)]

@@ -1,0 +1,38 @@
+"""`POST /webhooks/openai`: the raw body, capped at 64 KiB, handed to the call processor."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter, Request
+from fastapi.responses import JSONResponse
+
+from app.errors import PayloadTooLarge
+from app.http.services import ServicesDep
+
+MAX_BODY_BYTES = 64 * 1024
+
+router = APIRouter()
+
+
+async def _read_capped(request: Request) -> bytes:
+    declared = request.headers.get("content-length")
+    if declared is not None and declared.isdigit() and int(declared) > MAX_BODY_BYTES:
+        raise PayloadTooLarge("the body is larger than 64 KiB")
+    chunks = []
+    size = 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > MAX_BODY_BYTES:
+            raise PayloadTooLarge("the body is larger than 64 KiB")
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+@router.post("/webhooks/openai")
+async def receive_webhook(request: Request, services: ServicesDep) -> JSONResponse:
+    try:
+        body = await _read_capped(request)
+    except PayloadTooLarge as exc:
+        services.metrics.webhooks.labels(outcome=exc.outcome).inc()
+        return JSONResponse({"status": "rejected", "error": str(exc)}, status_code=413)
+    answer = await services.processor.handle(body, request.headers)
+    return JSONResponse(answer.body, status_code=answer.status_code)

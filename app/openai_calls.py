@@ -1,0 +1,159 @@
+"""The client of OpenAI's call endpoints: accept, refer, reject, hangup (SPEC section 6).
+
+One action runs under a total deadline, retries included. Retries happen only where no
+effect can have happened or the server asked for one (connection errors, 408, 429, 5xx),
+with full-jitter backoff and `Retry-After` honoured when it fits the deadline.
+A request that may have reached OpenAI without an answer makes the outcome `unknown`:
+the caller must then not send a contradicting action.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import time
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass
+from email.utils import parsedate_to_datetime
+from typing import Any, Literal
+
+import httpx
+
+Verb = Literal["accept", "refer", "reject", "hangup"]
+Outcome = Literal["ok", "gone", "failed", "unknown"]
+
+_RETRY_STATUSES = frozenset({408, 429})
+_BACKOFF_BASE_S = 0.05
+_BACKOFF_CAP_S = 1.0
+# Errors raised before a single byte of the request can have been sent.
+_NOT_SENT = (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout, httpx.UnsupportedProtocol)
+
+
+@dataclass(frozen=True, slots=True)
+class ActionResult:
+    """How one action ended.
+
+    ok: 2xx. gone: 404, the call no longer exists. failed: no effect upstream (4xx, or
+    retries exhausted without any request possibly applied). unknown: a request may have
+    been applied but no answer came back.
+    """
+
+    outcome: Outcome
+    status: int | None
+    attempts: int
+    detail: str
+
+
+class OpenAICallsClient:
+    """Sends call actions through a shared `httpx.AsyncClient` (opened by the app's lifespan)."""
+
+    def __init__(
+        self,
+        http: httpx.AsyncClient,
+        *,
+        base_url: str,
+        api_key: str,
+        deadline_s: float,
+        sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
+        clock: Callable[[], float] = time.monotonic,
+        jitter: Callable[[float, float], float] = random.uniform,
+        on_response: Callable[[Verb, int | None], None] | None = None,
+    ) -> None:
+        self._http = http
+        self._base_url = base_url.rstrip("/")
+        self._headers = {"Authorization": f"Bearer {api_key}"}
+        self._deadline_s = deadline_s
+        self._sleep = sleep
+        self._clock = clock
+        self._jitter = jitter
+        self._on_response = on_response
+
+    async def perform(
+        self, verb: Verb, call_id: str, body: Mapping[str, Any] | None
+    ) -> ActionResult:
+        """Send one action, retrying inside the deadline; never raises for upstream trouble."""
+        url = f"{self._base_url}/realtime/calls/{call_id}/{verb}"
+        deadline = self._clock() + self._deadline_s
+        attempts = 0
+        maybe_applied = False
+        last = "no attempt"
+        status: int | None = None
+        while True:
+            remaining = deadline - self._clock()
+            if remaining <= 0:
+                break
+            attempts += 1
+            retry_after: float | None = None
+            try:
+                response = await self._http.post(
+                    url,
+                    json=dict(body) if body is not None else None,
+                    headers=self._headers,
+                    timeout=httpx.Timeout(remaining),
+                )
+            except _NOT_SENT as exc:
+                status, last = None, f"{type(exc).__name__} before the request was sent"
+                self._report(verb, None)
+            except httpx.HTTPError as exc:
+                # A read timeout, a reset or a dropped connection after sending: OpenAI may
+                # have carried the action out.
+                maybe_applied = True
+                status, last = None, f"{type(exc).__name__} after the request was sent"
+                self._report(verb, None)
+            else:
+                status = response.status_code
+                self._report(verb, status)
+                if 200 <= status < 300:
+                    return ActionResult("ok", status, attempts, "ok")
+                if status == 404:
+                    return ActionResult("gone", status, attempts, _error_code(response))
+                if status not in _RETRY_STATUSES and status < 500:
+                    return self._failure(maybe_applied, status, attempts, _error_code(response))
+                last = f"HTTP {status}"
+                retry_after = _retry_after_s(response.headers.get("retry-after"))
+            remaining = deadline - self._clock()
+            pause = self._backoff(attempts) if retry_after is None else retry_after
+            if pause >= remaining:
+                break
+            await self._sleep(pause)
+        return self._failure(maybe_applied, status, attempts, f"deadline reached: {last}")
+
+    def _report(self, verb: Verb, status: int | None) -> None:
+        if self._on_response is not None:
+            self._on_response(verb, status)
+
+    def _backoff(self, attempts: int) -> float:
+        return self._jitter(0.0, min(_BACKOFF_CAP_S, _BACKOFF_BASE_S * 2 ** (attempts - 1)))
+
+    @staticmethod
+    def _failure(
+        maybe_applied: bool, status: int | None, attempts: int, detail: str
+    ) -> ActionResult:
+        outcome: Outcome = "unknown" if maybe_applied else "failed"
+        return ActionResult(outcome, status, attempts, detail)
+
+
+def _retry_after_s(value: str | None) -> float | None:
+    """Seconds from a Retry-After header (delta-seconds or HTTP date); None if absent/invalid."""
+    if value is None:
+        return None
+    value = value.strip()
+    if value.isdigit():
+        return float(value)
+    try:
+        when = parsedate_to_datetime(value)
+    except (TypeError, ValueError):
+        return None
+    return max(0.0, when.timestamp() - time.time())
+
+
+def _error_code(response: httpx.Response) -> str:
+    """OpenAI's error code or type, for logs; never the whole body."""
+    try:
+        error = response.json().get("error", {})
+    except (ValueError, AttributeError):
+        return f"HTTP {response.status_code}"
+    if not isinstance(error, dict):
+        return f"HTTP {response.status_code}"
+    code = error.get("code") or error.get("type") or ""
+    return f"HTTP {response.status_code} {str(code)[:64]}".strip()
