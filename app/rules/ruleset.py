@@ -12,6 +12,7 @@ from zoneinfo import ZoneInfo
 from app.rules.call_context import CallContext
 from app.rules.conditions import Condition
 from app.rules.file_model import TestCaseSpec
+from app.rules.rule_index import RuleIndex, build_rule_index
 from app.rules.templates import (
     Template,
     TemplateRenderError,
@@ -160,20 +161,29 @@ class Ruleset:
     warnings: tuple[str, ...] = ()
     tests: tuple[tuple[int, TestCaseSpec], ...] = field(default=(), repr=False)
     main_file: str = ""
+    index: RuleIndex = field(init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "index", build_rule_index([r.when for r in self.rules]))
 
     def decide(self, ctx: CallContext, *, explain: bool = False) -> Decision:
         """The first rule whose `when` holds decides, else `default`."""
         trace: list[TraceStep] = []
         chosen: CompiledRule | None = None
-        for rule in self.rules:
-            if explain:
+        if explain:
+            # Every rule in order, so the trace says why each earlier one did not match.
+            for rule in self.rules:
                 ok, reason = rule.when.explain(ctx)
                 trace.append(TraceStep(rule.name, ok, reason))
-            else:
-                ok = rule.when.matches(ctx)
-            if ok:
-                chosen = rule
-                break
+                if ok:
+                    chosen = rule
+                    break
+        else:
+            rules = self.rules
+            for position in self.index.candidates(ctx):
+                if rules[position].when.matches(ctx):
+                    chosen = rules[position]
+                    break
         action = chosen.action if chosen is not None else self.default
         rule_name = chosen.name if chosen is not None else None
         try:
