@@ -10,6 +10,7 @@ from typing import Annotated, Literal
 from pydantic import Field, SecretStr, ValidationError, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
+SECRETS_DIR = Path("/run/secrets")  # Docker and Kubernetes secrets, one file per variable
 SECRET_PREFIX = "whsec_"  # noqa: S105 (a format marker, not a secret)
 
 
@@ -22,8 +23,9 @@ def parse_webhook_secret(text: str) -> SecretStr:
     value = text.strip()
     if not value.startswith(SECRET_PREFIX):
         raise ValueError("each secret must start with 'whsec_'")
+    encoded = value[len(SECRET_PREFIX) :].rstrip("=")
     try:
-        key = base64.b64decode(value[len(SECRET_PREFIX) :] + "==", validate=True)
+        key = base64.b64decode(encoded + "=" * (-len(encoded) % 4), validate=True)
     except (binascii.Error, ValueError):
         raise ValueError("the part after 'whsec_' is not base64") from None
     if len(key) < 16:
@@ -37,8 +39,6 @@ class Settings(BaseSettings):
     model_config = SettingsConfigDict(
         env_file=".env",
         env_file_encoding="utf-8",
-        secrets_dir="/run/secrets",
-        secrets_dir_missing="ok",
         extra="ignore",
         populate_by_name=True,
         frozen=True,
@@ -113,8 +113,9 @@ class Settings(BaseSettings):
 
 def load_settings(**overrides: object) -> Settings:
     """Build the settings or raise ConfigurationError with one line naming the variable."""
+    secrets_dir = SECRETS_DIR if SECRETS_DIR.is_dir() else None
     try:
-        return Settings(**overrides)  # type: ignore[arg-type]
+        return Settings(_secrets_dir=secrets_dir, **overrides)  # type: ignore[arg-type]
     except ValidationError as exc:
         first = exc.errors()[0]
         field = str(first["loc"][0]) if first["loc"] else "configuration"
