@@ -1,0 +1,1186 @@
+"""A strict fake of OpenAI's four Realtime call endpoints (accept, reject, refer, hangup).
+
+One core checks, records and answers every request; it is served in process through
+`FakeOpenAI.mock_transport()` and over real sockets through `FakeOpenAI.serve_on_loopback()`.
+`python -m tests.fake_openai --port 9001 --record-file PATH` serves it for benchmarks.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import logging
+import secrets
+import signal
+import socket
+import sys
+import threading
+import time
+from collections import deque
+from collections.abc import Awaitable, Callable, Iterator, Mapping, MutableMapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import httpx
+import jsonschema
+import jsonschema.exceptions
+import uvicorn
+
+VERBS = ("accept", "reject", "refer", "hangup")
+ROUTE_PREFIX = "/v1/realtime/calls/"
+MOCK_BASE_URL = "http://fake-openai/v1"
+
+# The request body schemas of accept, reject and refer as published in OpenAI's OpenAPI
+# document (github.com/openai/openai-openapi @ f85dbe223d40e1a31cba812ab2d755c7e98a92a3),
+# with annotations (descriptions, titles, examples, defaults) removed; a published
+# `default: null` is kept as `nullable`. `_closed` tightens them before use.
+_PUBLISHED_DEFS: dict[str, Any] = {
+    "AudioTranscription": {
+        "type": "object",
+        "properties": {
+            "model": {
+                "anyOf": [
+                    {"type": "string"},
+                    {
+                        "type": "string",
+                        "enum": [
+                            "whisper-1",
+                            "gpt-transcribe",
+                            "gpt-live-transcribe",
+                            "gpt-4o-mini-transcribe",
+                            "gpt-4o-mini-transcribe-2025-12-15",
+                            "gpt-4o-transcribe",
+                            "gpt-4o-transcribe-diarize",
+                            "gpt-realtime-whisper",
+                        ],
+                    },
+                ]
+            },
+            "language": {"type": "string"},
+            "languages": {"type": "array", "minItems": 1, "items": {"type": "string"}},
+            "keywords": {"type": "array", "items": {"type": "string"}},
+            "prompt": {"type": "string"},
+            "delay": {"type": "string", "enum": ["minimal", "low", "medium", "high", "xhigh"]},
+        },
+    },
+    "CallableToolAllowedCaller": {"type": "string", "enum": ["direct", "programmatic"]},
+    "FileInputDetail": {"type": "string", "enum": ["auto", "low", "high"]},
+    "ImageDetail": {"type": "string", "enum": ["low", "high", "auto", "original"]},
+    "InputFileContent": {
+        "properties": {
+            "type": {"type": "string", "enum": ["input_file"]},
+            "file_id": {"anyOf": [{"type": "string"}, {"type": "null"}]},
+            "filename": {"type": "string"},
+            "file_data": {"type": "string"},
+            "prompt_cache_breakpoint": {"$ref": "#/$defs/PromptCacheBreakpointConfig"},
+            "file_url": {"type": "string", "format": "uri"},
+            "detail": {"$ref": "#/$defs/FileInputDetail"},
+        },
+        "type": "object",
+        "required": ["type"],
+    },
+    "InputImageContent": {
+        "properties": {
+            "type": {"type": "string", "enum": ["input_image"]},
+            "image_url": {"anyOf": [{"type": "string", "format": "uri"}, {"type": "null"}]},
+            "file_id": {"anyOf": [{"type": "string"}, {"type": "null"}]},
+            "detail": {"$ref": "#/$defs/ImageDetail"},
+            "prompt_cache_breakpoint": {"$ref": "#/$defs/PromptCacheBreakpointConfig"},
+        },
+        "type": "object",
+        "required": ["type", "detail"],
+    },
+    "InputTextContent": {
+        "properties": {
+            "type": {"type": "string", "enum": ["input_text"]},
+            "text": {"type": "string"},
+            "prompt_cache_breakpoint": {"$ref": "#/$defs/PromptCacheBreakpointConfig"},
+        },
+        "type": "object",
+        "required": ["type", "text"],
+    },
+    "MCPTool": {
+        "type": "object",
+        "properties": {
+            "type": {"type": "string", "enum": ["mcp"]},
+            "server_label": {"type": "string"},
+            "server_url": {"type": "string", "format": "uri"},
+            "connector_id": {
+                "type": "string",
+                "enum": [
+                    "connector_dropbox",
+                    "connector_gmail",
+                    "connector_googlecalendar",
+                    "connector_googledrive",
+                    "connector_microsoftteams",
+                    "connector_outlookcalendar",
+                    "connector_outlookemail",
+                    "connector_sharepoint",
+                ],
+            },
+            "tunnel_id": {"type": "string", "pattern": "^tunnel_[a-z0-9]{32}$"},
+            "authorization": {"type": "string"},
+            "server_description": {"type": "string"},
+            "headers": {
+                "anyOf": [
+                    {"type": "object", "additionalProperties": {"type": "string"}},
+                    {"type": "null"},
+                ]
+            },
+            "allowed_tools": {
+                "anyOf": [
+                    {
+                        "oneOf": [
+                            {"type": "array", "items": {"type": "string"}},
+                            {"$ref": "#/$defs/MCPToolFilter"},
+                        ]
+                    },
+                    {"type": "null"},
+                ]
+            },
+            "allowed_callers": {
+                "anyOf": [
+                    {
+                        "type": "array",
+                        "minItems": 1,
+                        "items": {"$ref": "#/$defs/CallableToolAllowedCaller"},
+                    },
+                    {"type": "null"},
+                ]
+            },
+            "require_approval": {
+                "anyOf": [
+                    {
+                        "oneOf": [
+                            {
+                                "type": "object",
+                                "properties": {
+                                    "always": {"$ref": "#/$defs/MCPToolFilter"},
+                                    "never": {"$ref": "#/$defs/MCPToolFilter"},
+                                },
+                                "additionalProperties": False,
+                            },
+                            {"type": "string", "enum": ["always", "never"]},
+                        ]
+                    },
+                    {"type": "null"},
+                ]
+            },
+            "defer_loading": {"type": "boolean"},
+        },
+        "required": ["type", "server_label"],
+    },
+    "MCPToolFilter": {
+        "type": "object",
+        "properties": {
+            "tool_names": {"type": "array", "items": {"type": "string"}},
+            "read_only": {"type": "boolean"},
+        },
+        "required": [],
+        "additionalProperties": False,
+    },
+    "NoiseReductionType": {"type": "string", "enum": ["near_field", "far_field"]},
+    "Prompt": {
+        "anyOf": [
+            {
+                "type": "object",
+                "required": ["id"],
+                "properties": {
+                    "id": {"type": "string"},
+                    "version": {"anyOf": [{"type": "string"}, {"type": "null"}]},
+                    "variables": {"$ref": "#/$defs/ResponsePromptVariables"},
+                },
+            },
+            {"type": "null"},
+        ]
+    },
+    "PromptCacheBreakpointConfig": {
+        "properties": {"mode": {"type": "string", "enum": ["explicit"]}},
+        "type": "object",
+        "required": ["mode"],
+    },
+    "RealtimeAudioFormats": {
+        "anyOf": [
+            {
+                "type": "object",
+                "properties": {
+                    "type": {"type": "string", "enum": ["audio/pcm"]},
+                    "rate": {"type": "integer", "enum": [24000]},
+                },
+            },
+            {"type": "object", "properties": {"type": {"type": "string", "enum": ["audio/pcmu"]}}},
+            {"type": "object", "properties": {"type": {"type": "string", "enum": ["audio/pcma"]}}},
+        ]
+    },
+    "RealtimeCallReferRequest": {
+        "type": "object",
+        "required": ["target_uri"],
+        "properties": {"target_uri": {"type": "string"}},
+        "additionalProperties": False,
+    },
+    "RealtimeCallRejectRequest": {
+        "type": "object",
+        "properties": {"status_code": {"type": "integer"}},
+        "additionalProperties": False,
+    },
+    "RealtimeFunctionTool": {
+        "type": "object",
+        "properties": {
+            "type": {"type": "string", "enum": ["function"]},
+            "name": {"type": "string"},
+            "description": {"type": "string"},
+            "parameters": {"type": "object"},
+        },
+    },
+    "RealtimeReasoning": {
+        "type": "object",
+        "properties": {"effort": {"$ref": "#/$defs/RealtimeReasoningEffort"}},
+    },
+    "RealtimeReasoningEffort": {
+        "type": "string",
+        "enum": ["minimal", "low", "medium", "high", "xhigh"],
+    },
+    "RealtimeSessionCreateRequestGA": {
+        "type": "object",
+        "properties": {
+            "type": {"type": "string", "enum": ["realtime"]},
+            "output_modalities": {
+                "type": "array",
+                "items": {"type": "string", "enum": ["text", "audio"]},
+            },
+            "model": {
+                "anyOf": [
+                    {"type": "string"},
+                    {
+                        "type": "string",
+                        "enum": [
+                            "gpt-realtime",
+                            "gpt-realtime-1.5",
+                            "gpt-realtime-2",
+                            "gpt-realtime-2.1",
+                            "gpt-realtime-2.1-mini",
+                            "gpt-realtime-2025-08-28",
+                            "gpt-4o-realtime-preview",
+                            "gpt-4o-realtime-preview-2024-10-01",
+                            "gpt-4o-realtime-preview-2024-12-17",
+                            "gpt-4o-realtime-preview-2025-06-03",
+                            "gpt-4o-mini-realtime-preview",
+                            "gpt-4o-mini-realtime-preview-2024-12-17",
+                            "gpt-realtime-mini",
+                            "gpt-realtime-mini-2025-10-06",
+                            "gpt-realtime-mini-2025-12-15",
+                            "gpt-audio-1.5",
+                            "gpt-audio-mini",
+                            "gpt-audio-mini-2025-10-06",
+                            "gpt-audio-mini-2025-12-15",
+                        ],
+                    },
+                ]
+            },
+            "instructions": {"type": "string"},
+            "audio": {
+                "type": "object",
+                "properties": {
+                    "input": {
+                        "type": "object",
+                        "properties": {
+                            "format": {"$ref": "#/$defs/RealtimeAudioFormats"},
+                            "transcription": {"$ref": "#/$defs/AudioTranscription"},
+                            "noise_reduction": {
+                                "type": "object",
+                                "nullable": True,
+                                "properties": {"type": {"$ref": "#/$defs/NoiseReductionType"}},
+                            },
+                            "turn_detection": {"$ref": "#/$defs/RealtimeTurnDetection"},
+                        },
+                    },
+                    "output": {
+                        "type": "object",
+                        "properties": {
+                            "format": {"$ref": "#/$defs/RealtimeAudioFormats"},
+                            "voice": {"$ref": "#/$defs/VoiceIdsOrCustomVoice"},
+                            "speed": {"type": "number", "maximum": 1.5, "minimum": 0.25},
+                        },
+                    },
+                },
+            },
+            "include": {
+                "type": "array",
+                "items": {"type": "string", "enum": ["item.input_audio_transcription.logprobs"]},
+            },
+            "tracing": {
+                "nullable": True,
+                "oneOf": [
+                    {"type": "string", "enum": ["auto"]},
+                    {
+                        "type": "object",
+                        "properties": {
+                            "workflow_name": {"type": "string"},
+                            "group_id": {"type": "string"},
+                            "metadata": {"type": "object"},
+                        },
+                    },
+                ],
+            },
+            "tools": {
+                "type": "array",
+                "items": {
+                    "oneOf": [{"$ref": "#/$defs/RealtimeFunctionTool"}, {"$ref": "#/$defs/MCPTool"}]
+                },
+            },
+            "tool_choice": {
+                "oneOf": [
+                    {"$ref": "#/$defs/ToolChoiceOptions"},
+                    {"$ref": "#/$defs/ToolChoiceFunction"},
+                    {"$ref": "#/$defs/ToolChoiceMCP"},
+                ]
+            },
+            "parallel_tool_calls": {"type": "boolean"},
+            "reasoning": {"$ref": "#/$defs/RealtimeReasoning"},
+            "max_output_tokens": {
+                "oneOf": [{"type": "integer"}, {"type": "string", "enum": ["inf"]}]
+            },
+            "truncation": {"$ref": "#/$defs/RealtimeTruncation"},
+            "prompt": {"$ref": "#/$defs/Prompt"},
+        },
+        "required": ["type"],
+    },
+    "RealtimeTruncation": {
+        "oneOf": [
+            {"type": "string", "enum": ["auto", "disabled"]},
+            {
+                "type": "object",
+                "properties": {
+                    "type": {"type": "string", "enum": ["retention_ratio"]},
+                    "retention_ratio": {"type": "number", "minimum": 0, "maximum": 1},
+                    "token_limits": {
+                        "type": "object",
+                        "properties": {"post_instructions": {"type": "integer", "minimum": 0}},
+                    },
+                },
+                "required": ["type", "retention_ratio"],
+            },
+        ]
+    },
+    "RealtimeTurnDetection": {
+        "anyOf": [
+            {
+                "oneOf": [
+                    {
+                        "type": "object",
+                        "required": ["type"],
+                        "properties": {
+                            "type": {"type": "string", "const": "server_vad"},
+                            "threshold": {"type": "number"},
+                            "prefix_padding_ms": {"type": "integer"},
+                            "silence_duration_ms": {"type": "integer"},
+                            "create_response": {"type": "boolean"},
+                            "interrupt_response": {"type": "boolean"},
+                            "idle_timeout_ms": {
+                                "anyOf": [
+                                    {"type": "integer", "minimum": 5000, "maximum": 30000},
+                                    {"type": "null"},
+                                ]
+                            },
+                        },
+                    },
+                    {
+                        "type": "object",
+                        "required": ["type"],
+                        "properties": {
+                            "type": {"type": "string", "const": "semantic_vad"},
+                            "eagerness": {
+                                "type": "string",
+                                "enum": ["low", "medium", "high", "auto"],
+                            },
+                            "create_response": {"type": "boolean"},
+                            "interrupt_response": {"type": "boolean"},
+                        },
+                    },
+                ]
+            },
+            {"type": "null"},
+        ]
+    },
+    "ResponsePromptVariables": {
+        "anyOf": [
+            {
+                "type": "object",
+                "additionalProperties": {
+                    "oneOf": [
+                        {"type": "string"},
+                        {"$ref": "#/$defs/InputTextContent"},
+                        {"$ref": "#/$defs/InputImageContent"},
+                        {"$ref": "#/$defs/InputFileContent"},
+                    ]
+                },
+            },
+            {"type": "null"},
+        ]
+    },
+    "ToolChoiceFunction": {
+        "type": "object",
+        "properties": {
+            "type": {"type": "string", "enum": ["function"]},
+            "name": {"type": "string"},
+        },
+        "required": ["type", "name"],
+    },
+    "ToolChoiceMCP": {
+        "type": "object",
+        "properties": {
+            "type": {"type": "string", "enum": ["mcp"]},
+            "server_label": {"type": "string"},
+            "name": {"anyOf": [{"type": "string"}, {"type": "null"}]},
+        },
+        "required": ["type", "server_label"],
+    },
+    "ToolChoiceOptions": {"type": "string", "enum": ["none", "auto", "required"]},
+    "VoiceIdsOrCustomVoice": {
+        "anyOf": [
+            {"$ref": "#/$defs/VoiceIdsShared"},
+            {
+                "type": "object",
+                "additionalProperties": False,
+                "required": ["id"],
+                "properties": {"id": {"type": "string"}},
+            },
+        ]
+    },
+    "VoiceIdsShared": {
+        "anyOf": [
+            {"type": "string"},
+            {
+                "type": "string",
+                "enum": [
+                    "alloy",
+                    "ash",
+                    "ballad",
+                    "coral",
+                    "echo",
+                    "sage",
+                    "shimmer",
+                    "verse",
+                    "marin",
+                    "cedar",
+                ],
+            },
+        ]
+    },
+}
+
+
+def _closed(node: Any) -> Any:
+    """Copy of a schema where objects with declared properties accept no other key.
+
+    OpenAI rejects unknown parameters even where the published schema leaves objects
+    open, and a published-nullable schema also accepts null.
+    """
+    if isinstance(node, list):
+        return [_closed(item) for item in node]
+    if not isinstance(node, dict):
+        return node
+    out: dict[str, Any] = {}
+    for key, value in node.items():
+        if key == "nullable":
+            continue
+        if key in ("properties", "$defs"):
+            out[key] = {name: _closed(schema) for name, schema in value.items()}
+        elif key in ("enum", "const", "required"):
+            out[key] = value
+        else:
+            out[key] = _closed(value)
+    if "properties" in node:
+        out.setdefault("additionalProperties", False)
+    if node.get("nullable"):
+        return {"anyOf": [out, {"type": "null"}]}
+    return out
+
+
+def _request_schema(name: str) -> dict[str, Any]:
+    return {"$defs": _closed(_PUBLISHED_DEFS), "$ref": f"#/$defs/{name}"}
+
+
+REQUEST_SCHEMAS: dict[str, dict[str, Any]] = {
+    "accept": _request_schema("RealtimeSessionCreateRequestGA"),
+    "reject": _request_schema("RealtimeCallRejectRequest"),
+    "refer": _request_schema("RealtimeCallReferRequest"),
+    # hangup takes no body; an empty JSON object is tolerated.
+    "hangup": {"type": "object", "properties": {}, "additionalProperties": False},
+}
+_VALIDATORS = {verb: jsonschema.Draft202012Validator(s) for verb, s in REQUEST_SCHEMAS.items()}
+_BODY_REQUIRED = frozenset({"accept", "refer"})
+_SIP_SCHEMES = ("tel:", "sip:", "sips:")
+
+
+@dataclass(frozen=True)
+class Respond:
+    """Answer with `status`; a non-2xx answer carries an OpenAI-shaped error body."""
+
+    status: int = 200
+    headers: Mapping[str, str] = field(default_factory=dict)
+    code: str | None = None
+    message: str | None = None
+    param: str | None = None
+    error_type: str | None = None
+
+
+@dataclass(frozen=True)
+class Drop:
+    """Read the request, then close the connection without any answer.
+
+    `applied` says whether the upstream carried the action out before the connection
+    was lost (an accept that took effect makes the call active).
+    """
+
+    applied: bool = True
+
+
+@dataclass(frozen=True)
+class Delay:
+    """Wait `seconds` (a slow upstream), then answer as `then` says."""
+
+    seconds: float
+    then: Respond | Drop = field(default_factory=Respond)
+
+
+Behaviour = Respond | Delay | Drop
+
+
+@dataclass(frozen=True)
+class RecordedRequest:
+    """One request as the fake received it, with the verdict of its checks.
+
+    `status` is the answer the fake gave (None: the connection was dropped).
+    """
+
+    verb: str
+    call_id: str
+    body: dict[str, Any] | None
+    headers: dict[str, str]
+    received_at: float
+    valid: bool
+    problems: list[str]
+    status: int | None = None
+
+
+@dataclass(frozen=True)
+class _Problem:
+    """One failed check; `param` is the body parameter at fault, `where` any other place."""
+
+    param: str | None
+    message: str
+    code: str | None = None
+    where: str = "body"
+
+    def __str__(self) -> str:
+        return f"{self.param or self.where}: {self.message}"
+
+
+@dataclass(frozen=True)
+class _Outcome:
+    delay: float
+    final: Respond | Drop
+    call_id: str
+
+
+class FakeOpenAI:
+    """OpenAI's call endpoints as a scriptable, recording fake.
+
+    Responses scripted for a call are used first, then those scripted for any call, then
+    `default` (200 with an empty body). Requests that fail a check never use the script.
+    """
+
+    def __init__(self, api_key: str = "sk-test", *, default: Behaviour | None = None) -> None:
+        self.api_key = api_key
+        self.default: Behaviour = default if default is not None else Respond()
+        self._lock = threading.Lock()
+        self._requests: list[RecordedRequest] = []
+        self._scripts: dict[str, deque[Behaviour]] = {}
+        self._any_script: deque[Behaviour] = deque()
+        self._calls: dict[str, str] = {}
+
+    @property
+    def requests(self) -> list[RecordedRequest]:
+        """Every request received so far, oldest first (a snapshot)."""
+        with self._lock:
+            return list(self._requests)
+
+    def requests_for(self, call_id: str) -> list[RecordedRequest]:
+        """The requests received for `call_id`, oldest first."""
+        return [r for r in self.requests if r.call_id == call_id]
+
+    def verbs_for(self, call_id: str) -> list[str]:
+        """The verbs received for `call_id`, in order (valid or not)."""
+        return [r.verb for r in self.requests_for(call_id)]
+
+    def script(self, call_id: str, *responses: Behaviour) -> None:
+        """Queue answers for the next valid requests about `call_id`."""
+        with self._lock:
+            self._scripts.setdefault(call_id, deque()).extend(responses)
+
+    def script_any(self, *responses: Behaviour) -> None:
+        """Queue answers for the next valid requests about calls without their own script."""
+        with self._lock:
+            self._any_script.extend(responses)
+
+    def mark_gone(self, call_id: str) -> None:
+        """From now on every verb on `call_id` answers 404 call_id_not_found."""
+        with self._lock:
+            self._calls[call_id] = "gone"
+
+    def call_state(self, call_id: str) -> str | None:
+        """`active`, `ended`, `gone`, or None for a call that saw no successful action."""
+        with self._lock:
+            return self._calls.get(call_id)
+
+    def reset(self) -> None:
+        """Forget requests, scripts and call states (to share one server between tests)."""
+        with self._lock:
+            self._requests.clear()
+            self._scripts.clear()
+            self._any_script.clear()
+            self._calls.clear()
+
+    def write_record_file(self, path: Path) -> None:
+        """Write every recorded request as a JSON line, with wall-clock arrival times."""
+        offset = time.time() - time.monotonic()
+        with path.open("w", encoding="utf-8") as out:
+            for r in self.requests:
+                line = {
+                    "verb": r.verb,
+                    "call_id": r.call_id,
+                    "received_at": r.received_at + offset,
+                    "valid": r.valid,
+                    "status": r.status,
+                    "problems": r.problems,
+                }
+                out.write(json.dumps(line) + "\n")
+
+    def mock_transport(self) -> httpx.MockTransport:
+        """An in-process transport; use with `base_url=MOCK_BASE_URL`.
+
+        A Delay longer than the request's read timeout raises `httpx.ReadTimeout` after
+        that timeout, as a real transport would; Drop raises `httpx.RemoteProtocolError`.
+        """
+
+        async def handle(request: httpx.Request) -> httpx.Response:
+            body = await request.aread()
+            # Repeated headers are joined with ", ", as on the loopback path.
+            headers = {name: request.headers[name] for name in request.headers}
+            outcome = self._handle(request.method, request.url.path, headers, body)
+            if outcome.delay > 0:
+                timeouts = request.extensions.get("timeout", {})
+                read_timeout = timeouts.get("read")
+                if read_timeout is not None and read_timeout < outcome.delay:
+                    await asyncio.sleep(read_timeout)
+                    raise httpx.ReadTimeout("The read operation timed out", request=request)
+                await asyncio.sleep(outcome.delay)
+            if isinstance(outcome.final, Drop):
+                raise httpx.RemoteProtocolError(
+                    "Server disconnected without sending a response.", request=request
+                )
+            status, response_headers, content = _response_parts(outcome.final, outcome.call_id)
+            return httpx.Response(status, headers=response_headers, content=content)
+
+        return httpx.MockTransport(handle)
+
+    @contextlib.contextmanager
+    def serve_on_loopback(self, port: int = 0) -> Iterator[str]:
+        """Serve on 127.0.0.1 in a background thread; yields the base URL (`.../v1`)."""
+        sock = _listening_socket("127.0.0.1", port)
+        server = _uvicorn_server(self, log_level=None)
+        thread = threading.Thread(
+            target=server.run, kwargs={"sockets": [sock]}, name="fake-openai", daemon=True
+        )
+        thread.start()
+        try:
+            deadline = time.monotonic() + 10
+            while not server.started:
+                if not thread.is_alive() or time.monotonic() > deadline:
+                    raise RuntimeError("the fake OpenAI server did not start")
+                time.sleep(0.005)
+            yield f"http://127.0.0.1:{sock.getsockname()[1]}/v1"
+        finally:
+            server.should_exit = True
+            thread.join(timeout=10)
+            if thread.is_alive():
+                server.force_exit = True
+                thread.join(timeout=5)
+            sock.close()
+
+    def _handle(self, method: str, path: str, headers: Mapping[str, str], body: bytes) -> _Outcome:
+        """Check and record one request, and decide its answer (the shared core)."""
+        received_at = time.monotonic()
+        verb, call_id, routed = _route(method, path)
+        auth_problems = _check_auth(headers, self.api_key)
+        parsed, body_problems = _check_body(verb, headers, body) if routed else (None, [])
+        delay = 0.0
+        final: Respond | Drop
+        with self._lock:
+            if auth_problems:
+                first = auth_problems[0]
+                final = Respond(401, code=first.code, message=first.message)
+            elif not routed:
+                final = Respond(404, message=f"Invalid URL ({method} {path})")
+            elif body_problems:
+                first = body_problems[0]
+                final = Respond(400, code=first.code, message=first.message, param=first.param)
+            else:
+                delay, final = self._next_answer_locked(verb, call_id)
+            problems = [*auth_problems, *body_problems]
+            if not routed:
+                problems.append(_Problem(None, "no such endpoint", where=f"{method} {path}"))
+            self._requests.append(
+                RecordedRequest(
+                    verb=verb,
+                    call_id=call_id,
+                    body=parsed,
+                    headers=dict(headers),
+                    received_at=received_at,
+                    valid=not problems,
+                    problems=[str(p) for p in problems],
+                    status=final.status if isinstance(final, Respond) else None,
+                )
+            )
+        return _Outcome(delay, final, call_id)
+
+    def _next_answer_locked(self, verb: str, call_id: str) -> tuple[float, Respond | Drop]:
+        state = self._calls.get(call_id)
+        if state == "gone":
+            return 0.0, Respond(404, code="call_id_not_found")
+        queue = self._scripts.get(call_id)
+        if queue:
+            behaviour = queue.popleft()
+        elif self._any_script:
+            behaviour = self._any_script.popleft()
+        else:
+            behaviour = self.default
+        delay, final = (
+            (behaviour.seconds, behaviour.then)
+            if isinstance(behaviour, Delay)
+            else (0.0, behaviour)
+        )
+        took_effect = final.applied if isinstance(final, Drop) else 200 <= final.status < 300
+        if not took_effect:
+            return delay, final
+        # The effect happens on arrival: a slow or lost answer does not undo the action.
+        if verb == "hangup":
+            if state != "active":
+                # A dropped hangup of a call that is not up had no effect either way.
+                not_found = Respond(404, code="call_id_not_found")
+                return delay, not_found if isinstance(final, Respond) else final
+            self._calls[call_id] = "ended"
+        elif verb == "accept":
+            self._calls.setdefault(call_id, "active")
+        elif verb == "reject":
+            self._calls.setdefault(call_id, "ended")
+        elif verb == "refer":
+            self._calls[call_id] = "ended"
+        return delay, final
+
+
+def _route(method: str, path: str) -> tuple[str, str, bool]:
+    """(verb, call_id, whether this is one of the four endpoints)."""
+    if not path.startswith(ROUTE_PREFIX):
+        return "", "", False
+    parts = path[len(ROUTE_PREFIX) :].split("/")
+    if len(parts) != 2:
+        return "", "", False
+    call_id, verb = parts
+    return verb, call_id, bool(call_id) and verb in VERBS and method == "POST"
+
+
+def _check_auth(headers: Mapping[str, str], api_key: str) -> list[_Problem]:
+    value = headers.get("authorization")
+    if value is None:
+        return [
+            _Problem(
+                None,
+                "You didn't provide an API key. You need to provide your API key in an "
+                "Authorization header using Bearer auth (i.e. Authorization: Bearer YOUR_KEY).",
+                where="authorization",
+            )
+        ]
+    if value != f"Bearer {api_key}":
+        return [
+            _Problem(None, "Incorrect API key provided.", "invalid_api_key", where="authorization")
+        ]
+    return []
+
+
+def _check_body(
+    verb: str, headers: Mapping[str, str], body: bytes
+) -> tuple[dict[str, Any] | None, list[_Problem]]:
+    """Parse and validate a request body; returns (parsed object or None, problems)."""
+    if not body:
+        if verb in _BODY_REQUIRED:
+            return None, _schema_problems(verb, {})
+        return None, []
+    content_type = headers.get("content-type", "").split(";")[0].strip().lower()
+    if content_type != "application/json":
+        return None, [
+            _Problem(
+                None,
+                f"Unsupported content type: {content_type or 'none'!r}; "
+                "expected 'application/json'.",
+                where="content-type",
+            )
+        ]
+    try:
+        parsed = json.loads(
+            body.decode("utf-8"),
+            object_pairs_hook=_object_without_duplicate_keys,
+            parse_constant=_reject_non_json_constant,
+        )
+    except ValueError as exc:
+        return None, [
+            _Problem(
+                None,
+                "We could not parse the JSON body of your request. The OpenAI API expects "
+                f"a JSON payload, but what was sent was not valid JSON ({exc}).",
+            )
+        ]
+    if not isinstance(parsed, dict):
+        return None, [_Problem(None, "The request body must be a JSON object.")]
+    return parsed, [*_schema_problems(verb, parsed), *_semantic_problems(verb, parsed)]
+
+
+def _object_without_duplicate_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    keys = [key for key, _ in pairs]
+    duplicates = sorted({key for key in keys if keys.count(key) > 1})
+    if duplicates:
+        raise ValueError(f"duplicate key {duplicates[0]!r}")
+    return dict(pairs)
+
+
+def _reject_non_json_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not a JSON value")
+
+
+def _schema_problems(verb: str, body: dict[str, Any]) -> list[_Problem]:
+    errors = sorted(_VALIDATORS[verb].iter_errors(body), key=lambda e: list(map(str, e.path)))
+    return [_problem_from_error(_most_specific(e)) for e in errors]
+
+
+def _most_specific(error: jsonschema.exceptions.ValidationError) -> Any:
+    """Descend anyOf/oneOf failures into the branch the value was evidently meant for.
+
+    That is the branch whose `type` discriminator and JSON type matched, with the fewest
+    errors, so an unknown key in a function tool is reported as such rather than as
+    "not an MCP tool".
+    """
+    while error.context:
+        branches: dict[Any, list[jsonschema.exceptions.ValidationError]] = {}
+        for sub in error.context:
+            branches.setdefault(sub.relative_schema_path[0], []).append(sub)
+
+        def mismatch(errors: list[jsonschema.exceptions.ValidationError]) -> tuple[bool, bool, int]:
+            wrong_kind = any(
+                e.validator in ("enum", "const") and list(e.relative_path) == ["type"]
+                for e in errors
+            )
+            wrong_type = any(e.validator == "type" and not e.relative_path for e in errors)
+            return wrong_kind, wrong_type, len(errors)
+
+        error = min(branches.values(), key=mismatch)[0]
+    return error
+
+
+def _problem_from_error(error: jsonschema.exceptions.ValidationError) -> _Problem:
+    """An OpenAI-style message, param and code for one schema violation."""
+    path = _dotted(error.absolute_path)
+    instance = error.instance
+    if error.validator == "additionalProperties" and isinstance(instance, dict):
+        known = error.schema.get("properties", {}) if isinstance(error.schema, dict) else {}
+        extra = next(key for key in instance if key not in known)
+        param = _join(path, extra)
+        return _Problem(param, f"Unknown parameter: '{param}'.", "unknown_parameter")
+    if error.validator == "required" and isinstance(instance, dict):
+        missing = next(key for key in error.validator_value if key not in instance)
+        param = _join(path, missing)
+        return _Problem(
+            param, f"Missing required parameter: '{param}'.", "missing_required_parameter"
+        )
+    if error.validator == "type":
+        return _Problem(
+            path,
+            f"Invalid type for '{path}': expected {error.validator_value}, "
+            f"but got {_json_type(instance)} instead.",
+            "invalid_type",
+        )
+    if error.validator in ("maximum", "exclusiveMaximum", "minimum", "exclusiveMinimum"):
+        above = "aximum" in str(error.validator)
+        integer = isinstance(error.schema, dict) and error.schema.get("type") == "integer"
+        kind = "integer" if integer else "decimal"
+        code = f"{kind}_{'above_max' if above else 'below_min'}_value"
+        bound = "<=" if above else ">="
+        return _Problem(
+            path,
+            f"Invalid '{path}': expected a value {bound} {error.validator_value}, "
+            f"but got {instance} instead.",
+            code,
+        )
+    return _Problem(path or None, f"Invalid value for '{path}': {error.message}", "invalid_value")
+
+
+def _semantic_problems(verb: str, body: dict[str, Any]) -> list[_Problem]:
+    """Checks beyond the schema: what a SIP call must not or cannot carry."""
+    problems: list[_Problem] = []
+    if verb == "accept" and isinstance(body.get("audio"), dict):
+        for side in ("input", "output"):
+            config = body["audio"].get(side)
+            if isinstance(config, dict) and "format" in config:
+                problems.append(
+                    _Problem(
+                        f"audio.{side}.format",
+                        "must not be set when accepting a SIP call: the codec is "
+                        "negotiated on the SIP leg.",
+                        "invalid_value",
+                    )
+                )
+    status_code = body.get("status_code")
+    if verb == "reject" and type(status_code) is int and not 400 <= status_code <= 699:
+        problems.append(
+            _Problem(
+                "status_code",
+                f"{status_code} is not a SIP final failure status (400-699).",
+                "invalid_value",
+            )
+        )
+    target_uri = body.get("target_uri")
+    if verb == "refer" and isinstance(target_uri, str):
+        scheme = next((s for s in _SIP_SCHEMES if target_uri.lower().startswith(s)), None)
+        if scheme is None or len(target_uri) == len(scheme):
+            problems.append(
+                _Problem(
+                    "target_uri",
+                    f"{target_uri!r} is not a tel:, sip: or sips: URI.",
+                    "invalid_value",
+                )
+            )
+    return problems
+
+
+def _dotted(path: Sequence[str | int]) -> str:
+    out = ""
+    for part in path:
+        out = f"{out}[{part}]" if isinstance(part, int) else _join(out, part)
+    return out
+
+
+def _join(path: str, key: str) -> str:
+    return f"{path}.{key}" if path else key
+
+
+def _json_type(value: Any) -> str:
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "a boolean"
+    if isinstance(value, int | float):
+        return "a number"
+    if isinstance(value, str):
+        return "a string"
+    if isinstance(value, list):
+        return "an array"
+    return "an object"
+
+
+_DEFAULT_ERRORS: dict[int, tuple[str, str, str | None]] = {
+    400: ("invalid_request_error", "Invalid request.", None),
+    401: ("invalid_request_error", "Incorrect API key provided.", None),
+    404: ("invalid_request_error", "Not found.", None),
+    408: ("invalid_request_error", "Request timed out.", None),
+    409: ("invalid_request_error", "Conflict.", None),
+    429: ("requests", "Rate limit reached for requests.", "rate_limit_exceeded"),
+    500: (
+        "server_error",
+        "The server had an error while processing your request. Sorry about that!",
+        None,
+    ),
+    502: ("server_error", "Bad gateway.", None),
+    503: ("server_error", "The server is overloaded or not ready yet.", None),
+}
+
+
+def _response_parts(answer: Respond, call_id: str) -> tuple[int, dict[str, str], bytes]:
+    headers = {"x-request-id": f"req_{secrets.token_hex(16)}"}
+    if 200 <= answer.status < 300:
+        headers.update(answer.headers)
+        return answer.status, headers, b""
+    default_type, default_message, default_code = _DEFAULT_ERRORS.get(
+        answer.status,
+        ("server_error", "Server error.", None)
+        if answer.status >= 500
+        else ("invalid_request_error", "Invalid request.", None),
+    )
+    code = answer.code if answer.code is not None else default_code
+    message = answer.message
+    if message is None:
+        message = f"Call '{call_id}' not found." if code == "call_id_not_found" else default_message
+    error = {
+        "message": message,
+        "type": answer.error_type or default_type,
+        "param": answer.param,
+        "code": code,
+    }
+    headers["content-type"] = "application/json"
+    headers.update(answer.headers)
+    return answer.status, headers, json.dumps({"error": error}).encode()
+
+
+# --- loopback server -------------------------------------------------------------------
+
+Receive = Callable[[], Awaitable[MutableMapping[str, Any]]]
+Send = Callable[[MutableMapping[str, Any]], Awaitable[None]]
+_Peer = tuple[str, int]
+
+
+class _AsgiApp:
+    """The fake as an ASGI app; `transports` maps client addresses to their connection."""
+
+    def __init__(self, fake: FakeOpenAI, transports: dict[_Peer, asyncio.BaseTransport]) -> None:
+        self._fake = fake
+        self._transports = transports
+
+    async def __call__(self, scope: MutableMapping[str, Any], receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            return
+        chunks: list[bytes] = []
+        more_body = True
+        while more_body:
+            message = await receive()
+            if message["type"] == "http.disconnect":
+                return
+            chunks.append(message.get("body", b""))
+            more_body = message.get("more_body", False)
+        headers: dict[str, str] = {}
+        for raw_name, raw_value in scope["headers"]:
+            name, value = raw_name.decode("latin-1").lower(), raw_value.decode("latin-1")
+            headers[name] = f"{headers[name]}, {value}" if name in headers else value
+        outcome = self._fake._handle(scope["method"], scope["path"], headers, b"".join(chunks))
+        if outcome.delay > 0 and await _disconnected_within(receive, outcome.delay):
+            return
+        if isinstance(outcome.final, Drop):
+            transport = self._transports.get(tuple(scope["client"]))
+            if transport is None:
+                raise RuntimeError("Drop needs the connection registry of serve_on_loopback")
+            transport.close()
+            # Returning only once the server saw the disconnect keeps it from answering 500.
+            await _until_disconnect(receive)
+            return
+        status, response_headers, content = _response_parts(outcome.final, outcome.call_id)
+        raw_headers = [
+            (k.encode("latin-1"), v.encode("latin-1")) for k, v in response_headers.items()
+        ]
+        raw_headers.append((b"content-length", str(len(content)).encode()))
+        await send({"type": "http.response.start", "status": status, "headers": raw_headers})
+        await send({"type": "http.response.body", "body": content})
+
+
+async def _until_disconnect(receive: Receive) -> None:
+    while (await receive())["type"] != "http.disconnect":
+        pass
+
+
+async def _disconnected_within(receive: Receive, seconds: float) -> bool:
+    """Sleep `seconds`, returning early (True) if the client went away meanwhile."""
+    watcher = asyncio.ensure_future(_until_disconnect(receive))
+    try:
+        done, _ = await asyncio.wait({watcher}, timeout=seconds)
+        return watcher in done
+    finally:
+        watcher.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await watcher
+
+
+def _tracking_protocol(transports: dict[_Peer, asyncio.BaseTransport]) -> type[asyncio.Protocol]:
+    """uvicorn's HTTP protocol, registering each connection so a Drop can close it.
+
+    uvicorn gives an ASGI app no way to close a connection without answering (raising
+    makes it answer 500), so the app finds the transport by the client's address.
+    """
+    try:
+        from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol as base
+    except ImportError:  # pragma: no cover - httptools is optional for uvicorn
+        from uvicorn.protocols.http.h11_impl import H11Protocol as base  # type: ignore[assignment]
+
+    class TrackingProtocol(base):
+        _peer: _Peer | None = None
+
+        def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+            super().connection_made(transport)
+            peer = transport.get_extra_info("peername")
+            if peer is not None:
+                self._peer = (str(peer[0]), int(peer[1]))
+                transports[self._peer] = transport
+
+        def connection_lost(self, exc: Exception | None) -> None:
+            if self._peer is not None:
+                transports.pop(self._peer, None)
+            super().connection_lost(exc)
+
+    return TrackingProtocol
+
+
+def _uvicorn_server(fake: FakeOpenAI, *, log_level: str | None) -> uvicorn.Server:
+    transports: dict[_Peer, asyncio.BaseTransport] = {}
+    config = uvicorn.Config(
+        _AsgiApp(fake, transports),
+        http=_tracking_protocol(transports),
+        lifespan="off",
+        log_config=None,
+        log_level=log_level,
+        access_log=False,
+        # A Delay still sleeping when the server stops must not hold the stop up for long.
+        timeout_graceful_shutdown=1,
+    )
+    return uvicorn.Server(config)
+
+
+def _listening_socket(host: str, port: int) -> socket.socket:
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.bind((host, port))
+    # Listening before the server loop starts lets clients connect as soon as the port is known.
+    sock.listen(128)
+    return sock
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Serve the fake on loopback until SIGTERM/SIGINT, then write the record file."""
+    parser = argparse.ArgumentParser(prog="python -m tests.fake_openai", description=__doc__)
+    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--port", type=int, default=9001, help="0 picks a free port")
+    parser.add_argument("--api-key", default="sk-test", help="the bearer token to require")
+    parser.add_argument("--record-file", type=Path, help="JSON lines of every request, on exit")
+    parser.add_argument(
+        "--latency", type=float, default=0.0, help="seconds before each default answer"
+    )
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    fake = FakeOpenAI(args.api_key, default=Delay(args.latency) if args.latency > 0 else None)
+    sock = _listening_socket(args.host, args.port)
+    server = _uvicorn_server(fake, log_level="warning")
+    # uvicorn re-raises the signal that stopped it once it has shut down; with these
+    # handlers in place that no longer kills the process before the record file is written.
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda *_: None)
+    host, port = sock.getsockname()[:2]
+    print(f"fake-openai serving http://{host}:{port}/v1", flush=True)
+    try:
+        server.run(sockets=[sock])
+    finally:
+        sock.close()
+        if args.record_file is not None:
+            fake.write_record_file(args.record_file)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
