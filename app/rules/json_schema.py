@@ -1,0 +1,672 @@
+"""The JSON Schema of rule files (SPEC section 5), for editor completion, hover help and checks.
+
+The rule-file language is described by hand, because the loader expands shorthands before
+its models see them; profiles and overrides reuse the accept body's schema from pydantic.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Mapping
+from copy import deepcopy
+from typing import Any
+
+from app.rules.accept_body import accept_body_json_schema
+from app.rules.loader import MAX_DURATION_LIMIT_S
+from app.rules.schedule import WEEKDAYS
+
+SCHEMA_ID = "https://sip-router.dev/rules.schema.json"
+
+_DRAFT = "https://json-schema.org/draft/2020-12/schema"
+# Two prefixes for the accept body's own $defs: complete, and with nothing required.
+_SESSION = "session."
+_PARTIAL = "session.partial."
+
+_NAME_PATTERN = r"^[A-Za-z0-9_.\-]+$"
+_TIME = r"([01][0-9]|2[0-3]):[0-5][0-9]"
+_DATE = r"[0-9]{4}-(0[1-9]|1[0-2])-(0[1-9]|[12][0-9]|3[01])"
+_OFFSET = r"([Zz]|[+-][0-9]{2}(:?[0-9]{2})?)"
+_HEADER_NAME = r"^[A-Za-z0-9!#$%&'*+\-.^_`|~]{1,100}$"
+
+Schema = dict[str, Any]
+
+
+def rule_file_schema() -> Schema:
+    """The JSON Schema (draft 2020-12) of a rule file, as `sip-router schema` prints it."""
+    session_defs, full_props, partial_props = _session_parts()
+    defs: Schema = {
+        **_name_defs(),
+        **_number_defs(),
+        **_condition_defs(),
+        **_action_defs(partial_props),
+        **_profile_defs(full_props, partial_props),
+        **_schedule_defs(),
+        **_test_defs(),
+        **session_defs,
+    }
+    schema: Schema = {
+        "$schema": _DRAFT,
+        "$id": SCHEMA_ID,
+        "title": "sip-router rule file",
+        "description": (
+            "Routing rules for incoming SIP calls: the first rule whose `when` holds decides"
+            " to accept, refer or reject the call; `default` decides when none does."
+        ),
+        "type": "object",
+        "properties": _top_level_properties(),
+        "required": ["version", "default"],
+        "additionalProperties": False,
+        "$defs": defs,
+    }
+    schema["$defs"] = _reachable_defs(schema)
+    return schema
+
+
+# --- small builders --------------------------------------------------------------------------
+
+
+def _ref(name: str) -> Schema:
+    return {"$ref": f"#/$defs/{name}"}
+
+
+def _described(schema: Schema, description: str) -> Schema:
+    return {**schema, "description": description}
+
+
+def _object(properties: Schema, *, required: tuple[str, ...] = (), **extra: Any) -> Schema:
+    """A mapping with exactly these keys allowed (the loader refuses unknown keys)."""
+    schema: Schema = {"type": "object", "properties": properties}
+    if required:
+        schema["required"] = list(required)
+    schema["additionalProperties"] = False
+    schema.update(extra)
+    return schema
+
+
+def _one_key_of(properties: Schema, description: str) -> Schema:
+    """A mapping holding exactly one of `properties`."""
+    return _object(properties, minProperties=1, maxProperties=1, description=description)
+
+
+def _one_or_list(item: Schema, *, min_items: int = 0) -> list[Schema]:
+    listed: Schema = {"type": "array", "items": item}
+    if min_items:
+        listed["minItems"] = min_items
+    return [item, listed]
+
+
+def _map_of(names: Schema, values: Schema, description: str) -> Schema:
+    return {
+        "type": "object",
+        "propertyNames": names,
+        "additionalProperties": values,
+        "description": description,
+    }
+
+
+# --- the top level ---------------------------------------------------------------------------
+
+
+def _top_level_properties() -> Schema:
+    return {
+        "version": {"const": 1, "description": "The rule-file format version: 1."},
+        "defaults": _object(
+            {
+                "timezone": _described(
+                    _ref("TimeZone"), "Time zone of schedules without their own. Default UTC."
+                ),
+                "region": _described(
+                    _ref("CountryCode"),
+                    "How numbers without + are read: 0151* in region DE is +49151*.",
+                ),
+            },
+            description="Settings that apply to the whole file.",
+        ),
+        "profiles": _map_of(
+            _ref("Name"),
+            _ref("Profile"),
+            "Accept configurations by name: the accept body without `type`, plus `extends`,"
+            " `instructions_file` and `max_duration_s`.",
+        ),
+        "lists": _map_of(
+            _ref("Name"),
+            _ref("NumberList"),
+            "Number lists by name, used by `caller: {in: name}`.",
+        ),
+        "schedules": _map_of(
+            _ref("Name"),
+            _ref("Schedule"),
+            "Opening hours by name, used by `schedule: name` in conditions.",
+        ),
+        "rules": {
+            "type": "array",
+            "items": _ref("Rule"),
+            "description": "Tried top to bottom; the first whose `when` holds decides.",
+        },
+        "default": _described(
+            _ref("Action"), "What to do when no rule matches (exactly one action)."
+        ),
+        "on_error": _described(
+            _ref("Action"),
+            "What to do when the chosen action fails (upstream error after retries, template"
+            " error). Default: reject with 503.",
+        ),
+        "tests": {
+            "type": "array",
+            "items": _ref("TestCase"),
+            "description": "Example calls and the decision each must get (`sip-router test`).",
+        },
+    }
+
+
+def _name_defs() -> Schema:
+    return {
+        "Name": {
+            "type": "string",
+            "minLength": 1,
+            "maxLength": 100,
+            "pattern": _NAME_PATTERN,
+            "description": "A name: letters, digits, _ . and -.",
+        },
+        "CountryCode": {
+            "type": "string",
+            "pattern": "^[A-Z]{2}$",
+            "description": 'ISO 3166 two-letter code, upper case. Quote NO: "NO".',
+        },
+        "TimeZone": {
+            "type": "string",
+            "minLength": 1,
+            "description": "An IANA time zone name.",
+            "examples": ["UTC", "Europe/Berlin", "America/New_York"],
+        },
+    }
+
+
+# --- numbers and conditions ------------------------------------------------------------------
+
+
+def _number_defs() -> Schema:
+    return {
+        "NumberText": {
+            "type": ["string", "integer"],
+            "description": "A phone number; unquoted digits are read as text.",
+        },
+        "NumberList": {
+            "anyOf": [
+                {
+                    "type": "array",
+                    "items": _ref("NumberText"),
+                    "description": "Numbers, or prefixes ending in *.",
+                },
+                _object(
+                    {
+                        "file": {
+                            "type": "string",
+                            "minLength": 1,
+                            "description": "A file relative to this one: a number or prefix"
+                            " (ending in *) a line, # comments.",
+                        }
+                    },
+                    required=("file",),
+                ),
+                _object(
+                    {"numbers": {"type": "array", "items": {"type": "string"}}},
+                    required=("numbers",),
+                ),
+            ],
+            "description": 'Numbers inline (["+14155550100", "+1415555*"]) or {file: path}.',
+        },
+    }
+
+
+def _number_term() -> Schema:
+    text_or_digits = _ref("NumberText")
+    mapping = _one_key_of(
+        {
+            "exact": _described(text_or_digits, "This number exactly."),
+            "prefix": _described(
+                text_or_digits, "Numbers starting with this (a trailing * is allowed)."
+            ),
+            "pattern": _described(
+                text_or_digits,
+                "Digits plus X (0-9), Z (1-9), N (2-9) and classes like [1-5].",
+            ),
+            "regex": _described(text_or_digits, "A regular expression matching the whole E.164."),
+            "in": {
+                "anyOf": [_ref("Name"), {"type": "integer"}],
+                "description": "The name of a list under `lists`.",
+            },
+            "country": {
+                "anyOf": _one_or_list(_ref("CountryCode"), min_items=1),
+                "description": "Numbers of this country, or of any of these (DE or [DE, AT]).",
+            },
+            "anonymous": {
+                "type": "boolean",
+                "description": "true: the caller withheld the number; false: they did not.",
+            },
+        },
+        "Exactly one of exact, prefix, pattern, regex, in, country, anonymous.",
+    )
+    return {
+        "anyOf": [
+            {
+                "type": "string",
+                "minLength": 1,
+                "description": "anonymous (a withheld caller), a prefix ending in *, or a number.",
+            },
+            {"type": "integer", "description": "A number written without quotes."},
+            mapping,
+        ]
+    }
+
+
+def _condition_defs() -> Schema:
+    number_condition = {
+        "anyOf": _one_or_list(_ref("NumberTerm"), min_items=1),
+        "description": (
+            '"+1415*" (prefix), "+14155550123" (exact), anonymous, a mapping such as'
+            " {in: vip} or {country: [DE, AT]}, or a list of these (any of them)."
+        ),
+    }
+    header_test = {
+        "anyOf": [
+            {"type": ["string", "integer"], "description": "The exact value."},
+            _one_key_of(
+                {
+                    "equals": {"type": "string", "description": "The exact value."},
+                    "regex": {"type": "string", "description": "A regular expression."},
+                    "present": {
+                        "type": "boolean",
+                        "description": "true: the header is there; false: it is not.",
+                    },
+                },
+                "Exactly one of equals, regex, present.",
+            ),
+        ]
+    }
+    when = _object(
+        {
+            "caller": _described(
+                _ref("NumberCondition"),
+                "The caller: from P-Asserted-Identity if present, else From.",
+            ),
+            "called": _described(_ref("NumberCondition"), "The called number, from To."),
+            "header": _map_of(
+                {"type": "string", "pattern": _HEADER_NAME},
+                _ref("HeaderTest"),
+                "SIP headers (names case-insensitive): {Name: value}, {Name: {regex: ...}}"
+                " or {Name: {present: true|false}}.",
+            ),
+            "schedule": _described(
+                _ref("Name"), "Holds when this schedule (under `schedules`) is open."
+            ),
+            "all": {
+                "type": "array",
+                "items": _ref("When"),
+                "description": "Holds when every condition holds.",
+            },
+            "any": {
+                "type": "array",
+                "items": _ref("When"),
+                "description": "Holds when at least one condition holds.",
+            },
+            "not": _described(_ref("When"), "Holds when this condition does not."),
+        },
+        description="Conditions, all of which must hold. Empty: always holds.",
+    )
+    return {
+        "When": when,
+        "NumberCondition": number_condition,
+        "NumberTerm": _number_term(),
+        "HeaderTest": header_test,
+    }
+
+
+# --- actions and rules -----------------------------------------------------------------------
+
+_ACTIONS = ("accept", "refer", "reject")
+
+
+def _action_properties() -> Schema:
+    return {
+        "accept": _described(_ref("Accept"), "Answer the call with a profile."),
+        "refer": _described(_ref("Refer"), "Transfer the call (SIP REFER)."),
+        "reject": _described(_ref("Reject"), "Refuse the call with a SIP status code."),
+    }
+
+
+def _exactly_one_action() -> list[Schema]:
+    return [{"required": [action]} for action in _ACTIONS]
+
+
+def _action_defs(partial_session_props: Schema) -> Schema:
+    overrides = _object(
+        {
+            **partial_session_props,
+            "max_duration_s": _described(_ref("MaxDuration"), "Replaces the profile's limit."),
+        },
+        description=(
+            "Accept fields deep-merged over the profile for this rule (mappings merge,"
+            " other values replace), plus max_duration_s."
+        ),
+    )
+    rule = _object(
+        {
+            "name": {
+                "allOf": [_ref("Name"), {"not": {"const": "default"}}],
+                "description": "Unique rule name, shown in traces and call records.",
+            },
+            "when": {
+                "anyOf": [_ref("When"), {"type": "null"}],
+                "description": "Conditions, all of which must hold. Empty or left out: always.",
+            },
+            **_action_properties(),
+        },
+        required=("name",),
+        oneOf=_exactly_one_action(),
+        description="A rule: a name, a `when`, and exactly one of accept, refer, reject.",
+    )
+    return {
+        "Rule": rule,
+        "Action": _object(
+            _action_properties(),
+            oneOf=_exactly_one_action(),
+            description="Exactly one of accept, refer, reject.",
+        ),
+        "Accept": _object(
+            {
+                "profile": _described(_ref("Name"), "A profile under `profiles`."),
+                "overrides": overrides,
+            },
+            required=("profile",),
+        ),
+        "Refer": _object(
+            {
+                "target_uri": {
+                    "type": "string",
+                    "minLength": 1,
+                    "maxLength": 2048,
+                    "pattern": r"^(tel|sips?):|\{[{%#]",
+                    "description": "tel:+E.164 or a sip:/sips: URI; {{ ... }} templates allowed.",
+                    "examples": ["sip:desk@pbx.example.com", "tel:+18005550100"],
+                }
+            },
+            required=("target_uri",),
+        ),
+        "Reject": _object(
+            {
+                "status_code": {
+                    "type": "integer",
+                    "minimum": 400,
+                    "maximum": 699,
+                    "default": 603,
+                    "description": "SIP status code, 400 to 699. Default 603 (Decline).",
+                }
+            }
+        ),
+    }
+
+
+# --- profiles --------------------------------------------------------------------------------
+
+_SESSION_KEY_HELP = {
+    "model": "The Realtime model, e.g. gpt-realtime.",
+    "instructions": (
+        "System instructions; {{ ... }} templates see caller, called, call_id, rule, headers"
+        " and now."
+    ),
+    "audio": "Audio settings: input (noise reduction, transcription, turn detection) and output"
+    " (voice, speed). No format: on SIP the trunk negotiates the codec.",
+    "tools": "Tools for the model. MCP tools are run by OpenAI; function tools need a program"
+    " on the call's sideband WebSocket.",
+}
+
+
+def _profile_defs(full_props: Schema, partial_props: Schema) -> Schema:
+    extras: Schema = {
+        "extends": _described(
+            _ref("Name"),
+            "A parent profile: its fields are deep-merged under this one's. Fields the parent"
+            " gives need not be repeated here.",
+        ),
+        "instructions_file": {
+            "type": "string",
+            "minLength": 1,
+            "description": "A file relative to this one whose text is the instructions.",
+        },
+        "max_duration_s": _described(
+            _ref("MaxDuration"), "sip-router hangs up after this many seconds."
+        ),
+    }
+    profile = _object(
+        {**partial_props, **extras},
+        description="An accept configuration: the accept body without `type`.",
+    )
+    profile["not"] = {"required": ["instructions", "instructions_file"]}
+    # A profile that extends another is checked after the merge, so only one without
+    # `extends` must be complete on its own.
+    profile["if"] = {"required": ["extends"]}
+    profile["else"] = {"properties": full_props}
+    return {
+        "Profile": profile,
+        "MaxDuration": {
+            "type": "number",
+            "exclusiveMinimum": 0,
+            "maximum": MAX_DURATION_LIMIT_S,
+            "description": "Seconds, more than 0 and at most 86400.",
+        },
+    }
+
+
+def _session_parts() -> tuple[Schema, Schema, Schema]:
+    """The accept body's $defs (complete and partial) and its properties, both ways."""
+    source = accept_body_json_schema()
+    source_defs: Mapping[str, Schema] = source.get("$defs", {})
+    defs: Schema = {}
+    for name, schema in source_defs.items():
+        defs[_SESSION + name] = _imported(schema, partial=False)
+        defs[_PARTIAL + name] = _imported(schema, partial=True)
+    full_props = _imported({"properties": source["properties"]}, partial=False)["properties"]
+    partial_props = _imported({"properties": source["properties"]}, partial=True)["properties"]
+    for props in (full_props, partial_props):
+        for key, help_text in _SESSION_KEY_HELP.items():
+            if key in props:
+                props[key]["description"] = help_text
+    return defs, full_props, partial_props
+
+
+_SCHEMA_MAPS = ("properties", "patternProperties", "$defs", "dependentSchemas")
+_SCHEMA_LISTS = ("anyOf", "oneOf", "allOf", "prefixItems")
+_SCHEMA_VALUES = (
+    "additionalProperties",
+    "items",
+    "not",
+    "if",
+    "then",
+    "else",
+    "contains",
+    "propertyNames",
+)
+# List entries replace the parent's list whole, so they must be complete even in a partial.
+_ELEMENT_KEYWORDS = ("items", "prefixItems", "contains")
+
+
+def _imported(schema: Schema, *, partial: bool) -> Schema:
+    """A copy of a pydantic schema with $refs under our prefix; `partial` drops `required`."""
+    prefix = _PARTIAL if partial else _SESSION
+    out: Schema = {}
+    for key, value in schema.items():
+        inner = partial and key not in _ELEMENT_KEYWORDS
+        if key == "$ref" and isinstance(value, str) and value.startswith("#/$defs/"):
+            out[key] = "#/$defs/" + prefix + value.removeprefix("#/$defs/")
+        elif key == "required" and partial:
+            continue
+        elif key in _SCHEMA_MAPS and isinstance(value, dict):
+            out[key] = {name: _imported(sub, partial=inner) for name, sub in value.items()}
+        elif key in _SCHEMA_LISTS and isinstance(value, list):
+            out[key] = [_imported(sub, partial=inner) for sub in value]
+        elif key in _SCHEMA_VALUES and isinstance(value, dict):
+            out[key] = _imported(value, partial=inner)
+        else:
+            out[key] = deepcopy(value)
+    return out
+
+
+# --- schedules -------------------------------------------------------------------------------
+
+
+def _day_tokens() -> list[str]:
+    """Weekday names, then every range "mon-fri" (ranges wrap: "fri-mon")."""
+    ranges = [f"{first}-{last}" for first in WEEKDAYS for last in WEEKDAYS if first != last]
+    return [*WEEKDAYS, *ranges]
+
+
+def _schedule_defs() -> Schema:
+    day = {
+        "enum": _day_tokens(),
+        "description": "A weekday (mon ... sun) or a range like mon-fri.",
+    }
+    window = _object(
+        {
+            "days": {
+                "anyOf": _one_or_list(_ref("DayToken"), min_items=1),
+                "description": "mon-fri, sat, or a list like [mon, wed-fri].",
+            },
+            "from": _described(_ref("Time"), 'Start, a quoted "HH:MM" (included).'),
+            "to": {
+                "type": "string",
+                "pattern": f"^({_TIME}|24:00)$",
+                "description": 'End, a quoted "HH:MM" or "24:00" (excluded). Not after `from`:'
+                " the window runs overnight and belongs to its start day.",
+            },
+        },
+        required=("days", "from", "to"),
+        description="A weekly window [from, to) in the schedule's time zone.",
+    )
+    holiday = _object(
+        {
+            "country": _described(_ref("CountryCode"), "Country of the public holidays."),
+            "subdiv": {
+                "type": "string",
+                "description": 'A subdivision code of that country, e.g. BE (quote digits: "9").',
+            },
+            "categories": {
+                "anyOf": _one_or_list({"type": "string"}, min_items=1),
+                "description": "Holiday categories of that country, e.g. public.",
+            },
+        },
+        required=("country",),
+        description="Public holidays, from the holidays library.",
+    )
+    day_set = _object(
+        {
+            "holidays": {
+                "anyOf": _one_or_list(_ref("Holiday")),
+                "description": "{country: DE, subdiv: BE}, or a list of them.",
+            },
+            "dates": {
+                "anyOf": _one_or_list(_ref("DateEntry")),
+                "description": 'Dates and ranges: ["2026-12-24", "2026-12-28..2026-12-31"].',
+            },
+        },
+    )
+    schedule = _object(
+        {
+            "timezone": _described(_ref("TimeZone"), "Default: defaults.timezone."),
+            "weekly": {
+                "type": "array",
+                "items": _ref("WeeklyWindow"),
+                "description": "Opening windows. None: open at all times but closed days.",
+            },
+            "closed": _described(_ref("DaySet"), "Days on which it is closed; wins over weekly."),
+            "open": _described(
+                _ref("DaySet"), "Days on which `closed` does not apply; wins over closed."
+            ),
+        },
+        description="Open when the time is in a weekly window whose start day is not closed.",
+    )
+    return {
+        "Schedule": schedule,
+        "WeeklyWindow": window,
+        "DayToken": day,
+        "Time": {"type": "string", "pattern": f"^{_TIME}$", "description": '"HH:MM", quoted.'},
+        "DaySet": day_set,
+        "Holiday": holiday,
+        "DateEntry": {
+            "type": "string",
+            "pattern": rf"^{_DATE}( *\.\. *{_DATE})?$",
+            "description": "YYYY-MM-DD, or an inclusive range YYYY-MM-DD..YYYY-MM-DD.",
+        },
+    }
+
+
+# --- tests -----------------------------------------------------------------------------------
+
+
+def _test_defs() -> Schema:
+    expect = {
+        "anyOf": [
+            _described(_ref("Name"), "The rule that must decide, or default."),
+            _object(
+                {
+                    "action": {"enum": list(_ACTIONS)},
+                    "rule": _ref("Name"),
+                    "status_code": {"type": "integer"},
+                    "target_uri": {"type": "string"},
+                    "profile": _ref("Name"),
+                },
+            ),
+        ],
+        "description": "A rule name, default, or {action, rule?, status_code?, target_uri?,"
+        " profile?}.",
+    }
+    case = _object(
+        {
+            "from": _described(_ref("NumberText"), "The caller's number."),
+            "to": _described(_ref("NumberText"), "The called number."),
+            "headers": {
+                "type": "object",
+                "additionalProperties": {"type": "string"},
+                "description": "Extra SIP headers of the call.",
+            },
+            "at": {
+                "type": "string",
+                "pattern": rf"^{_DATE}([Tt ]{_TIME}(:[0-5][0-9](\.[0-9]+)?)?{_OFFSET}?)?$",
+                "description": "When the call arrives, ISO 8601. Without an offset: in"
+                " defaults.timezone.",
+            },
+            "expect": expect,
+        },
+        required=("from", "to", "expect"),
+        description="An example call and the decision it must get.",
+    )
+    return {"TestCase": case}
+
+
+# --- tidying ---------------------------------------------------------------------------------
+
+
+def _refs_in(node: Any) -> Iterator[str]:
+    if isinstance(node, dict):
+        for key, value in node.items():
+            if key == "$ref" and isinstance(value, str):
+                yield value.removeprefix("#/$defs/")
+            else:
+                yield from _refs_in(value)
+    elif isinstance(node, list):
+        for item in node:
+            yield from _refs_in(item)
+
+
+def _reachable_defs(schema: Schema) -> Schema:
+    """The $defs that the document uses, sorted by name; unused accept-body variants go."""
+    defs: Schema = schema["$defs"]
+    root = {key: value for key, value in schema.items() if key != "$defs"}
+    pending = list(_refs_in(root))
+    seen: set[str] = set()
+    while pending:
+        name = pending.pop()
+        if name in seen:
+            continue
+        seen.add(name)
+        pending.extend(_refs_in(defs[name]))
+    return {name: defs[name] for name in sorted(seen)}
