@@ -114,6 +114,13 @@ class CallProcessor:
         await self._record(record, answer, elapsed)
         return answer
 
+    async def refuse(self, error: DeliveryError) -> WebhookAnswer:
+        """Answer, count and log a delivery refused before its body was read (too large)."""
+        record = _Record(outcome=error.outcome, detail=str(error))
+        answer = WebhookAnswer(error.status_code, {"status": "rejected", "error": str(error)})
+        await self._record(record, answer, 0.0)
+        return answer
+
     async def _process(
         self, body: bytes, headers: Mapping[str, str], record: _Record
     ) -> WebhookAnswer:
@@ -212,10 +219,12 @@ class CallProcessor:
         result = await self._calls.perform(decision.action, event.call_id, decision.body)
         record.upstream_status = result.status
         if result.outcome != "failed":
-            record.outcome = status_text(result.outcome)
+            # A decision that already is `on_error` (its action could not be rendered) says so.
+            status = "on_error" if result.outcome == "ok" and decision.error else result.outcome
+            record.outcome = status_text(status)
             if result.outcome == "unknown":
                 record.detail = result.detail
-            return result.outcome, decision, result
+            return status, decision, result
         # The action had no effect upstream: run on_error (SPEC 6).
         record.extra["failed_action"] = decision.action
         record.extra["failure"] = result.detail

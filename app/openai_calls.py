@@ -91,6 +91,12 @@ class OpenAICallsClient:
                     headers=self._headers,
                     timeout=httpx.Timeout(remaining),
                 )
+            except (UnicodeError, TypeError, ValueError) as exc:
+                # The body cannot be encoded: nothing was sent, and retrying cannot help.
+                self._report(verb, None)
+                return ActionResult(
+                    "failed", None, attempts, f"unencodable body: {type(exc).__name__}"
+                )
             except _NOT_SENT as exc:
                 status, last = None, f"{type(exc).__name__} before the request was sent"
                 self._report(verb, None)

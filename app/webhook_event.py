@@ -74,5 +74,14 @@ def parse_event(body: str) -> IncomingCall | OtherEvent:
         event_id=event.id,
         created_at=event.created_at,
         call_id=event.data.call_id,
-        sip_headers=tuple((h.name, h.value) for h in event.data.sip_headers),
+        sip_headers=tuple((_text(h.name), _text(h.value)) for h in event.data.sip_headers),
     )
+
+
+def _text(value: str) -> str:
+    """JSON may carry lone surrogates (`\\ud800`); they cannot be encoded again, so replace them."""
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        return value.encode("utf-8", "replace").decode("utf-8")
+    return value

@@ -62,7 +62,10 @@ class WebhookVerifier:
         timestamp = int(timestamp_text)
         if abs(now - timestamp) > self._tolerance_s:
             raise SignatureMismatch("webhook-timestamp is outside the allowed window")
-        signed_at = datetime.fromtimestamp(timestamp, tz=UTC)
+        try:
+            signed_at = datetime.fromtimestamp(timestamp, tz=UTC)
+        except (ValueError, OverflowError, OSError):
+            raise MalformedDelivery("webhook-timestamp is not a Unix time in seconds") from None
         for webhook in self._webhooks:
             try:
                 expected = webhook.sign(webhook_id, signed_at, text).split(",", 1)[1]

@@ -26,7 +26,7 @@ MAX_RENDERED_CHARS = 64 * 1024
 # C0/C1 controls, and the Unicode marks that reorder or hide text (bidi overrides,
 # isolates, zero-width characters), so a header cannot smuggle instructions past a reader.
 _UNSAFE_CHARS = re.compile(
-    "[\x00-\x08\x0b-\x1f\x7f-\x9f\u061c\u200b-\u200f\u202a-\u202e\u2060-\u2069\ufeff]"
+    "[\x00-\x08\x0b-\x1f\x7f-\x9f\u061c\u200b-\u200f\u202a-\u202e\u2060-\u2069\ufeff\ud800-\udfff]"
 )
 
 
