@@ -122,7 +122,9 @@ def create_app(
     app.state.services = services
     app.include_router(webhooks.router)
     app.include_router(health.router)
-    app.include_router(admin.router)
+    if settings.admin_token is not None:
+        # Without a token the admin API does not exist: 404 for every method and path.
+        app.include_router(admin.router)
     return app
 
 

@@ -76,7 +76,7 @@ async def reload(services: AdminDep) -> JSONResponse:
 async def simulate(request: Request, services: AdminDep) -> JSONResponse:
     try:
         payload = SimulateRequest.model_validate(json.loads(await request.body()))
-    except (ValueError, ValidationError):
+    except (ValueError, ValidationError, RecursionError):
         return JSONResponse(
             {"error": 'expected {"from", "to", "headers"?, "at"?: ISO-8601}'}, status_code=422
         )

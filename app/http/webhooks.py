@@ -32,7 +32,7 @@ async def receive_webhook(request: Request, services: ServicesDep) -> JSONRespon
     try:
         body = await _read_capped(request)
     except PayloadTooLarge as exc:
-        services.metrics.webhooks.labels(outcome=exc.outcome).inc()
-        return JSONResponse({"status": "rejected", "error": str(exc)}, status_code=413)
-    answer = await services.processor.handle(body, request.headers)
+        answer = await services.processor.refuse(exc)
+    else:
+        answer = await services.processor.handle(body, request.headers)
     return JSONResponse(answer.body, status_code=answer.status_code)
