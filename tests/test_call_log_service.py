@@ -1,0 +1,361 @@
+"""The call log behind /admin/calls, fed by real webhooks, in memory and in a real Redis."""
+
+from __future__ import annotations
+
+import base64
+import json
+import os
+import shutil
+import socket
+import subprocess
+import time
+from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+import redis
+import redis.asyncio
+from fastapi import FastAPI
+
+from app.app_factory import create_app
+from app.settings import Settings
+from app.store import CALL_LOG_SIZE, MemoryStore, RedisStore, Store
+from app.webhook_signing import SignedDelivery, incoming_call_body, sign_delivery, signed_test_call
+from tests.fake_openai import MOCK_BASE_URL, Drop, FakeOpenAI, Respond
+
+TOKEN = "call-log-admin"
+AUTH = {"authorization": f"Bearer {TOKEN}"}
+CALLER = "+14155550123"
+BLOCKED = "+12025550199"
+MAIN_LINE = "+14155550100"
+RULES = """\
+version: 1
+defaults: {timezone: UTC, region: US}
+profiles:
+  desk: {model: gpt-realtime, instructions: "Answer politely."}
+lists:
+  blocked: ["+12025550199"]
+rules:
+  - name: blocked-callers
+    when: {caller: {in: blocked}}
+    reject: {status_code: 603}
+default: {accept: {profile: desk}}
+on_error: {reject: {status_code: 503}}
+"""
+REDIS_SERVER = shutil.which("redis-server") or (
+    "/usr/bin/redis-server" if Path("/usr/bin/redis-server").exists() else None
+)
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+class RedisServer:
+    """A throwaway redis-server on a loopback port, without persistence."""
+
+    def __init__(self, directory: Path) -> None:
+        assert REDIS_SERVER is not None
+        self.port = free_port()
+        self.process = subprocess.Popen(
+            [
+                REDIS_SERVER,
+                "--port", str(self.port),
+                "--bind", "127.0.0.1",
+                "--save", "",
+                "--appendonly", "no",
+                "--dir", str(directory),
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )  # fmt: skip
+        deadline = time.monotonic() + 10
+        while True:
+            try:
+                with redis.Redis(port=self.port, socket_timeout=0.5) as client:
+                    client.ping()
+                return
+            except redis.ConnectionError:
+                if self.process.poll() is not None or time.monotonic() > deadline:
+                    self.stop()
+                    raise RuntimeError(f"redis-server did not start on {self.port}") from None
+                time.sleep(0.05)
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}/15"
+
+    def stop(self) -> None:
+        self.process.terminate()
+        self.process.wait(timeout=10)
+
+
+@pytest.fixture(scope="module")
+def redis_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """SIP_ROUTER_TEST_REDIS_URL, or a redis-server started for this module."""
+    url = os.environ.get("SIP_ROUTER_TEST_REDIS_URL")
+    if url:
+        yield url
+        return
+    if REDIS_SERVER is None:
+        pytest.skip("SIP_ROUTER_TEST_REDIS_URL is unset and redis-server is not installed")
+    server = RedisServer(tmp_path_factory.mktemp("redis"))
+    yield server.url
+    server.stop()
+
+
+@pytest.fixture
+async def redis_prefix(redis_url: str) -> AsyncIterator[str]:
+    """A key prefix of this test alone; its keys are deleted afterwards."""
+    prefix = f"test-call-log-{os.urandom(6).hex()}:"
+    yield prefix
+    async with redis.asyncio.Redis.from_url(redis_url) as client:
+        keys = [key async for key in client.scan_iter(match=f"{prefix}*")]
+        if keys:
+            await client.delete(*keys)
+
+
+@pytest.fixture
+def rules_file(tmp_path: Path) -> Path:
+    path = tmp_path / "rules.yaml"
+    path.write_text(RULES, encoding="utf-8")
+    return path
+
+
+@pytest.fixture
+def secret() -> str:
+    return "whsec_" + base64.b64encode(os.urandom(32)).decode()
+
+
+@pytest.fixture
+def fake() -> FakeOpenAI:
+    return FakeOpenAI()
+
+
+@pytest.fixture(params=["memory", pytest.param("redis", marks=pytest.mark.redis)])
+def store_kind(request: pytest.FixtureRequest) -> str:
+    kind: str = request.param
+    return kind
+
+
+@pytest.fixture
+def new_store(store_kind: str, request: pytest.FixtureRequest) -> Any:
+    """A factory of stores of the parametrized kind; Redis stores share one test prefix."""
+    if store_kind == "memory":
+        return MemoryStore
+    url = request.getfixturevalue("redis_url")
+    prefix = request.getfixturevalue("redis_prefix")
+    return lambda: RedisStore.from_url(url, prefix=prefix)
+
+
+def build(rules: Path, secret: str, fake: FakeOpenAI, store: Store, **overrides: Any) -> FastAPI:
+    values: dict[str, Any] = {
+        "openai_api_key": "sk-test",
+        "openai_webhook_secret": secret,
+        "openai_base_url": MOCK_BASE_URL,
+        "rules": rules,
+        "admin_token": TOKEN,
+        "action_deadline_s": 0.3,
+        **overrides,
+    }
+    return create_app(
+        Settings(_env_file=None, **values),
+        transport=fake.mock_transport(),
+        store=store,
+        watch_interval_s=None,
+    )
+
+
+@asynccontextmanager
+async def running(app: FastAPI) -> AsyncIterator[httpx.AsyncClient]:
+    transport = httpx.ASGITransport(app=app)
+    async with (
+        app.router.lifespan_context(app),
+        httpx.AsyncClient(transport=transport, base_url="http://sip-router") as client,
+    ):
+        yield client
+
+
+async def deliver(client: httpx.AsyncClient, delivery: SignedDelivery) -> httpx.Response:
+    return await client.post("/webhooks/openai", content=delivery.body, headers=delivery.headers)
+
+
+async def call_log(client: httpx.AsyncClient, limit: int = 1000) -> list[dict[str, Any]]:
+    response = await client.get(f"/admin/calls?limit={limit}", headers=AUTH)
+    assert response.status_code == 200, response.text
+    calls: list[dict[str, Any]] = response.json()["calls"]
+    return calls
+
+
+def old_entry(index: int) -> dict[str, Any]:
+    return {
+        "time": "2026-01-01T00:00:00+00:00",
+        "call_id": f"rtc_old{index:04d}",
+        "caller": "+1******0123",
+        "called": "+1******0100",
+        "rule": "default",
+        "action": "accept",
+        "outcome": "processed",
+        "latency_ms": 1.0,
+        "ruleset": "old",
+    }
+
+
+async def test_webhooks_through_the_app_are_listed_newest_first(
+    rules_file: Path, secret: str, fake: FakeOpenAI, new_store: Any
+) -> None:
+    app = build(rules_file, secret, fake, new_store())
+    now = int(time.time())
+    sent = [signed_test_call(secret, CALLER, MAIN_LINE, now=now) for _ in range(3)]
+    sent.insert(1, signed_test_call(secret, BLOCKED, MAIN_LINE, now=now))
+    async with running(app) as client:
+        for delivery in sent:
+            assert (await deliver(client, delivery)).status_code == 200
+        calls = await call_log(client)
+        newest_two = await call_log(client, limit=2)
+    version = app.state.services.rules.current.version
+    assert [c["call_id"] for c in calls] == [d.call_id for d in reversed(sent)]
+    assert newest_two == calls[:2]
+    assert [(c["rule"], c["action"]) for c in calls] == [
+        ("default", "accept"),
+        ("default", "accept"),
+        ("blocked-callers", "reject"),
+        ("default", "accept"),
+    ]
+    assert {c["ruleset"] for c in calls} == {version}
+    assert {c["caller"] for c in calls} == {"+1******0123", "+1******0199"}
+
+
+async def test_only_deliveries_that_reached_a_decision_are_logged(
+    rules_file: Path, secret: str, fake: FakeOpenAI, new_store: Any
+) -> None:
+    app = build(rules_file, secret, fake, new_store())
+    now = int(time.time())
+    first = signed_test_call(secret, CALLER, MAIN_LINE, now=now)
+    forged = signed_test_call(
+        "whsec_" + base64.b64encode(os.urandom(32)).decode(), CALLER, MAIN_LINE, now=now
+    )
+    stale_body = incoming_call_body("rtc_stale01", now - 3600, [("From", f"<sip:{CALLER}@x>")])
+    other_body = json.dumps(
+        {"object": "event", "id": "evt_1", "type": "realtime.call.ended", "created_at": now}
+    ).encode()
+    async with running(app) as client:
+        assert (await deliver(client, first)).json()["status"] == "processed"
+        assert (await deliver(client, first)).json()["status"] == "duplicate"
+        assert (await deliver(client, forged)).status_code == 401
+        for body in (stale_body, other_body):
+            headers = sign_delivery(secret, body, timestamp=now)
+            answer = await client.post("/webhooks/openai", content=body, headers=headers)
+            assert answer.json()["status"] in ("stale", "ignored")
+        calls = await call_log(client)
+    assert [c["call_id"] for c in calls] == [first.call_id]
+
+
+@pytest.mark.parametrize(
+    ("behaviour", "action", "outcome"),
+    [
+        pytest.param([Respond(200)], "accept", "processed", id="processed"),
+        pytest.param([Respond(404, code="call_id_not_found")], "accept", "gone", id="gone"),
+        pytest.param([Respond(400, code="invalid_request")], "reject", "on_error", id="on-error"),
+        pytest.param([Drop(applied=True)] * 200, "accept", "unknown", id="unknown"),
+    ],
+)
+async def test_each_entry_records_what_finally_happened_upstream(
+    rules_file: Path,
+    secret: str,
+    fake: FakeOpenAI,
+    new_store: Any,
+    behaviour: list[Respond | Drop],
+    action: str,
+    outcome: str,
+) -> None:
+    app = build(rules_file, secret, fake, new_store())
+    delivery = signed_test_call(secret, CALLER, MAIN_LINE, now=int(time.time()))
+    fake.script(delivery.call_id, *behaviour)
+    async with running(app) as client:
+        assert (await deliver(client, delivery)).status_code == 200
+        calls = await call_log(client)
+    assert [(c["call_id"], c["action"], c["outcome"]) for c in calls] == [
+        (delivery.call_id, action, outcome)
+    ]
+    assert calls[0]["rule"] == "default"
+
+
+async def test_the_log_keeps_the_last_1000_decisions(
+    rules_file: Path, secret: str, fake: FakeOpenAI, new_store: Any
+) -> None:
+    assert CALL_LOG_SIZE == 1000
+    store = new_store()
+    for index in range(CALL_LOG_SIZE):
+        await store.append(old_entry(index))
+    app = build(rules_file, secret, fake, store, dry_run=True)
+    sent = [signed_test_call(secret, CALLER, MAIN_LINE, now=int(time.time())) for _ in range(3)]
+    async with running(app) as client:
+        for delivery in sent:
+            assert (await deliver(client, delivery)).json()["status"] == "dry_run"
+        calls = await call_log(client, limit=1000)
+    assert len(calls) == CALL_LOG_SIZE
+    expected_old = [f"rtc_old{i:04d}" for i in reversed(range(3, CALL_LOG_SIZE))]
+    assert [c["call_id"] for c in calls] == [d.call_id for d in reversed(sent)] + expected_old
+
+
+@pytest.mark.redis
+async def test_the_redis_list_itself_is_trimmed_to_1000(
+    rules_file: Path, secret: str, fake: FakeOpenAI, redis_url: str, redis_prefix: str
+) -> None:
+    store = RedisStore.from_url(redis_url, prefix=redis_prefix)
+    for index in range(CALL_LOG_SIZE + 5):
+        await store.append(old_entry(index))
+    app = build(rules_file, secret, fake, store, dry_run=True)
+    async with running(app) as client:
+        delivery = signed_test_call(secret, CALLER, MAIN_LINE, now=int(time.time()))
+        await deliver(client, delivery)
+    async with redis.asyncio.Redis.from_url(redis_url, decode_responses=True) as raw:
+        assert await raw.llen(f"{redis_prefix}calls") == CALL_LOG_SIZE
+        head = await raw.lindex(f"{redis_prefix}calls", 0)
+    assert isinstance(head, str)
+    newest = json.loads(head)
+    assert newest["call_id"] == delivery.call_id
+
+
+@pytest.mark.redis
+async def test_replicas_on_one_redis_share_the_call_log(
+    rules_file: Path, secret: str, fake: FakeOpenAI, redis_url: str, redis_prefix: str
+) -> None:
+    first = build(rules_file, secret, fake, RedisStore.from_url(redis_url, prefix=redis_prefix))
+    second = build(rules_file, secret, fake, RedisStore.from_url(redis_url, prefix=redis_prefix))
+    now = int(time.time())
+    sent = [signed_test_call(secret, CALLER, MAIN_LINE, now=now) for _ in range(4)]
+    async with running(first) as one, running(second) as two:
+        for index, delivery in enumerate(sent):
+            answer = await deliver(one if index % 2 == 0 else two, delivery)
+            assert answer.json()["status"] == "processed"
+        # The copy of a delivery another replica already handled is a duplicate here.
+        assert (await deliver(two, sent[0])).json()["status"] == "duplicate"
+        seen_by_one = await call_log(one)
+        seen_by_two = await call_log(two)
+    assert [c["call_id"] for c in seen_by_one] == [d.call_id for d in reversed(sent)]
+    assert seen_by_two == seen_by_one
+    assert [r.verb for r in fake.requests] == ["accept"] * 4
+
+
+@pytest.mark.redis
+async def test_a_new_replica_sees_the_log_of_one_that_stopped(
+    rules_file: Path, secret: str, fake: FakeOpenAI, redis_url: str, redis_prefix: str
+) -> None:
+    first = build(rules_file, secret, fake, RedisStore.from_url(redis_url, prefix=redis_prefix))
+    delivery = signed_test_call(secret, CALLER, MAIN_LINE, now=int(time.time()))
+    async with running(first) as client:
+        await deliver(client, delivery)
+        before = await call_log(client)
+    later = build(rules_file, secret, fake, RedisStore.from_url(redis_url, prefix=redis_prefix))
+    async with running(later) as client:
+        after = await call_log(client)
+    assert after == before
+    assert [c["call_id"] for c in after] == [delivery.call_id]

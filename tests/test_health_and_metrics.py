@@ -1,0 +1,488 @@
+"""/healthz, /readyz and /metrics of a whole app: readiness transitions and exact counters."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import json
+import os
+import shutil
+import socket
+import subprocess
+import time
+from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+import redis
+from fastapi import FastAPI
+from prometheus_client.parser import text_string_to_metric_families
+
+from app.app_factory import create_app
+from app.rules.problems import RuleFileError
+from app.settings import Settings
+from app.store import RedisStore
+from app.webhook_signing import SignedDelivery, incoming_call_body, sign_delivery, signed_test_call
+from tests.fake_openai import MOCK_BASE_URL, Delay, Drop, FakeOpenAI, Respond
+
+RULES = """\
+version: 1
+defaults: {timezone: UTC, region: US}
+profiles:
+  desk: {model: gpt-realtime, instructions: "Answer politely."}
+lists:
+  blocked: ["+12025550199"]
+rules:
+  - name: blocked-callers
+    when: {caller: {in: blocked}}
+    reject: {status_code: 603}
+default: {accept: {profile: desk}}
+on_error: {reject: {status_code: 503}}
+"""
+CALLER = "+14155550123"
+BLOCKED = "+12025550199"
+CLINIC = "+14155550100"
+REDIS_SERVER = shutil.which("redis-server") or (
+    "/usr/bin/redis-server" if Path("/usr/bin/redis-server").exists() else None
+)
+
+
+def new_secret() -> str:
+    return "whsec_" + base64.b64encode(os.urandom(32)).decode()
+
+
+def make_settings(rules: Path, secret: str, **overrides: Any) -> Settings:
+    values: dict[str, Any] = {
+        "openai_api_key": "sk-test",
+        "openai_webhook_secret": secret,
+        "openai_base_url": MOCK_BASE_URL,
+        "rules": rules,
+        "admin_token": "admin-token",
+        "action_deadline_s": 1.0,
+        **overrides,
+    }
+    return Settings(_env_file=None, **values)
+
+
+@pytest.fixture
+def rules_file(tmp_path: Path) -> Path:
+    path = tmp_path / "rules.yaml"
+    path.write_text(RULES, encoding="utf-8")
+    return path
+
+
+@pytest.fixture
+def secret() -> str:
+    return new_secret()
+
+
+@pytest.fixture
+def fake() -> FakeOpenAI:
+    return FakeOpenAI()
+
+
+def client_for(app: FastAPI) -> httpx.AsyncClient:
+    return httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://sip-router")
+
+
+@asynccontextmanager
+async def running(app: FastAPI) -> AsyncIterator[httpx.AsyncClient]:
+    async with app.router.lifespan_context(app), client_for(app) as client:
+        yield client
+
+
+async def post(client: httpx.AsyncClient, delivery: SignedDelivery) -> httpx.Response:
+    return await client.post("/webhooks/openai", content=delivery.body, headers=delivery.headers)
+
+
+def other_event(secret: str, now: int) -> tuple[bytes, dict[str, str]]:
+    body = json.dumps(
+        {
+            "object": "event",
+            "id": "evt_ended",
+            "type": "realtime.call.ended",
+            "created_at": now,
+            "data": {"call_id": "rtc_ended"},
+        }
+    ).encode()
+    return body, sign_delivery(secret, body, timestamp=now)
+
+
+def stale_call(secret: str, now: int, age_s: int) -> tuple[bytes, dict[str, str]]:
+    """A call event created `age_s` ago, delivered (signed) now: a redelivery of an old call."""
+    body = incoming_call_body(
+        "rtc_stale",
+        now - age_s,
+        [("From", f"<sip:{CALLER}@t.example>"), ("To", f"<sip:{CLINIC}@t.example>")],
+    )
+    return body, sign_delivery(secret, body, timestamp=now)
+
+
+def samples(text: str, name: str) -> dict[tuple[tuple[str, str], ...], float]:
+    """Every sample called `name` in an exposition text, keyed by its sorted labels."""
+    found: dict[tuple[tuple[str, str], ...], float] = {}
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            if sample.name == name:
+                found[tuple(sorted(sample.labels.items()))] = sample.value
+    return found
+
+
+def by_label(text: str, name: str, *labels: str) -> dict[Any, float]:
+    """`samples` keyed by the values of `labels` (one label: the bare value)."""
+    result: dict[Any, float] = {}
+    for key, value in samples(text, name).items():
+        as_dict = dict(key)
+        assert set(as_dict) == set(labels), f"{name} has labels {sorted(as_dict)}"
+        picked = tuple(as_dict[label] for label in labels)
+        result[picked[0] if len(picked) == 1 else picked] = value
+    return result
+
+
+async def metrics_text(client: httpx.AsyncClient) -> str:
+    response = await client.get("/metrics")
+    assert response.status_code == 200
+    assert response.headers["content-type"].startswith("text/plain")
+    return response.text
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+class RedisServer:
+    """A throwaway redis-server on a loopback port, without persistence."""
+
+    def __init__(self, directory: Path, port: int | None = None) -> None:
+        assert REDIS_SERVER is not None
+        self.port = port or free_port()
+        self.process = subprocess.Popen(
+            [
+                REDIS_SERVER,
+                "--port", str(self.port),
+                "--bind", "127.0.0.1",
+                "--save", "",
+                "--appendonly", "no",
+                "--dir", str(directory),
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )  # fmt: skip
+        deadline = time.monotonic() + 10
+        while True:
+            try:
+                with redis.Redis(port=self.port, socket_timeout=0.5) as client:
+                    client.ping()
+                return
+            except redis.ConnectionError:
+                if self.process.poll() is not None or time.monotonic() > deadline:
+                    self.stop()
+                    raise RuntimeError(f"redis-server did not start on {self.port}") from None
+                time.sleep(0.05)
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}/15"
+
+    def stop(self) -> None:
+        self.process.terminate()
+        self.process.wait(timeout=10)
+
+
+@pytest.fixture(scope="module")
+def redis_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """SIP_ROUTER_TEST_REDIS_URL, or a redis-server started for this module."""
+    url = os.environ.get("SIP_ROUTER_TEST_REDIS_URL")
+    if url:
+        yield url
+        return
+    if REDIS_SERVER is None:
+        pytest.skip("SIP_ROUTER_TEST_REDIS_URL is unset and redis-server is not installed")
+    server = RedisServer(tmp_path_factory.mktemp("redis"))
+    yield server.url
+    server.stop()
+
+
+# -- /healthz and /readyz ------------------------------------------------------------------
+
+
+async def test_healthz_answers_ok_before_start_while_running_and_after_shutdown(
+    rules_file: Path, secret: str, fake: FakeOpenAI
+) -> None:
+    app = create_app(make_settings(rules_file, secret), transport=fake.mock_transport())
+    async with client_for(app) as client:
+        before = await client.get("/healthz")
+        async with app.router.lifespan_context(app):
+            during = await client.get("/healthz")
+        after = await client.get("/healthz")
+    for response in (before, during, after):
+        assert response.status_code == 200
+        assert response.json() == {"status": "ok"}
+
+
+async def test_readyz_is_503_until_the_rules_are_loaded_then_200_with_the_version(
+    rules_file: Path, secret: str, fake: FakeOpenAI
+) -> None:
+    app = create_app(make_settings(rules_file, secret), transport=fake.mock_transport())
+    async with client_for(app) as client:
+        before = await client.get("/readyz")
+        assert before.status_code == 503
+        assert before.json() == {"status": "unavailable", "reason": "routing rules are not loaded"}
+        async with app.router.lifespan_context(app):
+            ready = await client.get("/readyz")
+            assert ready.status_code == 200
+            version = app.state.services.rules.current.version
+            assert ready.json() == {"status": "ok", "ruleset": version}
+
+
+async def test_a_lifespan_with_invalid_rules_does_not_start_and_readyz_stays_503(
+    tmp_path: Path, secret: str, fake: FakeOpenAI
+) -> None:
+    broken = tmp_path / "rules.yaml"
+    broken.write_text("version: 1\nrules: [{name: x}]\n", encoding="utf-8")
+    app = create_app(make_settings(broken, secret), transport=fake.mock_transport())
+    with pytest.raises(RuleFileError, match=r"rules\.yaml"):
+        async with app.router.lifespan_context(app):
+            pass
+    async with client_for(app) as client:
+        response = await client.get("/readyz")
+    assert response.status_code == 503
+    assert response.json()["reason"] == "routing rules are not loaded"
+
+
+async def test_readyz_is_503_naming_redis_when_the_configured_redis_is_down(
+    rules_file: Path, secret: str, fake: FakeOpenAI
+) -> None:
+    # Nothing listens on a port just released by the OS.
+    store = RedisStore.from_url(f"redis://127.0.0.1:{free_port()}/0")
+    app = create_app(
+        make_settings(rules_file, secret), transport=fake.mock_transport(), store=store
+    )
+    async with running(app) as client:
+        response = await client.get("/readyz")
+        healthz = await client.get("/healthz")
+    assert response.status_code == 503
+    body = response.json()
+    assert body["status"] == "unavailable"
+    assert "redis" in body["reason"]
+    assert healthz.status_code == 200
+
+
+@pytest.mark.redis
+async def test_readyz_is_200_with_a_real_redis(
+    rules_file: Path, secret: str, fake: FakeOpenAI, redis_url: str
+) -> None:
+    store = RedisStore.from_url(redis_url, prefix=f"test-readyz-{os.urandom(4).hex()}:")
+    app = create_app(
+        make_settings(rules_file, secret), transport=fake.mock_transport(), store=store
+    )
+    async with running(app) as client:
+        response = await client.get("/readyz")
+    assert response.status_code == 200
+    assert response.json()["status"] == "ok"
+
+
+@pytest.mark.redis
+async def test_readyz_follows_redis_going_down_and_coming_back(
+    rules_file: Path, secret: str, fake: FakeOpenAI, tmp_path: Path
+) -> None:
+    if REDIS_SERVER is None:
+        pytest.skip("needs a redis-server binary to stop and start")
+    server = RedisServer(tmp_path)
+    port = server.port
+    store = RedisStore.from_url(server.url)
+    app = create_app(
+        make_settings(rules_file, secret), transport=fake.mock_transport(), store=store
+    )
+    try:
+        async with running(app) as client:
+            assert (await client.get("/readyz")).status_code == 200
+            server.stop()
+            down = await client.get("/readyz")
+            assert down.status_code == 503
+            assert "redis" in down.json()["reason"]
+            server = RedisServer(tmp_path, port=port)
+            assert (await client.get("/readyz")).status_code == 200
+    finally:
+        server.stop()
+
+
+async def test_readyz_says_shutting_down_once_draining_and_new_webhooks_get_503(
+    rules_file: Path, secret: str, fake: FakeOpenAI
+) -> None:
+    app = create_app(make_settings(rules_file, secret), transport=fake.mock_transport())
+    async with running(app) as client:
+        assert (await client.get("/readyz")).status_code == 200
+        await app.state.services.processor.drain(0)
+        response = await client.get("/readyz")
+        assert response.status_code == 503
+        assert response.json() == {"status": "unavailable", "reason": "shutting down"}
+        delivery = signed_test_call(secret, CALLER, CLINIC, now=int(time.time()))
+        refused = await post(client, delivery)
+        assert refused.status_code == 503
+        assert (await client.get("/healthz")).status_code == 200
+    assert fake.requests == []
+
+
+async def test_readyz_says_shutting_down_after_the_lifespan_exits(
+    rules_file: Path, secret: str, fake: FakeOpenAI
+) -> None:
+    app = create_app(make_settings(rules_file, secret), transport=fake.mock_transport())
+    async with client_for(app) as client:
+        async with app.router.lifespan_context(app):
+            assert (await client.get("/readyz")).status_code == 200
+        response = await client.get("/readyz")
+    assert response.status_code == 503
+    assert response.json()["reason"] == "shutting down"
+
+
+async def test_draining_lets_the_in_flight_webhook_finish_while_readyz_is_503(
+    rules_file: Path, secret: str, fake: FakeOpenAI
+) -> None:
+    app = create_app(make_settings(rules_file, secret), transport=fake.mock_transport())
+    processor = app.state.services.processor
+    delivery = signed_test_call(secret, CALLER, CLINIC, now=int(time.time()))
+    fake.script(delivery.call_id, Delay(0.3, Respond(200)))
+    async with running(app) as client:
+        in_flight = asyncio.create_task(post(client, delivery))
+        while processor.in_flight == 0:
+            await asyncio.sleep(0.005)
+        drained = asyncio.create_task(processor.drain(5))
+        await asyncio.sleep(0.05)
+        assert not drained.done()
+        assert (await client.get("/readyz")).json()["reason"] == "shutting down"
+        answer = await in_flight
+        assert await drained is True
+    assert answer.status_code == 200
+    assert answer.json()["status"] == "processed"
+    assert fake.verbs_for(delivery.call_id) == ["accept"]
+
+
+# -- /metrics ------------------------------------------------------------------------------
+
+
+async def test_metrics_count_each_kind_of_delivery_exactly(
+    rules_file: Path, secret: str, fake: FakeOpenAI
+) -> None:
+    app = create_app(make_settings(rules_file, secret), transport=fake.mock_transport())
+    now = int(time.time())
+    accepted = signed_test_call(secret, CALLER, CLINIC, now=now)
+    rejected = signed_test_call(secret, BLOCKED, CLINIC, now=now)
+    forged = signed_test_call(new_secret(), CALLER, CLINIC, now=now)
+    async with running(app) as client:
+        assert (await post(client, accepted)).json()["status"] == "processed"
+        assert (await post(client, rejected)).json()["action"] == "reject"
+        assert (await post(client, accepted)).json()["status"] == "duplicate"
+        assert (await post(client, forged)).status_code == 401
+        body, headers = stale_call(secret, now, age_s=600)
+        stale = await client.post("/webhooks/openai", content=body, headers=headers)
+        assert stale.json()["status"] == "stale"
+        body, headers = other_event(secret, now)
+        ignored = await client.post("/webhooks/openai", content=body, headers=headers)
+        assert ignored.json()["status"] == "ignored"
+        text = await metrics_text(client)
+
+    assert by_label(text, "sip_router_webhooks_total", "outcome") == {
+        "processed": 2,
+        "duplicate": 1,
+        "bad_signature": 1,
+        "stale": 1,
+        "ignored": 1,
+    }
+    assert by_label(text, "sip_router_decisions_total", "rule", "action") == {
+        ("default", "accept"): 1,
+        ("blocked-callers", "reject"): 1,
+    }
+    assert by_label(text, "sip_router_upstream_requests_total", "verb", "status") == {
+        ("accept", "200"): 1,
+        ("reject", "200"): 1,
+    }
+    # Only the two deliveries that reached a decision and an upstream answer are timed.
+    assert samples(text, "sip_router_decision_seconds_count") == {(): 2}
+    assert samples(text, "sip_router_decision_seconds_sum")[()] > 0
+    assert [r.verb for r in fake.requests] == ["accept", "reject"]
+
+
+async def test_metrics_count_upstream_failures_by_status_and_on_error_decisions(
+    rules_file: Path, secret: str, fake: FakeOpenAI
+) -> None:
+    app = create_app(make_settings(rules_file, secret), transport=fake.mock_transport())
+    now = int(time.time())
+    refused = signed_test_call(secret, CALLER, CLINIC, now=now)
+    dropped = signed_test_call(secret, CALLER, CLINIC, now=now)
+    fake.script(refused.call_id, Respond(400, code="invalid_request"))
+    fake.script(dropped.call_id, Drop(applied=True))
+    async with running(app) as client:
+        assert (await post(client, refused)).json()["status"] == "on_error"
+        # A connection lost after sending is retried inside the deadline; the retry succeeds.
+        assert (await post(client, dropped)).json()["status"] == "processed"
+        text = await metrics_text(client)
+
+    assert by_label(text, "sip_router_upstream_requests_total", "verb", "status") == {
+        ("accept", "400"): 1,
+        ("reject", "200"): 1,
+        ("accept", "error"): 1,
+        ("accept", "200"): 1,
+    }
+    # The fallback is counted as a decision of the rule that chose the failed action.
+    assert by_label(text, "sip_router_decisions_total", "rule", "action") == {
+        ("default", "accept"): 2,
+        ("default", "reject"): 1,
+    }
+    assert by_label(text, "sip_router_webhooks_total", "outcome") == {
+        "on_error": 1,
+        "processed": 1,
+    }
+
+
+async def test_metrics_count_reloads_and_show_only_the_current_ruleset_version(
+    rules_file: Path, secret: str, fake: FakeOpenAI
+) -> None:
+    app = create_app(make_settings(rules_file, secret), transport=fake.mock_transport())
+    auth = {"authorization": "Bearer admin-token"}
+    async with running(app) as client:
+        first = app.state.services.rules.current.version
+        text = await metrics_text(client)
+        assert by_label(text, "sip_router_ruleset_info", "version") == {first: 1}
+        assert samples(text, "sip_router_rules_reloads_total") == {}
+
+        rules_file.write_text(RULES.replace("603", "486"), encoding="utf-8")
+        reloaded = await client.post("/admin/reload", headers=auth)
+        assert reloaded.status_code == 200
+        second = reloaded.json()["version"]
+        assert second != first
+
+        rules_file.write_text("version: 1\nrules: [{name: broken}]\n", encoding="utf-8")
+        failed = await client.post("/admin/reload", headers=auth)
+        assert failed.status_code == 422
+        text = await metrics_text(client)
+
+    assert by_label(text, "sip_router_rules_reloads_total", "result") == {"ok": 1, "error": 1}
+    # The failed reload kept the second version in service; the first is gone.
+    assert by_label(text, "sip_router_ruleset_info", "version") == {second: 1}
+
+
+async def test_two_apps_in_one_process_keep_separate_counters(
+    rules_file: Path, secret: str, fake: FakeOpenAI
+) -> None:
+    busy = create_app(make_settings(rules_file, secret), transport=fake.mock_transport())
+    idle = create_app(make_settings(rules_file, secret), transport=fake.mock_transport())
+    assert busy.state.services.metrics.registry is not idle.state.services.metrics.registry
+    async with running(busy) as busy_client, running(idle) as idle_client:
+        delivery = signed_test_call(secret, CALLER, CLINIC, now=int(time.time()))
+        assert (await post(busy_client, delivery)).status_code == 200
+        busy_text = await metrics_text(busy_client)
+        idle_text = await metrics_text(idle_client)
+    assert by_label(busy_text, "sip_router_webhooks_total", "outcome") == {"processed": 1}
+    assert samples(idle_text, "sip_router_webhooks_total") == {}
+    assert samples(idle_text, "sip_router_decision_seconds_count") == {(): 0}
+    # Both still expose the same (loaded) ruleset.
+    assert by_label(idle_text, "sip_router_ruleset_info", "version") == by_label(
+        busy_text, "sip_router_ruleset_info", "version"
+    )
