@@ -30,6 +30,7 @@ class Metrics:
         disable_created_metrics()  # type: ignore[no-untyped-call]
         self.registry = CollectorRegistry(auto_describe=True)
         self.multiprocess_dir = os.environ.get("PROMETHEUS_MULTIPROC_DIR") or None
+        self._ruleset: str | None = None
         self.webhooks = Counter(
             "sip_router_webhooks_total",
             "Webhook deliveries by outcome.",
@@ -69,7 +70,12 @@ class Metrics:
         )
 
     def set_ruleset(self, version: str) -> None:
-        self.ruleset_info.clear()
+        if self._ruleset is not None and self._ruleset != version:
+            # Multiprocess files keep every label ever written: mark the old one inactive.
+            self.ruleset_info.labels(version=self._ruleset).set(0)
+            if self.multiprocess_dir is None:
+                self.ruleset_info.remove(self._ruleset)
+        self._ruleset = version
         self.ruleset_info.labels(version=version).set(1)
 
     def upstream_answered(self, verb: str, status: int | None) -> None:
