@@ -85,9 +85,10 @@ class RulesHolder:
                 ruleset = await asyncio.to_thread(load_checked_ruleset, self.path, self._now())
             except RuleFileError as exc:
                 self.last_error = str(exc)
-                # Remember the broken files' state so the watcher does not retry every tick.
-                self._stamps = {name: _stamp(name) for name in self._stamps}
-                self._stamps[str(self.path)] = _stamp(str(self.path))
+                # Remember the broken files' state so the watcher does not retry every tick,
+                # and watch every file the failed load read or looked for.
+                names = {*self._stamps, str(self.path), *exc.files}
+                self._stamps = {name: _stamp(name) for name in names}
                 self._metrics.reloads.labels(result="error").inc()
                 log.error(
                     "rules reload failed; the running rules stay in service",

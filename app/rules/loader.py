@@ -64,7 +64,7 @@ from app.rules.ruleset import (
     check_target_uri,
 )
 from app.rules.schedule import CompiledSchedule, compile_schedule
-from app.rules.templates import compile_template
+from app.rules.templates import TemplateCompileError, compile_template
 from app.rules.yaml_source import LineIndex, describe_path, load_yaml
 from app.rules.yaml_source import Path as DataPath
 
@@ -94,6 +94,12 @@ class _Context:
     problems: list[Problem] = field(default_factory=list)
     warnings: list[Problem] = field(default_factory=list)
     files: dict[str, str] = field(default_factory=dict)
+    attempted: list[str] = field(default_factory=list)
+    # Templates read from instructions files, already checked there: text -> it compiles.
+    checked_templates: dict[str, bool] = field(default_factory=dict)
+
+    def fail(self) -> RuleFileError:
+        return RuleFileError(_sorted(self.problems), tuple(dict.fromkeys(self.attempted)))
 
     def error(self, path: DataPath, message: str) -> None:
         self.problems.append(Problem(self.main, self.lines.line_of(path), message))
@@ -106,6 +112,7 @@ class _Context:
         """Read a file named in the rule file; None (and an error) when it cannot be read."""
         target = (self.base_dir / relative).resolve()
         shown = str(self.base_dir / relative)
+        self.attempted.append(shown)
         try:
             text = self.read(target)
         except (OSError, UnicodeDecodeError) as exc:
@@ -124,16 +131,22 @@ def load_ruleset(path: Path | str, *, read_text: ReadText = _read_text) -> Rules
         text = read_text(main_path)
     except (OSError, UnicodeDecodeError) as exc:
         reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
-        raise RuleFileError([Problem(shown, 0, f"cannot read the rule file: {reason}")]) from None
-    data, lines = load_yaml(text, shown)
+        problem = Problem(shown, 0, f"cannot read the rule file: {reason}")
+        raise RuleFileError([problem], (shown,)) from None
+    try:
+        data, lines = load_yaml(text, shown)
+    except RuleFileError as exc:
+        raise RuleFileError(exc.problems, (shown,)) from None
     ctx = _Context(shown, data, lines, main_path.parent, read_text, files={shown: text})
+    ctx.attempted.append(shown)
     if not isinstance(data, dict):
-        raise RuleFileError([Problem(shown, 1, "a rule file is a YAML mapping (version: 1, ...)")])
+        ctx.error((), "a rule file is a YAML mapping (version: 1, ...)")
+        raise ctx.fail()
     try:
         spec = RuleFileSpec.model_validate(data)
     except ValidationError as exc:
         ctx.problems.extend(_validation_problems(exc, (), ctx))
-        raise RuleFileError(_sorted(ctx.problems)) from None
+        raise ctx.fail() from None
     return _compile(spec, ctx)
 
 
@@ -158,8 +171,9 @@ def _compile(spec: RuleFileSpec, ctx: _Context) -> Ruleset:
         else _DEFAULT_ON_ERROR
     )
     _warn_shadowed(compiler.signatures, spec, ctx)
+    _check_test_expectations(spec, ctx)
     if ctx.problems:
-        raise RuleFileError(_sorted(ctx.problems))
+        raise ctx.fail()
     assert default is not None
     assert on_error is not None
     return Ruleset(
@@ -188,7 +202,7 @@ def _version(files: Mapping[str, str]) -> str:
 
 def _sorted(problems: Iterable[Problem]) -> list[Problem]:
     unique = dict.fromkeys(problems)
-    return sorted(unique, key=lambda p: (p.file != p.file, p.file, p.line))
+    return sorted(unique, key=lambda p: (p.file, p.line))
 
 
 def _zone(name: str, path: DataPath, ctx: _Context) -> ZoneInfo | None:
@@ -317,7 +331,15 @@ def _resolve_profiles(spec: RuleFileSpec, ctx: _Context) -> dict[str, _Profile]:
             else:
                 read = ctx.read_referenced((*path, "instructions_file"), instructions_file)
                 if read is not None:
-                    body["instructions"] = read[1]
+                    shown, text = read
+                    body["instructions"] = text
+                    try:
+                        compile_template(text)
+                    except TemplateCompileError as exc:
+                        ctx.problems.append(Problem(shown, exc.lineno, str(exc)))
+                        ctx.checked_templates[text] = False
+                    else:
+                        ctx.checked_templates[text] = True
         own[name] = body
 
     resolved: dict[str, _Profile] = {}
@@ -382,10 +404,13 @@ def _session_config(body: Mapping[str, Any], path: DataPath, ctx: _Context) -> S
     except ValidationError as exc:
         ctx.problems.extend(_validation_problems(exc, path, ctx))
         return None
-    if isinstance(body.get("instructions"), str):
+    instructions = body.get("instructions")
+    if isinstance(instructions, str) and instructions in ctx.checked_templates:
+        return config if ctx.checked_templates[instructions] else None
+    if isinstance(instructions, str):
         try:
-            compile_template(body["instructions"])
-        except ValueError as exc:
+            compile_template(instructions)
+        except TemplateCompileError as exc:
             ctx.error((*path, "instructions"), f"{describe_path(path)}.instructions: {exc}")
             return None
     return config
@@ -610,7 +635,31 @@ def _pattern_regex(pattern: str) -> re.Pattern[str] | None:
         token = match.group()
         out.append({"X": "[0-9]", "Z": "[1-9]", "N": "[2-9]"}.get(token, token))
         pos = match.end()
-    return re.compile("".join(out), re.ASCII) if text else None
+    if not text:
+        return None
+    try:
+        return re.compile("".join(out), re.ASCII)
+    except re.error:  # a class like [5-1]
+        return None
+
+
+def _check_test_expectations(spec: RuleFileSpec, ctx: _Context) -> None:
+    """`tests:` may only name rules and profiles that exist."""
+    rules = {rule.name for rule in spec.rules}
+    for i, case in enumerate(spec.tests):
+        expect = case.expect
+        if expect.rule is not None and expect.rule != "default" and expect.rule not in rules:
+            ctx.error(
+                ("tests", i, "expect"),
+                f"tests[{i}].expect: unknown rule '{expect.rule}'"
+                + _did_you_mean(expect.rule, rules),
+            )
+        if expect.profile is not None and expect.profile not in spec.profiles:
+            ctx.error(
+                ("tests", i, "expect"),
+                f"tests[{i}].expect: unknown profile '{expect.profile}'"
+                + _did_you_mean(expect.profile, spec.profiles),
+            )
 
 
 def _check_unique_rule_names(spec: RuleFileSpec, ctx: _Context) -> None:
@@ -631,6 +680,8 @@ def _signature(spec: WhenSpec, compiled: Condition) -> dict[str, Any] | None:
         if isinstance(part, NumberCondition):
             signature[part.role] = tuple(_term_key(t) for t in part.terms)
     dumped = spec.model_dump(by_alias=True, exclude_none=True, exclude={"caller", "called"})
+    if "header" in dumped:
+        dumped["header"] = {name.lower(): test for name, test in dumped["header"].items()}
     for key, value in dumped.items():
         signature[key] = json.dumps(value, sort_keys=True, default=str)
     return signature

@@ -24,6 +24,8 @@ class Problem:
 class RuleFileError(Exception):
     """A rule file (or a file it references) is invalid; it is never put into service."""
 
-    def __init__(self, problems: list[Problem]) -> None:
+    def __init__(self, problems: list[Problem], files: tuple[str, ...] = ()) -> None:
         self.problems = problems
+        # Every file the load read or tried to read, so a reload can watch them all.
+        self.files = files
         super().__init__("\n".join(str(p) for p in problems))

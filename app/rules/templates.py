@@ -30,6 +30,14 @@ _UNSAFE_CHARS = re.compile(
 )
 
 
+class TemplateCompileError(ValueError):
+    """A template that cannot work; `lineno` is its line within the template text."""
+
+    def __init__(self, message: str, lineno: int = 1) -> None:
+        super().__init__(message)
+        self.lineno = lineno
+
+
 class TemplateRenderError(Exception):
     """A template failed while rendering (undefined value, sandbox violation, too long)."""
 
@@ -77,17 +85,20 @@ class Template:
 
 
 def compile_template(source: str) -> Template:
-    """Compile `source`; raise ValueError naming the problem when it cannot work."""
+    """Compile `source`; raise TemplateCompileError naming the problem when it cannot work."""
     if "{{" not in source and "{%" not in source and "{#" not in source:
         return Template(source, None)
     try:
         tree = _ENV.parse(source)
     except jinja2.TemplateSyntaxError as exc:
-        raise ValueError(f"template syntax error: {exc.message}") from None
+        raise TemplateCompileError(f"template syntax error: {exc.message}", exc.lineno) from None
     unknown = sorted(meta.find_undeclared_variables(tree) - VARIABLES)
     if unknown:
         known = ", ".join(sorted(VARIABLES))
-        raise ValueError(f"unknown template variable '{unknown[0]}' (known: {known})")
+        line = next((n.lineno for n in tree.find_all(nodes.Name) if n.name == unknown[0]), 1)
+        raise TemplateCompileError(
+            f"unknown template variable '{unknown[0]}' (known: {known})", line
+        )
     for node in tree.find_all(nodes.Getattr):
         target = node.node
         if (
@@ -96,7 +107,9 @@ def compile_template(source: str) -> Template:
             and node.attr not in PARTY_FIELDS
         ):
             fields = ", ".join(sorted(PARTY_FIELDS))
-            raise ValueError(f"unknown field '{target.name}.{node.attr}' (known: {fields})")
+            raise TemplateCompileError(
+                f"unknown field '{target.name}.{node.attr}' (known: {fields})", node.lineno
+            )
     return Template(source, _ENV.from_string(source))
 
 

@@ -20,6 +20,7 @@ Path = tuple[str | int, ...]
 _YAML11_BOOL_WORDS = frozenset({"yes", "no", "on", "off", "y", "n"})
 _SEXAGESIMAL = re.compile(r"[-+]?[0-9][0-9_]*(?::[0-5]?[0-9])+(?:\.[0-9_]*)?")
 _OCTAL_LOOKING = re.compile(r"0[0-9_]+")
+_PLUS_NUMBER = re.compile(r"\+[0-9][0-9_]*")
 _MAX_DEPTH = 64
 
 
@@ -111,6 +112,11 @@ class _Builder:
             if _SEXAGESIMAL.fullmatch(text):
                 self._problem(
                     node, f'{text} is read by YAML as a number; times must be quoted: "{text}"'
+                )
+                return text
+            if _PLUS_NUMBER.fullmatch(text):
+                self._problem(
+                    node, f'{text} is read by YAML as a number without its +; quote it: "{text}"'
                 )
                 return text
             if _OCTAL_LOOKING.fullmatch(text):
