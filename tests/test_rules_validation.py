@@ -1,0 +1,1008 @@
+"""Rule-file validation: every problem is `file:line: message`, and bad files never load.
+
+Each case marks the line its problem must be reported on with `# <-`, in the rule file or
+in the referenced file the problem belongs to.
+"""
+
+from __future__ import annotations
+
+import textwrap
+from datetime import UTC, datetime
+from pathlib import Path
+
+import pytest
+
+from app.rules.loader import load_ruleset
+from app.rules.problems import Problem, RuleFileError
+from app.rules.simulation import simulated_context
+
+MARK = "# <-"
+
+HEAD = """\
+version: 1
+defaults: {timezone: UTC, region: US}
+profiles:
+  desk: {model: gpt-realtime}
+lists:
+  vip: ["+14155550100"]
+schedules:
+  office: {weekly: [{days: mon-fri, from: "09:00", to: "17:00"}]}
+"""
+
+RULES_AND_DEFAULT = """\
+rules:
+  - name: vip
+    when: {caller: {in: vip}}
+    reject: {}
+default: {accept: {profile: desk}}
+"""
+
+
+def write_files(tmp_path: Path, files: dict[str, str]) -> Path:
+    """Write `files` (relative name -> text) under tmp_path; the first one is the rule file."""
+    for name, text in files.items():
+        target = tmp_path / name
+        target.parent.mkdir(parents=True, exist_ok=True)
+        target.write_text(text, encoding="utf-8")
+    return tmp_path / next(iter(files))
+
+
+def marked_place(tmp_path: Path, files: dict[str, str]) -> tuple[str, int]:
+    """The file and 1-based line holding the `# <-` marker."""
+    places = [
+        (str(tmp_path / name), number)
+        for name, text in files.items()
+        for number, line in enumerate(text.splitlines(), start=1)
+        if MARK in line
+    ]
+    assert len(places) == 1, "a case marks exactly one line"
+    return places[0]
+
+
+def load_problems(path: Path) -> list[Problem]:
+    with pytest.raises(RuleFileError) as caught:
+        load_ruleset(path)
+    return caught.value.problems
+
+
+CASES: list[tuple[str, dict[str, str], str]] = [
+    (
+        "unknown-top-level-key",
+        {"rules.yaml": HEAD + "colour: blue  # <-\n" + RULES_AND_DEFAULT},
+        "unknown key 'colour'",
+    ),
+    (
+        "unknown-condition-key",
+        {
+            "rules.yaml": HEAD
+            + """\
+rules:
+  - name: a
+    when:
+      callr: "+1415*"  # <-
+    reject: {}
+default: {reject: {}}
+"""
+        },
+        "unknown key 'callr'",
+    ),
+    (
+        "unknown-key-in-number-condition",
+        {
+            "rules.yaml": HEAD
+            + """\
+rules:
+  - name: a
+    when:
+      caller:
+        prefx: "+1415"  # <-
+    reject: {}
+default: {reject: {}}
+"""
+        },
+        "unknown key 'prefx'",
+    ),
+    (
+        "rule-with-two-actions",
+        {
+            "rules.yaml": HEAD
+            + """\
+rules:
+  - name: a  # <-
+    reject: {}
+    refer: {target_uri: "tel:+14155550100"}
+default: {reject: {}}
+"""
+        },
+        "exactly one of accept, refer, reject",
+    ),
+    (
+        "rule-without-action",
+        {
+            "rules.yaml": HEAD
+            + """\
+rules:
+  - name: a  # <-
+    when: {caller: "+1415*"}
+default: {reject: {}}
+"""
+        },
+        "exactly one of accept, refer, reject",
+    ),
+    (
+        "missing-default",
+        {"rules.yaml": "version: 1  # <-\nrules:\n  - {name: a, reject: {}}\n"},
+        "missing key 'default'",
+    ),
+    (
+        "version-2",
+        {"rules.yaml": "version: 2  # <-\ndefault: {reject: {}}\n"},
+        "version",
+    ),
+    (
+        "status-code-399",
+        {"rules.yaml": HEAD + "default:\n  reject: {status_code: 399}  # <-\n"},
+        "greater than or equal to 400",
+    ),
+    (
+        "status-code-700",
+        {"rules.yaml": HEAD + "default:\n  reject: {status_code: 700}  # <-\n"},
+        "less than or equal to 699",
+    ),
+    (
+        "status-code-as-string",
+        {"rules.yaml": HEAD + 'default:\n  reject: {status_code: "603"}  # <-\n'},
+        "status_code",
+    ),
+    (
+        "refer-to-http-uri",
+        {
+            "rules.yaml": HEAD
+            + 'default:\n  refer: {target_uri: "http://pbx.example.com/desk"}  # <-\n'
+        },
+        "target_uri must be tel:+<E.164> or a sip:/sips: URI",
+    ),
+    (
+        "refer-to-tel-without-plus",
+        {"rules.yaml": HEAD + 'default:\n  refer: {target_uri: "tel:12345"}  # <-\n'},
+        "target_uri must be tel:+<E.164> or a sip:/sips: URI",
+    ),
+    (
+        "refer-to-sip-with-spaces",
+        {
+            "rules.yaml": HEAD
+            + 'default:\n  refer: {target_uri: "sip:front desk@pbx.example.com"}  # <-\n'
+        },
+        "target_uri must be tel:+<E.164> or a sip:/sips: URI",
+    ),
+    (
+        "unknown-list",
+        {
+            "rules.yaml": HEAD
+            + """\
+rules:
+  - name: a
+    when:
+      caller: {in: vipp}  # <-
+    reject: {}
+default: {reject: {}}
+"""
+        },
+        "unknown list 'vipp' (did you mean 'vip'?)",
+    ),
+    (
+        "unknown-profile",
+        {
+            "rules.yaml": HEAD
+            + """\
+rules: []
+default:
+  accept:
+    profile: dsek  # <-
+"""
+        },
+        "unknown profile 'dsek' (did you mean 'desk'?)",
+    ),
+    (
+        "unknown-schedule",
+        {
+            "rules.yaml": HEAD
+            + """\
+rules:
+  - name: a
+    when:
+      schedule: ofice  # <-
+    reject: {}
+default: {reject: {}}
+"""
+        },
+        "unknown schedule 'ofice' (did you mean 'office'?)",
+    ),
+    (
+        "bad-time-zone-in-defaults",
+        {
+            "rules.yaml": """\
+version: 1
+defaults:
+  timezone: Mars/Olympus_Mons  # <-
+default: {reject: {}}
+"""
+        },
+        "unknown time zone 'Mars/Olympus_Mons'",
+    ),
+    (
+        "bad-time-zone-in-schedule",
+        {
+            "rules.yaml": """\
+version: 1
+schedules:
+  office:
+    timezone: Europe/Berlni  # <-
+    weekly: [{days: mon-fri, from: "08:00", to: "18:00"}]
+default: {reject: {}}
+"""
+        },
+        "unknown time zone 'Europe/Berlni' (did you mean 'Europe/Berlin'?)",
+    ),
+    (
+        "bad-regex-in-caller",
+        {
+            "rules.yaml": HEAD
+            + """\
+rules:
+  - name: a
+    when:
+      caller: {regex: "+1[0-9"}  # <-
+    reject: {}
+default: {reject: {}}
+"""
+        },
+        "invalid regex",
+    ),
+    (
+        "bad-regex-in-header",
+        {
+            "rules.yaml": HEAD
+            + """\
+rules:
+  - name: a
+    when:
+      header:
+        X-Partner-Id: {regex: "(PH[0-9]{4}"}  # <-
+    reject: {}
+default: {reject: {}}
+"""
+        },
+        "invalid regex",
+    ),
+    (
+        "bad-pattern",
+        {
+            "rules.yaml": HEAD
+            + """\
+rules:
+  - name: a
+    when:
+      caller: {pattern: "+1415ABCXXXX"}  # <-
+    reject: {}
+default: {reject: {}}
+"""
+        },
+        "pattern '+1415ABCXXXX'",
+    ),
+    (
+        "bad-number-in-inline-list",
+        {
+            "rules.yaml": """\
+version: 1
+defaults: {region: US}
+lists:
+  clinicians:
+    - "+1 (415) 555-0142"
+    - "628-555-01x9"  # <-
+default: {reject: {}}
+"""
+        },
+        "'628-555-01x9' is not a phone number",
+    ),
+    (
+        "bad-number-in-list-file",
+        {
+            "rules.yaml": """\
+version: 1
+defaults: {region: US}
+lists:
+  blocked: {file: lists/blocked.txt}
+rules:
+  - {name: blocked, when: {caller: {in: blocked}}, reject: {}}
+default: {reject: {}}
+""",
+            "lists/blocked.txt": "# robocallers\n+12025550199\n\n+1202555abcd  # <-\n+1213*\n",
+        },
+        "'+1202555abcd' is not a phone number",
+    ),
+    (
+        "unreadable-list-file",
+        {
+            "rules.yaml": """\
+version: 1
+lists:
+  blocked:
+    file: lists/missing.txt  # <-
+default: {reject: {}}
+"""
+        },
+        "cannot read",
+    ),
+    (
+        "unreadable-instructions-file",
+        {
+            "rules.yaml": """\
+version: 1
+profiles:
+  desk:
+    model: gpt-realtime
+    instructions_file: prompts/missing.md  # <-
+default: {accept: {profile: desk}}
+"""
+        },
+        "cannot read",
+    ),
+    (
+        "profile-extends-cycle",
+        {
+            "rules.yaml": """\
+version: 1
+profiles:
+  a: {extends: b, model: gpt-realtime}
+  b: {extends: c}
+  c: {extends: a}  # <-
+default: {reject: {}}
+"""
+        },
+        "cycle: a -> b -> c -> a",
+    ),
+    (
+        "profile-extends-unknown-parent",
+        {
+            "rules.yaml": """\
+version: 1
+profiles:
+  base: {model: gpt-realtime}
+  child:
+    extends: bsae  # <-
+default: {accept: {profile: base}}
+"""
+        },
+        "unknown profile 'bsae' (did you mean 'base'?)",
+    ),
+    (
+        "profile-audio-output-format",
+        {
+            "rules.yaml": """\
+version: 1
+profiles:
+  desk:
+    audio:
+      output:
+        format: {type: audio/pcmu}  # <-
+default: {accept: {profile: desk}}
+"""
+        },
+        "audio.output.format must not be set",
+    ),
+    (
+        "profile-speed-2",
+        {
+            "rules.yaml": """\
+version: 1
+profiles:
+  desk:
+    audio:
+      output:
+        speed: 2.0  # <-
+default: {accept: {profile: desk}}
+"""
+        },
+        "profiles.desk.audio.output.speed",
+    ),
+    (
+        "profile-voice-typo",
+        {
+            "rules.yaml": """\
+version: 1
+profiles:
+  desk:
+    audio:
+      output:
+        voice: marine  # <-
+default: {accept: {profile: desk}}
+"""
+        },
+        "profiles.desk.audio.output.voice",
+    ),
+    (
+        "profile-max-output-tokens-5000",
+        {
+            "rules.yaml": """\
+version: 1
+profiles:
+  desk:
+    model: gpt-realtime
+    max_output_tokens: 5000  # <-
+default: {accept: {profile: desk}}
+"""
+        },
+        "profiles.desk.max_output_tokens",
+    ),
+    (
+        "duplicate-rule-names",
+        {
+            "rules.yaml": HEAD
+            + """\
+rules:
+  - name: twice
+    when: {caller: "+1415*"}
+    reject: {}
+  - name: twice  # <-
+    when: {caller: "+1650*"}
+    reject: {}
+default: {reject: {}}
+"""
+        },
+        "rule name 'twice' is used twice",
+    ),
+    (
+        "duplicate-yaml-key",
+        {
+            "rules.yaml": HEAD
+            + """\
+rules:
+  - name: a
+    when: {caller: "+1415*"}
+    reject: {status_code: 486}
+    reject: {status_code: 603}  # <-
+default: {reject: {}}
+"""
+        },
+        "duplicate key 'reject'",
+    ),
+    (
+        "yaml-trap-unquoted-time-with-leading-zero",
+        {
+            "rules.yaml": """\
+version: 1
+schedules:
+  office:
+    weekly:
+      - days: mon-fri
+        from: 08:30  # <-
+        to: "18:00"
+default: {reject: {}}
+"""
+        },
+        'times must be quoted: "08:30"',
+    ),
+    (
+        "yaml-trap-unquoted-time-sexagesimal",
+        {
+            "rules.yaml": """\
+version: 1
+schedules:
+  office:
+    weekly:
+      - days: mon-fri
+        from: 8:30  # <-
+        to: "18:00"
+default: {reject: {}}
+"""
+        },
+        'times must be quoted: "8:30"',
+    ),
+    (
+        "yaml-trap-country-NO",
+        {
+            "rules.yaml": HEAD
+            + """\
+rules:
+  - name: norway
+    when:
+      caller: {country: NO}  # <-
+    reject: {}
+default: {reject: {}}
+"""
+        },
+        'quote it: "NO"',
+    ),
+    (
+        "yaml-trap-on",
+        {
+            "rules.yaml": HEAD
+            + """\
+rules:
+  - name: a
+    when:
+      header:
+        X-Recording: {present: on}  # <-
+    reject: {}
+default: {reject: {}}
+"""
+        },
+        'quote it: "on"',
+    ),
+    (
+        "yaml-trap-off",
+        {
+            "rules.yaml": HEAD
+            + """\
+rules:
+  - name: a
+    when:
+      header:
+        X-Recording: off  # <-
+    reject: {}
+default: {reject: {}}
+"""
+        },
+        'quote it: "off"',
+    ),
+    (
+        "yaml-trap-leading-zero-number",
+        {
+            "rules.yaml": """\
+version: 1
+defaults: {region: DE}
+rules:
+  - name: mobile
+    when:
+      caller: 0151  # <-
+    reject: {}
+default: {reject: {}}
+"""
+        },
+        'quote it: "0151"',
+    ),
+    (
+        "bad-date-in-schedule",
+        {
+            "rules.yaml": """\
+version: 1
+schedules:
+  office:
+    weekly: [{days: mon-fri, from: "08:00", to: "18:00"}]
+    closed:
+      dates: ["2026-12-24", "2026-02-30"]  # <-
+default: {reject: {}}
+"""
+        },
+        "invalid date '2026-02-30'",
+    ),
+    (
+        "bad-header-name",
+        {
+            "rules.yaml": HEAD
+            + """\
+rules:
+  - name: a
+    when:
+      header:
+        "X Partner Id": PH0042  # <-
+    reject: {}
+default: {reject: {}}
+"""
+        },
+        "'X Partner Id' is not a valid SIP header name",
+    ),
+    (
+        "bad-number-in-rule",
+        {
+            "rules.yaml": HEAD
+            + """\
+rules:
+  - name: a
+    when:
+      caller:
+        - "+1415*"
+        - "+1 (415) 555-01OO"  # <-
+    reject: {}
+default: {reject: {}}
+"""
+        },
+        "'+1 (415) 555-01OO' is not a phone number",
+    ),
+    (
+        "invalid-yaml-syntax",
+        {
+            "rules.yaml": """\
+version: 1
+rules:
+  - name: a
+    when: {caller: "+1415*"
+    reject: {}  # <-
+default: {reject: {}}
+"""
+        },
+        "invalid YAML",
+    ),
+]
+
+
+@pytest.mark.parametrize(
+    ("files", "fragment"), [(f, m) for _, f, m in CASES], ids=[c[0] for c in CASES]
+)
+def test_invalid_file_is_refused_with_its_place(
+    tmp_path: Path, files: dict[str, str], fragment: str
+) -> None:
+    path = write_files(tmp_path, files)
+    file, line = marked_place(tmp_path, files)
+    problems = load_problems(path)
+    shown = "\n".join(str(p) for p in problems)
+    assert len(problems) == 1, shown
+    assert str(problems[0]).startswith(f"{file}:{line}: "), shown
+    assert fragment in str(problems[0]), shown
+    assert problems[0].severity == "error"
+
+
+def test_every_reference_problem_is_reported_in_line_order(tmp_path: Path) -> None:
+    text = HEAD + textwrap.dedent(
+        """\
+        rules:
+          - name: a
+            when: {caller: {in: vipp}}
+            reject: {status_code: 486}
+          - name: b
+            when: {schedule: ofice}
+            refer: {target_uri: "tel:12345"}
+        default: {accept: {profile: dsek}}
+        """
+    )
+    path = write_files(tmp_path, {"rules.yaml": text})
+    problems = load_problems(path)
+    assert [p.line for p in problems] == [11, 14, 15, 16], [str(p) for p in problems]
+
+
+def test_every_shape_problem_is_reported(tmp_path: Path) -> None:
+    text = HEAD + textwrap.dedent(
+        """\
+        rules:
+          - name: a
+            reject: {status_code: 399}
+          - name: b
+            when: {callr: "+1*"}
+            reject: {}
+        default: {reject: {status_code: 700}}
+        """
+    )
+    path = write_files(tmp_path, {"rules.yaml": text})
+    problems = load_problems(path)
+    assert [p.line for p in problems] == [11, 13, 15], [str(p) for p in problems]
+
+
+def test_a_broken_file_never_yields_a_ruleset_even_with_warnings(tmp_path: Path) -> None:
+    text = HEAD + textwrap.dedent(
+        """\
+        rules:
+          - name: everyone
+            reject: {}
+          - name: shadowed
+            when: {caller: "+1415*"}
+            reject: {status_code: 900}
+        default: {reject: {}}
+        """
+    )
+    path = write_files(tmp_path, {"rules.yaml": text})
+    problems = load_problems(path)
+    assert [p.severity for p in problems] == ["error"]
+    assert "status_code" in str(problems[0])
+
+
+def test_problem_text_is_file_line_message() -> None:
+    assert str(Problem("rules.yaml", 7, "unknown key 'x'")) == "rules.yaml:7: unknown key 'x'"
+    assert str(Problem("rules.yaml", 3, "shadowed", "warning")) == "rules.yaml:3: warning: shadowed"
+
+
+@pytest.mark.parametrize(
+    "action",
+    [
+        "reject: {status_code: 400}",
+        "reject: {status_code: 699}",
+        "reject: {}",
+        'refer: {target_uri: "tel:+14155550100"}',
+        'refer: {target_uri: "tel:+14155550100;ext=12"}',
+        'refer: {target_uri: "sip:desk@pbx.example.com"}',
+        'refer: {target_uri: "sips:desk@pbx.example.com:5061;transport=tls"}',
+        'refer: {target_uri: "sip:+14155550100@10.0.0.1;user=phone"}',
+        'refer: {target_uri: "sip:{{ caller.e164 }}@pbx.example.com"}',
+    ],
+)
+def test_valid_actions_load(tmp_path: Path, action: str) -> None:
+    path = write_files(tmp_path, {"rules.yaml": HEAD + f"default: {{{action}}}\n"})
+    assert load_ruleset(path).default.kind == action.split(":")[0]
+
+
+def test_pattern_with_reversed_class_is_a_problem_not_a_crash(tmp_path: Path) -> None:
+    text = HEAD + textwrap.dedent(
+        """\
+        rules:
+          - name: a
+            when:
+              caller: {pattern: "+1415[5-1]XXXXXX"}  # <-
+            reject: {}
+        default: {reject: {}}
+        """
+    )
+    files = {"rules.yaml": text}
+    path = write_files(tmp_path, files)
+    file, line = marked_place(tmp_path, files)
+    problems = load_problems(path)
+    assert str(problems[0]).startswith(f"{file}:{line}: ")
+
+
+def test_test_case_expecting_an_unknown_rule_is_an_error(tmp_path: Path) -> None:
+    text = HEAD + textwrap.dedent(
+        """\
+        rules:
+          - name: vip
+            when: {caller: {in: vip}}
+            reject: {}
+        default: {accept: {profile: desk}}
+        tests:
+          - {from: "+14155550100", to: "+14155550199", expect: vip-desk}  # <-
+        """
+    )
+    files = {"rules.yaml": text}
+    path = write_files(tmp_path, files)
+    file, line = marked_place(tmp_path, files)
+    problems = load_problems(path)
+    assert any(
+        str(p).startswith(f"{file}:{line}: ") and "vip-desk" in p.message for p in problems
+    ), [str(p) for p in problems]
+
+
+def test_unquoted_international_number_is_not_silently_changed(tmp_path: Path) -> None:
+    text = textwrap.dedent(
+        """\
+        version: 1
+        defaults: {region: DE}
+        rules:
+          - name: mobile
+            when:
+              caller: +4915112345678  # <-
+            reject: {}
+        default: {accept: {profile: desk}}
+        profiles:
+          desk: {model: gpt-realtime}
+        """
+    )
+    files = {"rules.yaml": text}
+    path = write_files(tmp_path, files)
+    file, line = marked_place(tmp_path, files)
+    try:
+        ruleset = load_ruleset(path)
+    except RuleFileError as exc:
+        refused = exc.problems[0]
+    else:
+        at = datetime(2026, 3, 2, 12, 0, tzinfo=UTC)
+        decision = ruleset.decide(simulated_context(ruleset, "+4915112345678", "+4930123456", at))
+        assert decision.rule == "mobile"
+        return
+    # Refusing it with a hint is as good as reading it right.
+    assert str(refused).startswith(f"{file}:{line}: ")
+    assert "quote" in refused.message
+
+
+# --- warnings ----------------------------------------------------------------------------
+
+
+def load_warnings(tmp_path: Path, rules: str) -> list[str]:
+    path = write_files(tmp_path, {"rules.yaml": HEAD + textwrap.dedent(rules)})
+    return list(load_ruleset(path).warnings)
+
+
+SHADOWED = [
+    (
+        "after-catch-all",
+        """\
+        rules:
+          - name: everyone
+            reject: {}
+          - name: sf  # <-
+            when: {caller: "+1415*"}
+            reject: {}
+        default: {reject: {}}
+        """,
+        "everyone",
+    ),
+    (
+        "after-empty-when",
+        """\
+        rules:
+          - name: everyone
+            when: {}
+            reject: {}
+          - name: vip-desk  # <-
+            when: {caller: {in: vip}, schedule: office}
+            reject: {}
+        default: {reject: {}}
+        """,
+        "everyone",
+    ),
+    (
+        "identical-condition-written-differently",
+        """\
+        rules:
+          - name: desk
+            when: {caller: "+14155550100"}
+            reject: {}
+          - name: desk-again  # <-
+            when: {caller: "(415) 555-0100"}
+            reject: {}
+        default: {reject: {}}
+        """,
+        "desk",
+    ),
+    (
+        "broader-prefix",
+        """\
+        rules:
+          - name: nanp
+            when: {caller: "+1*"}
+            reject: {}
+          - name: sf  # <-
+            when: {caller: "+1415*"}
+            reject: {}
+        default: {reject: {}}
+        """,
+        "nanp",
+    ),
+    (
+        "broader-prefix-and-fewer-keys",
+        """\
+        rules:
+          - name: nanp
+            when: {caller: "+1*"}
+            reject: {}
+          - name: sf-in-hours  # <-
+            when: {caller: ["+1415*", "+14155550100"], schedule: office}
+            reject: {}
+        default: {reject: {}}
+        """,
+        "nanp",
+    ),
+]
+
+
+@pytest.mark.parametrize(
+    ("rules", "earlier"), [(r, e) for _, r, e in SHADOWED], ids=[s[0] for s in SHADOWED]
+)
+def test_rule_that_can_never_match_is_warned(tmp_path: Path, rules: str, earlier: str) -> None:
+    text = HEAD + textwrap.dedent(rules)
+    files = {"rules.yaml": text}
+    path = write_files(tmp_path, files)
+    file, line = marked_place(tmp_path, files)
+    warnings = list(load_ruleset(path).warnings)
+    assert len(warnings) == 1, warnings
+    assert warnings[0].startswith(f"{file}:{line}: warning: ")
+    assert f"rule '{earlier}' before it" in warnings[0]
+
+
+NOT_SHADOWED = [
+    (
+        "narrower-before-broader",
+        """\
+        rules:
+          - name: sf
+            when: {caller: "+1415*"}
+            reject: {}
+          - name: nanp
+            when: {caller: "+1*"}
+            reject: {}
+        default: {reject: {}}
+        """,
+    ),
+    (
+        "earlier-needs-a-key-the-later-does-not",
+        """\
+        rules:
+          - name: nanp-to-desk
+            when: {caller: "+1*", called: "+14155550100"}
+            reject: {}
+          - name: sf
+            when: {caller: "+1415*"}
+            reject: {}
+        default: {reject: {}}
+        """,
+    ),
+    (
+        "later-has-a-number-the-earlier-lacks",
+        """\
+        rules:
+          - name: sf-or-peninsula
+            when: {caller: ["+1415*", "+1650*"]}
+            reject: {}
+          - name: sf-or-dc
+            when: {caller: ["+1415*", "+1202*"]}
+            reject: {}
+        default: {reject: {}}
+        """,
+    ),
+    (
+        "different-schedule",
+        """\
+        rules:
+          - name: in-hours
+            when: {schedule: office}
+            reject: {}
+          - name: out-of-hours
+            when: {not: {schedule: office}}
+            reject: {}
+        default: {reject: {}}
+        """,
+    ),
+    (
+        "exact-before-its-prefix",
+        """\
+        rules:
+          - name: one
+            when: {caller: "+14155550100"}
+            reject: {}
+          - name: block
+            when: {caller: "+1415555*"}
+            reject: {}
+        default: {reject: {}}
+        """,
+    ),
+]
+
+
+@pytest.mark.parametrize("rules", [r for _, r in NOT_SHADOWED], ids=[n[0] for n in NOT_SHADOWED])
+def test_rule_narrower_in_a_way_the_earlier_does_not_cover_is_not_warned(
+    tmp_path: Path, rules: str
+) -> None:
+    assert load_warnings(tmp_path, rules) == []
+
+
+def test_same_header_condition_in_other_case_is_warned(tmp_path: Path) -> None:
+    rules = """\
+        rules:
+          - name: partner
+            when: {header: {X-Partner-Id: "PH0042"}}
+            reject: {}
+          - name: partner-again
+            when: {header: {x-partner-id: "PH0042"}}
+            reject: {}
+        default: {reject: {}}
+        """
+    warnings = load_warnings(tmp_path, rules)
+    assert len(warnings) == 1
+    assert "partner-again" in warnings[0]
+
+
+def test_function_tools_are_warned_and_mcp_tools_are_not(tmp_path: Path) -> None:
+    text = textwrap.dedent(
+        """\
+        version: 1
+        profiles:
+          desk:  # <-
+            model: gpt-realtime
+            tools:
+              - {type: function, name: lookup_patient, parameters: {type: object}}
+              - type: mcp
+                server_label: crm
+                server_url: https://mcp.example.com/sse
+        default: {accept: {profile: desk}}
+        """
+    )
+    files = {"rules.yaml": text}
+    path = write_files(tmp_path, files)
+    file, line = marked_place(tmp_path, files)
+    warnings = list(load_ruleset(path).warnings)
+    assert len(warnings) == 1, warnings
+    assert warnings[0].startswith(f"{file}:{line}: warning: ")
+    assert "'lookup_patient' is a function tool" in warnings[0]
+
+
+def test_the_example_rule_file_loads_without_problems() -> None:
+    ruleset = load_ruleset(Path("routing_rules/rules.yaml"))
+    assert ruleset.warnings == ()
+    assert [r.name for r in ruleset.rules][:2] == ["blocked-callers", "withheld-number"]
