@@ -1006,3 +1006,37 @@ def test_the_example_rule_file_loads_without_problems() -> None:
     ruleset = load_ruleset(Path("routing_rules/rules.yaml"))
     assert ruleset.warnings == ()
     assert [r.name for r in ruleset.rules][:2] == ["blocked-callers", "withheld-number"]
+
+
+@pytest.mark.parametrize("regex", [r"(a+)+b", r"(\w+\s?)*x", r"(a*)*", r"(?:[0-9]+-)+[0-9]+"])
+def test_a_header_regex_with_nested_unbounded_repetition_is_refused(
+    tmp_path: Path, regex: str
+) -> None:
+    path = tmp_path / "rules.yaml"
+    path.write_text(
+        "version: 1\n"
+        "rules:\n"
+        "  - name: partner\n"
+        f"    when: {{header: {{X-Partner-Id: {{regex: '{regex}'}}}}}}\n"
+        "    reject: {}\n"
+        "default: {reject: {}}\n"
+    )
+    with pytest.raises(RuleFileError) as caught:
+        load_ruleset(path)
+    [problem] = caught.value.problems
+    assert str(problem).startswith(f"{path}:4: ")
+    assert "exponential" in problem.message
+
+
+@pytest.mark.parametrize("regex", [r"[A-Z]{3}[0-9]{4}", r"PH[0-9]{4}", r"(ab){2,5}", r".*gold.*"])
+def test_ordinary_header_regexes_load(tmp_path: Path, regex: str) -> None:
+    path = tmp_path / "rules.yaml"
+    path.write_text(
+        "version: 1\n"
+        "rules:\n"
+        "  - name: partner\n"
+        f"    when: {{header: {{X-Partner-Id: {{regex: '{regex}'}}}}}}\n"
+        "    reject: {}\n"
+        "default: {reject: {}}\n"
+    )
+    assert load_ruleset(path).rules[0].name == "partner"

@@ -54,6 +54,7 @@ from app.rules.file_model import (
 )
 from app.rules.number_set import NumberListError, NumberSet
 from app.rules.problems import Problem, RuleFileError
+from app.rules.regex_safety import nested_unbounded_repeat
 from app.rules.ruleset import (
     AcceptAction,
     Action,
@@ -563,6 +564,14 @@ class _RuleCompiler:
                 regex = re.compile(test.regex)
             except re.error as exc:
                 self.ctx.error(path, f"{describe_path(path)}: invalid regex: {exc}")
+                return ALWAYS
+            if nested_unbounded_repeat(test.regex):
+                self.ctx.error(
+                    path,
+                    f"{describe_path(path)}: regex repeats a group that itself repeats without"
+                    " bound (like (a+)+); on a hostile header value it can take exponential"
+                    " time. Rewrite it without the nested repetition",
+                )
                 return ALWAYS
             return HeaderCondition(name.lower(), "regex", regex, f"{name} matches {test.regex}")
         assert test.equals is not None
