@@ -7,11 +7,12 @@ files may not nest an unbounded repetition inside another repetition.
 
 from __future__ import annotations
 
+import importlib
 import re
 
-# The standard library's own parser of regex syntax; stable across 3.11-3.13.
-from re import _constants as sre_constants
-from re import _parser as sre_parser
+# The standard library's own parser of regex syntax (no public API, no type stubs).
+sre_constants: Any = importlib.import_module("re._constants")
+sre_parser: Any = importlib.import_module("re._parser")
 from typing import Any
 
 _REPEATS = (sre_constants.MAX_REPEAT, sre_constants.MIN_REPEAT, sre_constants.POSSESSIVE_REPEAT)
