@@ -9,11 +9,11 @@ from __future__ import annotations
 
 import importlib
 import re
+from typing import Any
 
 # The standard library's own parser of regex syntax (no public API, no type stubs).
 sre_constants: Any = importlib.import_module("re._constants")
 sre_parser: Any = importlib.import_module("re._parser")
-from typing import Any
 
 _REPEATS = (sre_constants.MAX_REPEAT, sre_constants.MIN_REPEAT, sre_constants.POSSESSIVE_REPEAT)
 
