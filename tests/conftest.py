@@ -1,7 +1,8 @@
-"""Shared fixtures: settings, the fake OpenAI, and the service driven in process over ASGI.
+"""Shared fixtures: settings, the fake OpenAI, the service driven in process over ASGI, Redis.
 
 `service` yields a running app (lifespan entered) with an httpx client bound to it, the
 fake behind the app's upstream client, and `send(caller, called)` to post a signed call.
+Modules that build their own apps use `app_settings`, `build_app`, `running` and `deliver`.
 """
 
 from __future__ import annotations
@@ -9,7 +10,7 @@ from __future__ import annotations
 import base64
 import os
 import time
-from collections.abc import AsyncIterator, Callable, Mapping
+from collections.abc import AsyncIterator, Callable, Iterator, Mapping
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -24,6 +25,7 @@ from app.settings import Settings
 from app.store import Store
 from app.webhook_signing import SignedDelivery, signed_test_call
 from tests.fake_openai import MOCK_BASE_URL, Behaviour, FakeOpenAI
+from tests.redis_server import REDIS_SERVER, RedisServer
 
 API_KEY = "sk-test"
 ADMIN_TOKEN = "admin-test-token"
@@ -55,6 +57,53 @@ default: {accept: {profile: desk}}
 
 def new_webhook_secret() -> str:
     return "whsec_" + base64.b64encode(os.urandom(32)).decode()
+
+
+def write_rules_file(directory: Path, text: str) -> Path:
+    """`directory`/rules.yaml holding `text`."""
+    path = directory / "rules.yaml"
+    path.write_text(text, encoding="utf-8")
+    return path
+
+
+def app_settings(rules: Path, secret: str, /, **fields: Any) -> Settings:
+    """Settings with no .env read, against the fake upstream; `fields` set any other field."""
+    values: dict[str, Any] = {
+        "openai_api_key": API_KEY,
+        "openai_webhook_secret": secret,
+        "openai_base_url": MOCK_BASE_URL,
+        "rules": rules,
+        **fields,
+    }
+    return Settings(_env_file=None, **values)
+
+
+def build_app(settings: Settings, fake: FakeOpenAI, *, store: Store | None = None) -> FastAPI:
+    """The app with the fake's MockTransport as its network and no rule-file watcher."""
+    return create_app(settings, transport=fake.mock_transport(), store=store, watch_interval_s=None)
+
+
+def client_for(app: FastAPI, *, raise_app_exceptions: bool = True) -> httpx.AsyncClient:
+    """An httpx client that talks to `app` over ASGI (no lifespan of its own)."""
+    transport = httpx.ASGITransport(app=app, raise_app_exceptions=raise_app_exceptions)
+    return httpx.AsyncClient(transport=transport, base_url=SERVICE_URL)
+
+
+@asynccontextmanager
+async def running(
+    app: FastAPI, *, raise_app_exceptions: bool = True
+) -> AsyncIterator[httpx.AsyncClient]:
+    """`app` with its lifespan entered, and a client bound to it."""
+    async with (
+        app.router.lifespan_context(app),
+        client_for(app, raise_app_exceptions=raise_app_exceptions) as client,
+    ):
+        yield client
+
+
+async def deliver(client: httpx.AsyncClient, delivery: SignedDelivery) -> httpx.Response:
+    """Post a signed delivery to the webhook endpoint, whatever the answer."""
+    return await client.post(WEBHOOK_PATH, content=delivery.body, headers=delivery.headers)
 
 
 class VerbScriptedTransport(httpx.AsyncBaseTransport):
@@ -159,10 +208,21 @@ def webhook_secret() -> str:
 
 
 @pytest.fixture
+def secret(webhook_secret: str) -> str:
+    """`webhook_secret` under the name the modules that build their own apps use."""
+    return webhook_secret
+
+
+@pytest.fixture
 def rules_path(tmp_path: Path) -> Path:
-    path = tmp_path / "rules.yaml"
-    path.write_text(DEFAULT_RULES, encoding="utf-8")
-    return path
+    return write_rules_file(tmp_path, DEFAULT_RULES)
+
+
+@pytest.fixture
+def rules_file(request: pytest.FixtureRequest, tmp_path: Path) -> Path:
+    """tmp_path/rules.yaml holding the requesting module's `RULES`."""
+    text: str = request.module.RULES
+    return write_rules_file(tmp_path, text)
 
 
 @pytest.fixture
@@ -184,16 +244,12 @@ def settings_factory(webhook_secret: str, rules_path: Path) -> Callable[..., Set
 
     def make(**overrides: Any) -> Settings:
         values: dict[str, Any] = {
-            "openai_api_key": API_KEY,
-            "openai_webhook_secret": webhook_secret,
-            "openai_base_url": MOCK_BASE_URL,
-            "rules": rules_path,
             "dry_run": False,
             "admin_token": ADMIN_TOKEN,
             "action_deadline_s": 1.0,
+            **overrides,
         }
-        values.update(overrides)
-        return Settings(_env_file=None, **values)
+        return app_settings(rules_path, webhook_secret, **values)
 
     return make
 
@@ -201,6 +257,12 @@ def settings_factory(webhook_secret: str, rules_path: Path) -> Callable[..., Set
 @pytest.fixture
 def fake_openai() -> FakeOpenAI:
     return FakeOpenAI(API_KEY)
+
+
+@pytest.fixture
+def fake(fake_openai: FakeOpenAI) -> FakeOpenAI:
+    """`fake_openai` under the name the modules that build their own apps use."""
+    return fake_openai
 
 
 @pytest.fixture
@@ -224,12 +286,7 @@ def service_factory(
         settings = settings_factory(**overrides)
         transport = VerbScriptedTransport(fake_openai)
         app = create_app(settings, transport=transport, store=store, watch_interval_s=None)
-        async with (
-            app.router.lifespan_context(app),
-            httpx.AsyncClient(
-                transport=httpx.ASGITransport(app=app), base_url=SERVICE_URL
-            ) as client,
-        ):
+        async with running(app) as client:
             yield Service(app, client, fake_openai, settings, webhook_secret, transport)
 
     return start
@@ -239,3 +296,34 @@ def service_factory(
 async def service(service_factory: ServiceFactory) -> AsyncIterator[Service]:
     async with service_factory() as running:
         yield running
+
+
+@dataclass(frozen=True)
+class SharedRedis:
+    """The Redis that test modules share; tests keep to their own key prefix or database."""
+
+    url: str
+    # Started for this session (its databases may be flushed), rather than CI's server.
+    own: bool
+
+
+@pytest.fixture(scope="session")
+def shared_redis(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SharedRedis]:
+    """SIP_ROUTER_TEST_REDIS_URL, else a redis-server started for this session, else a skip."""
+    url = os.environ.get("SIP_ROUTER_TEST_REDIS_URL")
+    if url:
+        yield SharedRedis(url, own=False)
+        return
+    if REDIS_SERVER is None:
+        pytest.skip("SIP_ROUTER_TEST_REDIS_URL is unset and redis-server is not installed")
+    server = RedisServer(tmp_path_factory.mktemp("redis"))
+    server.start()
+    try:
+        yield SharedRedis(server.url, own=True)
+    finally:
+        server.stop()
+
+
+@pytest.fixture(scope="session")
+def redis_url(shared_redis: SharedRedis) -> str:
+    return shared_redis.url

@@ -2,13 +2,8 @@
 
 from __future__ import annotations
 
-import base64
 import json
-import os
-import socket
 import time
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -17,11 +12,11 @@ import httpx
 import pytest
 from fastapi import FastAPI
 
-from app.app_factory import create_app
-from app.settings import Settings
-from app.store import RedisStore
+from app.store import RedisStore, Store
 from app.webhook_signing import SignedDelivery, signed_test_call
-from tests.fake_openai import MOCK_BASE_URL, FakeOpenAI, Respond
+from tests.conftest import app_settings, build_app, running
+from tests.fake_openai import FakeOpenAI, Respond
+from tests.redis_server import free_port
 
 TOKEN = "s3cret-admin-token-0123"
 AUTH = {"authorization": f"Bearer {TOKEN}"}
@@ -67,60 +62,11 @@ CALL_FIELDS = {
 }
 
 
-def new_secret() -> str:
-    return "whsec_" + base64.b64encode(os.urandom(32)).decode()
-
-
-@pytest.fixture
-def rules_file(tmp_path: Path) -> Path:
-    path = tmp_path / "rules.yaml"
-    path.write_text(RULES, encoding="utf-8")
-    return path
-
-
-@pytest.fixture
-def secret() -> str:
-    return new_secret()
-
-
-@pytest.fixture
-def fake() -> FakeOpenAI:
-    return FakeOpenAI()
-
-
-def make_settings(rules: Path, secret: str, **overrides: Any) -> Settings:
-    values: dict[str, Any] = {
-        "openai_api_key": "sk-test",
-        "openai_webhook_secret": secret,
-        "openai_base_url": MOCK_BASE_URL,
-        "rules": rules,
-        "admin_token": TOKEN,
-        "action_deadline_s": 1.0,
-        **overrides,
-    }
-    return Settings(_env_file=None, **values)
-
-
-def build(rules: Path, secret: str, fake: FakeOpenAI, **overrides: Any) -> FastAPI:
-    store = overrides.pop("store", None)
-    return create_app(
-        make_settings(rules, secret, **overrides),
-        transport=fake.mock_transport(),
-        store=store,
-        watch_interval_s=None,
-    )
-
-
-@asynccontextmanager
-async def running(
-    app: FastAPI, *, raise_app_exceptions: bool = True
-) -> AsyncIterator[httpx.AsyncClient]:
-    transport = httpx.ASGITransport(app=app, raise_app_exceptions=raise_app_exceptions)
-    async with (
-        app.router.lifespan_context(app),
-        httpx.AsyncClient(transport=transport, base_url="http://sip-router") as client,
-    ):
-        yield client
+def build(
+    rules: Path, secret: str, fake: FakeOpenAI, *, store: Store | None = None, **overrides: Any
+) -> FastAPI:
+    fields: dict[str, Any] = {"admin_token": TOKEN, "action_deadline_s": 1.0, **overrides}
+    return build_app(app_settings(rules, secret, **fields), fake, store=store)
 
 
 async def deliver(client: httpx.AsyncClient, delivery: SignedDelivery) -> httpx.Response:
@@ -129,13 +75,6 @@ async def deliver(client: httpx.AsyncClient, delivery: SignedDelivery) -> httpx.
     )
     assert response.status_code == 200, response.text
     return response
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
 
 
 # Every admin endpoint with a request that would be valid with the right token.

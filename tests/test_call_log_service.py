@@ -2,15 +2,10 @@
 
 from __future__ import annotations
 
-import base64
 import json
 import os
-import shutil
-import socket
-import subprocess
 import time
-from collections.abc import AsyncIterator, Iterator
-from contextlib import asynccontextmanager
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -20,11 +15,11 @@ import redis
 import redis.asyncio
 from fastapi import FastAPI
 
-from app.app_factory import create_app
-from app.settings import Settings
 from app.store import CALL_LOG_SIZE, MemoryStore, RedisStore, Store
-from app.webhook_signing import SignedDelivery, incoming_call_body, sign_delivery, signed_test_call
-from tests.fake_openai import MOCK_BASE_URL, Drop, FakeOpenAI, Respond
+from app.webhook_signing import incoming_call_body, sign_delivery, signed_test_call
+from tests.conftest import app_settings, build_app, deliver, new_webhook_secret, running
+from tests.fake_openai import Drop, FakeOpenAI, Respond
+from tests.redis_server import delete_prefix
 
 TOKEN = "call-log-admin"
 AUTH = {"authorization": f"Bearer {TOKEN}"}
@@ -45,69 +40,6 @@ rules:
 default: {accept: {profile: desk}}
 on_error: {reject: {status_code: 503}}
 """
-REDIS_SERVER = shutil.which("redis-server") or (
-    "/usr/bin/redis-server" if Path("/usr/bin/redis-server").exists() else None
-)
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
-
-
-class RedisServer:
-    """A throwaway redis-server on a loopback port, without persistence."""
-
-    def __init__(self, directory: Path) -> None:
-        assert REDIS_SERVER is not None
-        self.port = free_port()
-        self.process = subprocess.Popen(
-            [
-                REDIS_SERVER,
-                "--port", str(self.port),
-                "--bind", "127.0.0.1",
-                "--save", "",
-                "--appendonly", "no",
-                "--dir", str(directory),
-            ],
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )  # fmt: skip
-        deadline = time.monotonic() + 10
-        while True:
-            try:
-                with redis.Redis(port=self.port, socket_timeout=0.5) as client:
-                    client.ping()
-                return
-            except redis.ConnectionError:
-                if self.process.poll() is not None or time.monotonic() > deadline:
-                    self.stop()
-                    raise RuntimeError(f"redis-server did not start on {self.port}") from None
-                time.sleep(0.05)
-
-    @property
-    def url(self) -> str:
-        return f"redis://127.0.0.1:{self.port}/15"
-
-    def stop(self) -> None:
-        self.process.terminate()
-        self.process.wait(timeout=10)
-
-
-@pytest.fixture(scope="module")
-def redis_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    """SIP_ROUTER_TEST_REDIS_URL, or a redis-server started for this module."""
-    url = os.environ.get("SIP_ROUTER_TEST_REDIS_URL")
-    if url:
-        yield url
-        return
-    if REDIS_SERVER is None:
-        pytest.skip("SIP_ROUTER_TEST_REDIS_URL is unset and redis-server is not installed")
-    server = RedisServer(tmp_path_factory.mktemp("redis"))
-    yield server.url
-    server.stop()
 
 
 @pytest.fixture
@@ -115,27 +47,7 @@ async def redis_prefix(redis_url: str) -> AsyncIterator[str]:
     """A key prefix of this test alone; its keys are deleted afterwards."""
     prefix = f"test-call-log-{os.urandom(6).hex()}:"
     yield prefix
-    async with redis.asyncio.Redis.from_url(redis_url) as client:
-        keys = [key async for key in client.scan_iter(match=f"{prefix}*")]
-        if keys:
-            await client.delete(*keys)
-
-
-@pytest.fixture
-def rules_file(tmp_path: Path) -> Path:
-    path = tmp_path / "rules.yaml"
-    path.write_text(RULES, encoding="utf-8")
-    return path
-
-
-@pytest.fixture
-def secret() -> str:
-    return "whsec_" + base64.b64encode(os.urandom(32)).decode()
-
-
-@pytest.fixture
-def fake() -> FakeOpenAI:
-    return FakeOpenAI()
+    await delete_prefix(redis_url, prefix)
 
 
 @pytest.fixture(params=["memory", pytest.param("redis", marks=pytest.mark.redis)])
@@ -155,35 +67,8 @@ def new_store(store_kind: str, request: pytest.FixtureRequest) -> Any:
 
 
 def build(rules: Path, secret: str, fake: FakeOpenAI, store: Store, **overrides: Any) -> FastAPI:
-    values: dict[str, Any] = {
-        "openai_api_key": "sk-test",
-        "openai_webhook_secret": secret,
-        "openai_base_url": MOCK_BASE_URL,
-        "rules": rules,
-        "admin_token": TOKEN,
-        "action_deadline_s": 0.3,
-        **overrides,
-    }
-    return create_app(
-        Settings(_env_file=None, **values),
-        transport=fake.mock_transport(),
-        store=store,
-        watch_interval_s=None,
-    )
-
-
-@asynccontextmanager
-async def running(app: FastAPI) -> AsyncIterator[httpx.AsyncClient]:
-    transport = httpx.ASGITransport(app=app)
-    async with (
-        app.router.lifespan_context(app),
-        httpx.AsyncClient(transport=transport, base_url="http://sip-router") as client,
-    ):
-        yield client
-
-
-async def deliver(client: httpx.AsyncClient, delivery: SignedDelivery) -> httpx.Response:
-    return await client.post("/webhooks/openai", content=delivery.body, headers=delivery.headers)
+    settings = app_settings(rules, secret, admin_token=TOKEN, action_deadline_s=0.3, **overrides)
+    return build_app(settings, fake, store=store)
 
 
 async def call_log(client: httpx.AsyncClient, limit: int = 1000) -> list[dict[str, Any]]:
@@ -238,9 +123,7 @@ async def test_only_deliveries_that_reached_a_decision_are_logged(
     app = build(rules_file, secret, fake, new_store())
     now = int(time.time())
     first = signed_test_call(secret, CALLER, MAIN_LINE, now=now)
-    forged = signed_test_call(
-        "whsec_" + base64.b64encode(os.urandom(32)).decode(), CALLER, MAIN_LINE, now=now
-    )
+    forged = signed_test_call(new_webhook_secret(), CALLER, MAIN_LINE, now=now)
     stale_body = incoming_call_body("rtc_stale01", now - 3600, [("From", f"<sip:{CALLER}@x>")])
     other_body = json.dumps(
         {"object": "event", "id": "evt_1", "type": "realtime.call.ended", "created_at": now}

@@ -7,7 +7,6 @@ import base64
 import json
 import os
 import re
-import socket
 import subprocess
 import sys
 import time
@@ -19,6 +18,7 @@ import pytest
 
 from app.settings import parse_webhook_secret
 from tests.fake_openai import FakeOpenAI
+from tests.redis_server import free_port
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 EXAMPLE_RULES = REPO_ROOT / "routing_rules" / "rules.yaml"
@@ -37,13 +37,6 @@ rules:
     reject: {status_code: 603}
 default: {reject: {status_code: 603}}
 """
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
 
 
 def clean_env(**variables: str) -> dict[str, str]:

@@ -3,30 +3,24 @@
 from __future__ import annotations
 
 import asyncio
-import base64
 import json
 import os
-import shutil
-import socket
-import subprocess
 import time
-from collections.abc import AsyncIterator, Iterator
-from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
-import redis
-from fastapi import FastAPI
 from prometheus_client.parser import text_string_to_metric_families
 
 from app.app_factory import create_app
 from app.rules.problems import RuleFileError
 from app.settings import Settings
 from app.store import RedisStore
-from app.webhook_signing import SignedDelivery, incoming_call_body, sign_delivery, signed_test_call
-from tests.fake_openai import MOCK_BASE_URL, Delay, Drop, FakeOpenAI, Respond
+from app.webhook_signing import incoming_call_body, sign_delivery, signed_test_call
+from tests.conftest import app_settings, client_for, deliver, new_webhook_secret, running
+from tests.fake_openai import Delay, Drop, FakeOpenAI, Respond
+from tests.redis_server import REDIS_SERVER, RedisServer, free_port
 
 RULES = """\
 version: 1
@@ -45,57 +39,12 @@ on_error: {reject: {status_code: 503}}
 CALLER = "+14155550123"
 BLOCKED = "+12025550199"
 CLINIC = "+14155550100"
-REDIS_SERVER = shutil.which("redis-server") or (
-    "/usr/bin/redis-server" if Path("/usr/bin/redis-server").exists() else None
-)
-
-
-def new_secret() -> str:
-    return "whsec_" + base64.b64encode(os.urandom(32)).decode()
 
 
 def make_settings(rules: Path, secret: str, **overrides: Any) -> Settings:
-    values: dict[str, Any] = {
-        "openai_api_key": "sk-test",
-        "openai_webhook_secret": secret,
-        "openai_base_url": MOCK_BASE_URL,
-        "rules": rules,
-        "admin_token": "admin-token",
-        "action_deadline_s": 1.0,
-        **overrides,
-    }
-    return Settings(_env_file=None, **values)
-
-
-@pytest.fixture
-def rules_file(tmp_path: Path) -> Path:
-    path = tmp_path / "rules.yaml"
-    path.write_text(RULES, encoding="utf-8")
-    return path
-
-
-@pytest.fixture
-def secret() -> str:
-    return new_secret()
-
-
-@pytest.fixture
-def fake() -> FakeOpenAI:
-    return FakeOpenAI()
-
-
-def client_for(app: FastAPI) -> httpx.AsyncClient:
-    return httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://sip-router")
-
-
-@asynccontextmanager
-async def running(app: FastAPI) -> AsyncIterator[httpx.AsyncClient]:
-    async with app.router.lifespan_context(app), client_for(app) as client:
-        yield client
-
-
-async def post(client: httpx.AsyncClient, delivery: SignedDelivery) -> httpx.Response:
-    return await client.post("/webhooks/openai", content=delivery.body, headers=delivery.headers)
+    return app_settings(
+        rules, secret, admin_token="admin-token", action_deadline_s=1.0, **overrides
+    )
 
 
 def other_event(secret: str, now: int) -> tuple[bytes, dict[str, str]]:
@@ -147,66 +96,6 @@ async def metrics_text(client: httpx.AsyncClient) -> str:
     assert response.status_code == 200
     assert response.headers["content-type"].startswith("text/plain")
     return response.text
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
-
-
-class RedisServer:
-    """A throwaway redis-server on a loopback port, without persistence."""
-
-    def __init__(self, directory: Path, port: int | None = None) -> None:
-        assert REDIS_SERVER is not None
-        self.port = port or free_port()
-        self.process = subprocess.Popen(
-            [
-                REDIS_SERVER,
-                "--port", str(self.port),
-                "--bind", "127.0.0.1",
-                "--save", "",
-                "--appendonly", "no",
-                "--dir", str(directory),
-            ],
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )  # fmt: skip
-        deadline = time.monotonic() + 10
-        while True:
-            try:
-                with redis.Redis(port=self.port, socket_timeout=0.5) as client:
-                    client.ping()
-                return
-            except redis.ConnectionError:
-                if self.process.poll() is not None or time.monotonic() > deadline:
-                    self.stop()
-                    raise RuntimeError(f"redis-server did not start on {self.port}") from None
-                time.sleep(0.05)
-
-    @property
-    def url(self) -> str:
-        return f"redis://127.0.0.1:{self.port}/15"
-
-    def stop(self) -> None:
-        self.process.terminate()
-        self.process.wait(timeout=10)
-
-
-@pytest.fixture(scope="module")
-def redis_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    """SIP_ROUTER_TEST_REDIS_URL, or a redis-server started for this module."""
-    url = os.environ.get("SIP_ROUTER_TEST_REDIS_URL")
-    if url:
-        yield url
-        return
-    if REDIS_SERVER is None:
-        pytest.skip("SIP_ROUTER_TEST_REDIS_URL is unset and redis-server is not installed")
-    server = RedisServer(tmp_path_factory.mktemp("redis"))
-    yield server.url
-    server.stop()
 
 
 # -- /healthz and /readyz ------------------------------------------------------------------
@@ -295,7 +184,7 @@ async def test_readyz_follows_redis_going_down_and_coming_back(
     if REDIS_SERVER is None:
         pytest.skip("needs a redis-server binary to stop and start")
     server = RedisServer(tmp_path)
-    port = server.port
+    server.start()
     store = RedisStore.from_url(server.url)
     app = create_app(
         make_settings(rules_file, secret), transport=fake.mock_transport(), store=store
@@ -307,7 +196,7 @@ async def test_readyz_follows_redis_going_down_and_coming_back(
             down = await client.get("/readyz")
             assert down.status_code == 503
             assert "redis" in down.json()["reason"]
-            server = RedisServer(tmp_path, port=port)
+            server.start()
             assert (await client.get("/readyz")).status_code == 200
     finally:
         server.stop()
@@ -324,7 +213,7 @@ async def test_readyz_says_shutting_down_once_draining_and_new_webhooks_get_503(
         assert response.status_code == 503
         assert response.json() == {"status": "unavailable", "reason": "shutting down"}
         delivery = signed_test_call(secret, CALLER, CLINIC, now=int(time.time()))
-        refused = await post(client, delivery)
+        refused = await deliver(client, delivery)
         assert refused.status_code == 503
         assert (await client.get("/healthz")).status_code == 200
     assert fake.requests == []
@@ -350,7 +239,7 @@ async def test_draining_lets_the_in_flight_webhook_finish_while_readyz_is_503(
     delivery = signed_test_call(secret, CALLER, CLINIC, now=int(time.time()))
     fake.script(delivery.call_id, Delay(0.3, Respond(200)))
     async with running(app) as client:
-        in_flight = asyncio.create_task(post(client, delivery))
+        in_flight = asyncio.create_task(deliver(client, delivery))
         while processor.in_flight == 0:
             await asyncio.sleep(0.005)
         drained = asyncio.create_task(processor.drain(5))
@@ -374,12 +263,12 @@ async def test_metrics_count_each_kind_of_delivery_exactly(
     now = int(time.time())
     accepted = signed_test_call(secret, CALLER, CLINIC, now=now)
     rejected = signed_test_call(secret, BLOCKED, CLINIC, now=now)
-    forged = signed_test_call(new_secret(), CALLER, CLINIC, now=now)
+    forged = signed_test_call(new_webhook_secret(), CALLER, CLINIC, now=now)
     async with running(app) as client:
-        assert (await post(client, accepted)).json()["status"] == "processed"
-        assert (await post(client, rejected)).json()["action"] == "reject"
-        assert (await post(client, accepted)).json()["status"] == "duplicate"
-        assert (await post(client, forged)).status_code == 401
+        assert (await deliver(client, accepted)).json()["status"] == "processed"
+        assert (await deliver(client, rejected)).json()["action"] == "reject"
+        assert (await deliver(client, accepted)).json()["status"] == "duplicate"
+        assert (await deliver(client, forged)).status_code == 401
         body, headers = stale_call(secret, now, age_s=600)
         stale = await client.post("/webhooks/openai", content=body, headers=headers)
         assert stale.json()["status"] == "stale"
@@ -419,9 +308,9 @@ async def test_metrics_count_upstream_failures_by_status_and_on_error_decisions(
     fake.script(refused.call_id, Respond(400, code="invalid_request"))
     fake.script(dropped.call_id, Drop(applied=True))
     async with running(app) as client:
-        assert (await post(client, refused)).json()["status"] == "on_error"
+        assert (await deliver(client, refused)).json()["status"] == "on_error"
         # A connection lost after sending is retried inside the deadline; the retry succeeds.
-        assert (await post(client, dropped)).json()["status"] == "processed"
+        assert (await deliver(client, dropped)).json()["status"] == "processed"
         text = await metrics_text(client)
 
     assert by_label(text, "sip_router_upstream_requests_total", "verb", "status") == {
@@ -476,7 +365,7 @@ async def test_two_apps_in_one_process_keep_separate_counters(
     assert busy.state.services.metrics.registry is not idle.state.services.metrics.registry
     async with running(busy) as busy_client, running(idle) as idle_client:
         delivery = signed_test_call(secret, CALLER, CLINIC, now=int(time.time()))
-        assert (await post(busy_client, delivery)).status_code == 200
+        assert (await deliver(busy_client, delivery)).status_code == 200
         busy_text = await metrics_text(busy_client)
         idle_text = await metrics_text(idle_client)
     assert by_label(busy_text, "sip_router_webhooks_total", "outcome") == {"processed": 1}

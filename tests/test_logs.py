@@ -8,21 +8,19 @@ import logging
 import os
 import re
 import time
-from collections.abc import AsyncIterator, Iterator
-from contextlib import asynccontextmanager
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import httpx
 import pytest
 from fastapi import FastAPI
 
 from app.app_factory import create_app
 from app.asgi import app_from_environment
 from app.log_format import JsonFormatter, TextFormatter
-from app.settings import Settings
-from app.webhook_signing import SignedDelivery, incoming_call_body, sign_delivery, signed_test_call
-from tests.fake_openai import MOCK_BASE_URL, Drop, FakeOpenAI, Respond
+from app.webhook_signing import incoming_call_body, sign_delivery, signed_test_call
+from tests.conftest import app_settings, build_app, deliver, new_webhook_secret, running
+from tests.fake_openai import Drop, FakeOpenAI, Respond
 
 CALLER = "+14155550123"
 BLOCKED = "+12025550199"
@@ -64,54 +62,21 @@ WEBHOOK_FIELDS = {
 RAW_CONTROLS = re.compile(r"[\x00-\x1f\x7f-\x9f\u2028\u2029]")
 
 
-def new_secret() -> str:
-    return "whsec_" + base64.b64encode(os.urandom(32)).decode()
-
-
-@pytest.fixture
-def rules_file(tmp_path: Path) -> Path:
-    path = tmp_path / "rules.yaml"
-    path.write_text(RULES, encoding="utf-8")
-    return path
-
-
-@pytest.fixture
-def secret() -> str:
-    return new_secret()
-
-
 @pytest.fixture
 def fake() -> FakeOpenAI:
     return FakeOpenAI(api_key=API_KEY)
 
 
 def build(rules: Path, secret: str, fake: FakeOpenAI, **overrides: Any) -> FastAPI:
-    values: dict[str, Any] = {
-        "openai_api_key": API_KEY,
-        "openai_webhook_secret": secret,
-        "openai_base_url": MOCK_BASE_URL,
-        "rules": rules,
-        "admin_token": ADMIN_TOKEN,
-        "action_deadline_s": 0.3,
+    settings = app_settings(
+        rules,
+        secret,
+        openai_api_key=API_KEY,
+        admin_token=ADMIN_TOKEN,
+        action_deadline_s=0.3,
         **overrides,
-    }
-    return create_app(
-        Settings(_env_file=None, **values), transport=fake.mock_transport(), watch_interval_s=None
     )
-
-
-@asynccontextmanager
-async def running(app: FastAPI) -> AsyncIterator[httpx.AsyncClient]:
-    transport = httpx.ASGITransport(app=app)
-    async with (
-        app.router.lifespan_context(app),
-        httpx.AsyncClient(transport=transport, base_url="http://sip-router") as client,
-    ):
-        yield client
-
-
-async def deliver(client: httpx.AsyncClient, delivery: SignedDelivery) -> httpx.Response:
-    return await client.post("/webhooks/openai", content=delivery.body, headers=delivery.headers)
+    return build_app(settings, fake)
 
 
 def signed(secret: str, body: bytes, now: int, **kwargs: Any) -> dict[str, str]:
@@ -295,7 +260,7 @@ async def test_a_bad_signature_is_logged_without_echoing_the_delivery(
     now = int(time.time())
     marker = "DELIVERY-MARKER-51c0"
     body = incoming_call_body(f"rtc_{marker.replace('-', '_')}", now, [("From", marker)])
-    headers = signed(new_secret(), body, now, webhook_id=f"wh_{marker}")
+    headers = signed(new_webhook_secret(), body, now, webhook_id=f"wh_{marker}")
     headers["x-forwarded-for"] = marker
     async with running(app) as client:
         answer = await client.post("/webhooks/openai", content=body, headers=headers)
@@ -352,12 +317,11 @@ async def test_no_log_line_holds_a_secret_a_raw_sip_header_or_a_full_number(
     fake.script("rtc_failing01", Respond(500), Respond(400, code="invalid_request"))
     with fake.serve_on_loopback() as base_url:
         app = create_app(
-            Settings(
-                _env_file=None,
+            app_settings(
+                rules_file,
+                secret,
                 openai_api_key=API_KEY,
-                openai_webhook_secret=secret,
                 openai_base_url=base_url,
-                rules=rules_file,
                 admin_token=ADMIN_TOKEN,
                 action_deadline_s=1.0,
             ),
@@ -370,7 +334,7 @@ async def test_no_log_line_holds_a_secret_a_raw_sip_header_or_a_full_number(
                 )
                 assert answer.status_code == 200, answer.text
             await client.post("/webhooks/openai", content=plain, headers=signed(secret, plain, now))
-            forged = signed(new_secret(), plain, now)
+            forged = signed(new_webhook_secret(), plain, now)
             await client.post("/webhooks/openai", content=plain, headers=forged)
             auth = {"authorization": f"Bearer {ADMIN_TOKEN}"}
             await client.get("/admin/calls", headers=auth)

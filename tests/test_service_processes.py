@@ -4,14 +4,11 @@ replicas sharing Redis, SIGTERM with actions in flight, a Redis outage, a sender
 from __future__ import annotations
 
 import asyncio
-import base64
 import itertools
 import json
 import os
 import random
-import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -26,12 +23,11 @@ import redis
 
 from app.store.redis_backend import KEY_PREFIX
 from app.webhook_signing import SignedDelivery, incoming_call_body, sign_delivery, signed_test_call
+from tests.conftest import SharedRedis
 from tests.fake_openai import Delay, FakeOpenAI, Respond
+from tests.redis_server import REDIS_SERVER, RedisServer, free_port
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
-REDIS_SERVER = shutil.which("redis-server") or (
-    "/usr/bin/redis-server" if Path("/usr/bin/redis-server").exists() else None
-)
 API_KEY = "sk-test"
 CALLER, CALLED = "+14155550123", "+14155550100"
 CI_REDIS_DB = 14
@@ -47,13 +43,6 @@ profiles:
 default: {accept: {profile: desk}}
 on_error: {reject: {status_code: 503}}
 """
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
 
 
 def clean_env(**variables: str) -> dict[str, str]:
@@ -150,73 +139,11 @@ class ServiceProcess:
         ]
 
 
-class RedisServer:
-    """A throwaway redis-server on a loopback port, without persistence."""
-
-    def __init__(self, directory: Path, port: int | None = None) -> None:
-        self.directory = directory
-        self.port = port or free_port()
-        self.process: subprocess.Popen[bytes] | None = None
-
-    def url(self, db: int = 0) -> str:
-        return f"redis://127.0.0.1:{self.port}/{db}"
-
-    def start(self) -> None:
-        assert REDIS_SERVER is not None
-        self.directory.mkdir(parents=True, exist_ok=True)
-        self.process = subprocess.Popen(
-            [
-                REDIS_SERVER,
-                "--port", str(self.port),
-                "--bind", "127.0.0.1",
-                "--save", "",
-                "--appendonly", "no",
-                "--dir", str(self.directory),
-            ],
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )  # fmt: skip
-        deadline = time.monotonic() + 10
-        while True:
-            try:
-                with redis.Redis(port=self.port, socket_timeout=0.5) as client:
-                    client.ping()
-                return
-            except redis.ConnectionError:
-                if self.process.poll() is not None or time.monotonic() > deadline:
-                    self.stop()
-                    raise RuntimeError(f"redis-server did not start on port {self.port}") from None
-                time.sleep(0.05)
-
-    def stop(self) -> None:
-        if self.process is not None:
-            self.process.terminate()
-            self.process.wait(timeout=10)
-            self.process = None
-
-
 def _with_db(url: str, db: int) -> str:
     return urllib.parse.urlsplit(url)._replace(path=f"/{db}").geturl()
 
 
 _own_db_numbers = itertools.count(1)
-
-
-@pytest.fixture(scope="module")
-def shared_redis(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, bool]]:
-    """(url, whether this module started the server): CI's Redis, else our own."""
-    url = os.environ.get("SIP_ROUTER_TEST_REDIS_URL")
-    if url:
-        yield url, False
-        return
-    if REDIS_SERVER is None:
-        pytest.skip("SIP_ROUTER_TEST_REDIS_URL is unset and redis-server is not installed")
-    server = RedisServer(tmp_path_factory.mktemp("redis"))
-    server.start()
-    try:
-        yield server.url(), True
-    finally:
-        server.stop()
 
 
 def _clear_db(url: str, own: bool) -> None:
@@ -231,37 +158,20 @@ def _clear_db(url: str, own: bool) -> None:
 
 
 @pytest.fixture
-def redis_db_url(shared_redis: tuple[str, bool]) -> Iterator[str]:
+def redis_db_url(shared_redis: SharedRedis) -> Iterator[str]:
     """A Redis database for one test: a fresh db number on our server, db 14 on CI's."""
-    url, own = shared_redis
+    own = shared_redis.own
     db = next(_own_db_numbers) % 16 if own else CI_REDIS_DB
-    target = _with_db(url, db)
+    target = _with_db(shared_redis.url, db)
     _clear_db(target, own)
     yield target
     _clear_db(target, own)
 
 
 @pytest.fixture
-def secret() -> str:
-    return "whsec_" + base64.b64encode(os.urandom(32)).decode()
-
-
-@pytest.fixture
-def fake() -> FakeOpenAI:
-    return FakeOpenAI(API_KEY)
-
-
-@pytest.fixture
 def fake_url(fake: FakeOpenAI) -> Iterator[str]:
     with fake.serve_on_loopback() as url:
         yield url
-
-
-@pytest.fixture
-def rules_file(tmp_path: Path) -> Path:
-    path = tmp_path / "rules.yaml"
-    path.write_text(RULES, encoding="utf-8")
-    return path
 
 
 StartServices = Callable[..., list[ServiceProcess]]
@@ -460,10 +370,10 @@ async def test_redis_outage_answers_503_then_recovers(
 ) -> None:
     if REDIS_SERVER is None:
         pytest.skip("redis-server is not installed (this test stops and restarts its own)")
-    server = RedisServer(tmp_path / "redis-outage")
+    server = RedisServer(tmp_path / "redis-outage", db=0)
     server.start()
     try:
-        (service,) = start_services(SIP_ROUTER_REDIS_URL=server.url())
+        (service,) = start_services(SIP_ROUTER_REDIS_URL=server.url)
         async with httpx.AsyncClient(base_url=service.url, timeout=10) as client:
             assert (await client.get("/readyz")).status_code == 200
 
