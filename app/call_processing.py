@@ -291,36 +291,29 @@ class CallProcessor:
 
     async def _record(self, record: _Record, answer: WebhookAnswer, elapsed_s: float) -> None:
         latency_ms = round(elapsed_s * 1000, 2)
-        self._metrics.webhooks.labels(outcome=record.outcome).inc()
-        if record.action is not None and record.outcome not in ("duplicate", "in_flight"):
-            self._metrics.decision_seconds.observe(elapsed_s)
-            entry = {
-                "time": datetime.fromtimestamp(self._wall_clock(), tz=UTC).isoformat(),
-                "call_id": record.call_id,
-                "caller": record.caller,
-                "called": record.called,
-                "rule": record.rule,
-                "action": record.action,
-                "outcome": record.outcome,
-                "latency_ms": latency_ms,
-                "ruleset": record.ruleset,
-            }
-            try:
-                await self._store.append(entry)
-            except StoreUnavailable:
-                log.warning("could not append to the call log")
-        fields = {
-            "webhook_id": record.webhook_id,
+        decided = {
             "call_id": record.call_id,
             "caller": record.caller,
             "called": record.called,
             "rule": record.rule,
             "action": record.action,
             "outcome": record.outcome,
-            "http_status": answer.status_code,
-            "upstream_status": record.upstream_status,
             "latency_ms": latency_ms,
             "ruleset": record.ruleset,
+        }
+        self._metrics.webhooks.labels(outcome=record.outcome).inc()
+        if record.action is not None and record.outcome not in ("duplicate", "in_flight"):
+            self._metrics.decision_seconds.observe(elapsed_s)
+            now = datetime.fromtimestamp(self._wall_clock(), tz=UTC).isoformat()
+            try:
+                await self._store.append({"time": now, **decided})
+            except StoreUnavailable:
+                log.warning("could not append to the call log")
+        fields = {
+            "webhook_id": record.webhook_id,
+            **decided,
+            "http_status": answer.status_code,
+            "upstream_status": record.upstream_status,
             "dry_run": self._options.dry_run or None,
             "detail": record.detail,
             **record.extra,
