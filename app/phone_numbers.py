@@ -5,6 +5,7 @@ Pure functions over the `phonenumbers` metadata; no I/O.
 
 from __future__ import annotations
 
+import functools
 import re
 from functools import cache
 
@@ -132,6 +133,7 @@ def parse_header_number(user: str, region: str) -> str | None:
     return None
 
 
+@functools.lru_cache(maxsize=65536)
 def country_of(e164: str) -> str | None:
     """The ISO 3166 region of an E.164 number ("US", "DE"), or None when it cannot be told.
 
