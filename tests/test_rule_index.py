@@ -29,6 +29,16 @@ condition = st.one_of(
     st.builds(lambda c: {"caller": {"country": c}}, st.sampled_from(["US", "DE"])),
     st.builds(lambda n: {"not": {"caller": n}}, st.sampled_from(NUMBERS)),
     st.builds(lambda v: {"header": {"X-Tier": v}}, st.sampled_from(["gold", "silver"])),
+    st.builds(
+        lambda v, p: {"header": {"x-tier": v}, "caller": p},
+        st.sampled_from(["gold", "silver"]),
+        st.sampled_from(PREFIXES),
+    ),
+    st.builds(
+        lambda v, n: {"header": {"X-Tier": v}, "called": n},
+        st.sampled_from(["gold", "silver"]),
+        st.sampled_from(NUMBERS),
+    ),
     st.just({}),
 )
 
@@ -79,3 +89,17 @@ def test_rules_filed_under_numbers_are_not_tried_for_other_calls(tmp_path: Path)
     other = simulated_context(ruleset, "+4930123456", "+14155550100", AT)
     assert list(ruleset.index.candidates(other)) == [1000]
     assert ruleset.decide(other).rule == "r1000"
+
+
+def test_the_most_selective_condition_files_a_rule(tmp_path: Path) -> None:
+    conditions: list[dict[str, object]] = [
+        {"caller": "+1415*", "called": "+14155550100"},
+        {"caller": "+1415*", "header": {"X-Tenant": "T1"}},
+        {"caller": "+1415*"},
+    ]
+    ruleset = load_ruleset(_write_rules(tmp_path, conditions))
+    call = simulated_context(ruleset, "+14155550123", "+14155550199", AT, {"X-Tenant": "T2"})
+    assert list(ruleset.index.candidates(call)) == [2]
+    tenant = simulated_context(ruleset, "+14155550123", "+14155550199", AT, {"x-tenant": "T1"})
+    assert list(ruleset.index.candidates(tenant)) == [1, 2]
+    assert ruleset.decide(tenant).rule == "r1"

@@ -1,10 +1,12 @@
 """An index that narrows the rules worth trying for one call, so 1,000 rules cost like 10.
 
-A rule whose `when` requires the caller (or, failing that, the called number) to be one
-of some exact numbers or prefixes can only match calls from those numbers: it is filed
-under them. Every other rule is "generic" and always tried. A decision tries, in file
-order, the generic rules plus the rules filed under the call's numbers, so it picks the
-same rule as trying them all, at a cost that depends on how many rules could match.
+A rule whose `when` requires the caller or the called number to be one of some exact
+numbers or prefixes, or a header to have an exact value, can only match such calls: it is
+filed under those numbers or that value (exact numbers first, then header values, then
+prefixes: the most selective key wins). Every other rule is "generic" and always tried.
+A decision tries, in file order, the generic rules plus the rules filed under the call's
+numbers and header values, so it picks the same rule as trying them all, at a cost that
+depends on how many rules could match.
 """
 
 from __future__ import annotations
@@ -15,7 +17,14 @@ from dataclasses import dataclass
 from heapq import merge
 
 from app.rules.call_context import CallContext
-from app.rules.conditions import AllOf, Condition, ExactNumber, NumberCondition, NumberPrefix
+from app.rules.conditions import (
+    AllOf,
+    Condition,
+    ExactNumber,
+    HeaderCondition,
+    NumberCondition,
+    NumberPrefix,
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -57,11 +66,17 @@ class RuleIndex:
     generic: tuple[int, ...]
     caller: _NumberIndex
     called: _NumberIndex
+    headers: dict[str, dict[str, tuple[int, ...]]]
 
     def candidates(self, ctx: CallContext) -> Sequence[int]:
         """Positions of the rules to try, in file order, without duplicates."""
         parts = self.caller.candidates(ctx.parties.caller.e164)
         parts += self.called.candidates(ctx.parties.called.e164)
+        for name, by_value in self.headers.items():
+            for value in ctx.headers.get_all(name):
+                hit = by_value.get(value)
+                if hit:
+                    parts.append(hit)
         if not parts:
             return self.generic
         ordered: list[int] = []
@@ -73,40 +88,58 @@ class RuleIndex:
         return ordered
 
 
-def _number_terms(condition: Condition, role: str) -> list[ExactNumber | NumberPrefix] | None:
-    """The exact/prefix terms a top-level `caller`/`called` condition requires, if indexable."""
+_Key = tuple[str, str, str]  # (table, name, value): ("caller", "exact", "+1415...")
+
+
+def _index_keys(condition: Condition) -> list[_Key] | None:
+    """The keys to file a rule under, from its most selective required condition."""
     parts = condition.parts if isinstance(condition, AllOf) else (condition,)
+    header: list[_Key] | None = None
+    prefixed: list[_Key] | None = None
     for part in parts:
-        if isinstance(part, NumberCondition) and part.role == role and part.terms:
-            terms = [t for t in part.terms if isinstance(t, ExactNumber | NumberPrefix)]
-            if len(terms) == len(part.terms):
-                return terms
-    return None
+        if isinstance(part, NumberCondition) and part.terms:
+            keys: list[_Key] = []
+            for term in part.terms:
+                if isinstance(term, ExactNumber):
+                    keys.append((part.role, "exact", term.number))
+                elif isinstance(term, NumberPrefix):
+                    keys.append((part.role, "prefix", term.prefix))
+                else:
+                    break
+            else:
+                if all(kind == "exact" for _, kind, _ in keys):
+                    return keys
+                prefixed = prefixed or keys
+        elif isinstance(part, HeaderCondition) and part.kind == "equals" and header is None:
+            header = [("header", part.name, str(part.value))]
+    return header or prefixed
 
 
 def build_rule_index(conditions: Sequence[Condition]) -> RuleIndex:
-    """Index rules by the caller, else called, numbers their `when` requires."""
+    """File each rule under its most selective key; see the module docstring."""
     generic: list[int] = []
-    tables: dict[str, tuple[dict[str, list[int]], dict[str, list[int]]]] = {
+    numbers: dict[str, tuple[dict[str, list[int]], dict[str, list[int]]]] = {
         "caller": (defaultdict(list), defaultdict(list)),
         "called": (defaultdict(list), defaultdict(list)),
     }
+    headers: dict[str, dict[str, list[int]]] = defaultdict(lambda: defaultdict(list))
     for position, condition in enumerate(conditions):
-        for role in ("caller", "called"):
-            terms = _number_terms(condition, role)
-            if terms is None:
-                continue
-            exact, prefixes = tables[role]
-            for term in terms:
-                if isinstance(term, ExactNumber):
-                    exact[term.number].append(position)
-                else:
-                    prefixes[term.prefix].append(position)
-            break
-        else:
+        keys = _index_keys(condition)
+        if keys is None:
             generic.append(position)
+            continue
+        for table, name, value in keys:
+            if table == "header":
+                headers[name][value].append(position)
+            else:
+                exact, prefixes = numbers[table]
+                (exact if name == "exact" else prefixes)[value].append(position)
     return RuleIndex(
         generic=tuple(generic),
-        caller=_build_number_index(*tables["caller"]),
-        called=_build_number_index(*tables["called"]),
+        caller=_build_number_index(*numbers["caller"]),
+        called=_build_number_index(*numbers["called"]),
+        headers={
+            name: {value: tuple(found) for value, found in by_value.items()}
+            for name, by_value in headers.items()
+        },
     )
