@@ -21,7 +21,7 @@ from app.store import StoreUnavailable
 from app.webhook_event import CallId
 
 
-def require_admin(request: Request, services: ServicesDep) -> Services:
+async def require_admin(request: Request, services: ServicesDep) -> Services:
     token = services.settings.admin_token
     if token is None:
         raise HTTPException(status_code=404, detail="Not Found")

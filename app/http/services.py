@@ -23,7 +23,8 @@ class Services:
     processor: CallProcessor
 
 
-def get_services(request: Request) -> Services:
+async def get_services(request: Request) -> Services:
+    # async: FastAPI would run a plain function in a worker thread on every request.
     services: Services = request.app.state.services
     return services
 
