@@ -436,6 +436,7 @@ def test_evaluation_does_not_rebuild_the_holiday_calendar(
         return real(*args, **kwargs)
 
     monkeypatch.setattr(schedule_module, "country_holidays", counting)
+    schedule_module._holiday_year.cache_clear()
     schedule = build(
         ("mon-fri", "09:00", "17:00"), closed={"holidays": {"country": "DE", "subdiv": "BE"}}
     )

@@ -5,6 +5,7 @@ A schedule with no weekly windows is open at all times except on its closed days
 
 from __future__ import annotations
 
+import functools
 import re
 from bisect import bisect_right
 from collections.abc import Mapping, Sequence
@@ -12,6 +13,7 @@ from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
 from difflib import get_close_matches
 from functools import cache
+from types import MappingProxyType
 from typing import Annotated, Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError, available_timezones
 
@@ -373,13 +375,17 @@ class _HolidayCalendar:
         return self._label
 
     def _load(self, year: int) -> Mapping[date, str]:
-        calendar = country_holidays(
-            self._spec.country,
-            subdiv=self._spec.subdiv,
-            years=year,
-            categories=self._spec.categories,
-        )
-        return dict(calendar.items())
+        spec = self._spec
+        return _holiday_year(spec.country, spec.subdiv, spec.categories, year)
+
+
+@functools.lru_cache(maxsize=512)
+def _holiday_year(
+    country: str, subdiv: str | None, categories: tuple[str, ...] | None, year: int
+) -> Mapping[date, str]:
+    """One calendar year of holidays, shared by every ruleset: reloads do not rebuild it."""
+    calendar = country_holidays(country, subdiv=subdiv, years=year, categories=categories)
+    return MappingProxyType(dict(calendar.items()))
 
 
 class _DaySet:

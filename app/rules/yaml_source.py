@@ -22,6 +22,8 @@ _SEXAGESIMAL = re.compile(r"[-+]?[0-9][0-9_]*(?::[0-5]?[0-9])+(?:\.[0-9_]*)?")
 _OCTAL_LOOKING = re.compile(r"0[0-9_]+")
 _PLUS_NUMBER = re.compile(r"\+[0-9][0-9_]*")
 _MAX_DEPTH = 64
+# libyaml's parser when PyYAML was built with it: same nodes and marks, far faster.
+_LOADER: Any = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
 
 
 class LineIndex:
@@ -44,7 +46,7 @@ class LineIndex:
 def load_yaml(text: str, filename: str) -> tuple[Any, LineIndex]:
     """Parse `text` into dicts/lists/scalars and a LineIndex; raise RuleFileError if invalid."""
     try:
-        node = yaml.compose(text, Loader=yaml.SafeLoader)
+        node = yaml.compose(text, Loader=_LOADER)
     except yaml.MarkedYAMLError as exc:
         mark = exc.problem_mark or exc.context_mark
         line = mark.line + 1 if mark is not None else 0
@@ -98,7 +100,7 @@ class _Builder:
         return result
 
     def _scalar(self, node: yaml.ScalarNode) -> Any:
-        if node.style is None:
+        if not node.style:  # plain: None from PyYAML's parser, "" from libyaml's
             # Checked on the text, not the resolved tag: PyYAML reads `8:30` as 510 but
             # `08:30` as a string, and `0151` as octal but `0189` as a string.
             text = node.value
