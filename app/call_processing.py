@@ -86,6 +86,9 @@ class CallProcessor:
         self._idle = asyncio.Event()
         self._idle.set()
         self.draining = False
+        # Pending max_duration_s hang-ups: a timer handle each (a task only once due), so
+        # thousands of long calls cost little memory.
+        self._hangup_timers: dict[str, asyncio.TimerHandle] = {}
         self._hangups: set[asyncio.Task[None]] = set()
 
     @property
@@ -257,12 +260,16 @@ class CallProcessor:
             log.error("could not release a lease; it expires by itself")
 
     def _schedule_hangup(self, call_id: str, after_s: float) -> None:
-        task = asyncio.create_task(self._hangup_later(call_id, after_s))
+        loop = asyncio.get_running_loop()
+        self._hangup_timers[call_id] = loop.call_later(after_s, self._hangup_due, call_id)
+
+    def _hangup_due(self, call_id: str) -> None:
+        self._hangup_timers.pop(call_id, None)
+        task = asyncio.create_task(self._hangup_now(call_id))
         self._hangups.add(task)
         task.add_done_callback(self._hangups.discard)
 
-    async def _hangup_later(self, call_id: str, after_s: float) -> None:
-        await asyncio.sleep(after_s)
+    async def _hangup_now(self, call_id: str) -> None:
         result = await self._calls.perform("hangup", call_id, None)
         log.info(
             "max_duration_s reached",
@@ -285,9 +292,14 @@ class CallProcessor:
         return True
 
     def cancel_scheduled_hangups(self) -> int:
+        """Drop pending hang-ups (shutdown); returns how many were dropped."""
+        dropped = len(self._hangup_timers) + len(self._hangups)
+        for timer in self._hangup_timers.values():
+            timer.cancel()
+        self._hangup_timers.clear()
         for task in self._hangups:
             task.cancel()
-        return len(self._hangups)
+        return dropped
 
     async def _record(self, record: _Record, answer: WebhookAnswer, elapsed_s: float) -> None:
         latency_ms = round(elapsed_s * 1000, 2)
