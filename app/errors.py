@@ -29,8 +29,7 @@ class DeliveryError(SipRouterError):
 
 
 class MalformedDelivery(DeliveryError):
-    status_code = 400
-    outcome = "malformed"
+    """Missing or garbled headers, a body that is not UTF-8 (the base's 400, `malformed`)."""
 
 
 class SignatureMismatch(DeliveryError):

@@ -20,7 +20,7 @@ from standardwebhooks import Webhook
 from app.errors import MalformedDelivery, SignatureMismatch
 
 MAX_WEBHOOK_ID_CHARS = 256
-_WEBHOOK_ID = re.compile(r"[\x21-\x7e]{1,256}")
+_WEBHOOK_ID = re.compile(rf"[\x21-\x7e]{{1,{MAX_WEBHOOK_ID_CHARS}}}")
 _TIMESTAMP = re.compile(r"[0-9]{1,12}")
 _DIGEST_BYTES = 32
 

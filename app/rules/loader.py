@@ -69,7 +69,6 @@ from app.rules.templates import TemplateCompileError, compile_template
 from app.rules.yaml_source import LineIndex, describe_path, load_yaml
 from app.rules.yaml_source import Path as DataPath
 
-PROFILE_META_KEYS = ("extends", "instructions_file", "max_duration_s")
 MAX_DURATION_LIMIT_S = 24 * 3600
 _HEADER_NAME = re.compile(r"[A-Za-z0-9!#$%&'*+\-.^_`|~]{1,100}")
 _PATTERN_TOKEN = re.compile(r"[0-9]|X|Z|N|\[(?:[0-9](?:-[0-9])?)+\]")

@@ -5,7 +5,6 @@ from __future__ import annotations
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from datetime import datetime
 from typing import Any, Literal
 from zoneinfo import ZoneInfo
 
@@ -235,10 +234,3 @@ class Ruleset:
             headers=ctx.headers.as_template_dict(),
             now=ctx.at.astimezone(self.timezone),
         )
-
-
-def event_time(at: datetime) -> datetime:
-    """Refuse naive datetimes: a decision's time must name its zone."""
-    if at.tzinfo is None:
-        raise ValueError("the decision time must be timezone-aware")
-    return at

@@ -8,7 +8,6 @@ plain scalars are refused with a hint instead of being converted.
 from __future__ import annotations
 
 import re
-from collections.abc import Mapping
 from typing import Any
 
 import yaml
@@ -141,8 +140,3 @@ def describe_path(path: Path) -> str:
         else:
             out += f".{part}" if out else str(part)
     return out
-
-
-def is_mapping(value: object) -> bool:
-    """True for a YAML mapping (a dict after loading)."""
-    return isinstance(value, Mapping)
