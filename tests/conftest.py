@@ -33,6 +33,22 @@ SERVICE_URL = "http://sip-router"
 WEBHOOK_PATH = "/webhooks/openai"
 
 # A small rule file with one rule per action; the accept's instructions are a template.
+# The small rule file the operations tests (health, metrics, call log) share.
+OPS_RULES = """\
+version: 1
+defaults: {timezone: UTC, region: US}
+profiles:
+  desk: {model: gpt-realtime, instructions: "Answer politely."}
+lists:
+  blocked: ["+12025550199"]
+rules:
+  - name: blocked-callers
+    when: {caller: {in: blocked}}
+    reject: {status_code: 603}
+default: {accept: {profile: desk}}
+on_error: {reject: {status_code: 503}}
+"""
+
 DEFAULT_RULES = """\
 version: 1
 defaults: {timezone: UTC, region: US}

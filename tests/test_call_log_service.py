@@ -17,7 +17,7 @@ from fastapi import FastAPI
 
 from app.store import CALL_LOG_SIZE, MemoryStore, RedisStore, Store
 from app.webhook_signing import incoming_call_body, sign_delivery, signed_test_call
-from tests.conftest import app_settings, build_app, deliver, new_webhook_secret, running
+from tests.conftest import OPS_RULES, app_settings, build_app, deliver, new_webhook_secret, running
 from tests.fake_openai import Drop, FakeOpenAI, Respond
 from tests.redis_server import delete_prefix
 
@@ -26,20 +26,7 @@ AUTH = {"authorization": f"Bearer {TOKEN}"}
 CALLER = "+14155550123"
 BLOCKED = "+12025550199"
 MAIN_LINE = "+14155550100"
-RULES = """\
-version: 1
-defaults: {timezone: UTC, region: US}
-profiles:
-  desk: {model: gpt-realtime, instructions: "Answer politely."}
-lists:
-  blocked: ["+12025550199"]
-rules:
-  - name: blocked-callers
-    when: {caller: {in: blocked}}
-    reject: {status_code: 603}
-default: {accept: {profile: desk}}
-on_error: {reject: {status_code: 503}}
-"""
+RULES = OPS_RULES
 
 
 @pytest.fixture

@@ -18,24 +18,11 @@ from app.rules.problems import RuleFileError
 from app.settings import Settings
 from app.store import RedisStore
 from app.webhook_signing import incoming_call_body, sign_delivery, signed_test_call
-from tests.conftest import app_settings, client_for, deliver, new_webhook_secret, running
+from tests.conftest import OPS_RULES, app_settings, client_for, deliver, new_webhook_secret, running
 from tests.fake_openai import Delay, Drop, FakeOpenAI, Respond
 from tests.redis_server import REDIS_SERVER, RedisServer, free_port
 
-RULES = """\
-version: 1
-defaults: {timezone: UTC, region: US}
-profiles:
-  desk: {model: gpt-realtime, instructions: "Answer politely."}
-lists:
-  blocked: ["+12025550199"]
-rules:
-  - name: blocked-callers
-    when: {caller: {in: blocked}}
-    reject: {status_code: 603}
-default: {accept: {profile: desk}}
-on_error: {reject: {status_code: 503}}
-"""
+RULES = OPS_RULES
 CALLER = "+14155550123"
 BLOCKED = "+12025550199"
 CLINIC = "+14155550100"
