@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shlex
+import shutil
 import signal
 import sys
 import tempfile
@@ -31,6 +33,17 @@ def _fail(message: str, code: int = EXIT_CONFIG) -> int:
 
 def _default_rules() -> Path:
     return Path(os.environ.get("SIP_ROUTER_RULES") or Settings.model_fields["rules"].default)
+
+
+def _own_command() -> str:
+    """How to run this `sip-router` again from any shell: its name if PATH finds this one."""
+    installed = Path(sys.executable).parent / "sip-router"
+    if not installed.is_file():
+        return "sip-router"
+    on_path = shutil.which("sip-router")
+    if on_path and Path(on_path).resolve() == installed.resolve():
+        return "sip-router"
+    return shlex.quote(str(installed))
 
 
 def _print_problems(exc: RuleFileError) -> None:
@@ -74,7 +87,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
         print(
             "sip-router: dry-run without OPENAI_WEBHOOK_SECRET; generated one for this run:\n"
             f"  {generated}\n"
-            f"  try: sip-router send-test-call --url http://127.0.0.1:{args.port}/webhooks/openai"
+            f"  try: {_own_command()} send-test-call"
+            f" --url http://127.0.0.1:{args.port}/webhooks/openai"
             f" --from +14155550123 --to +18005550100 --secret {generated}",
             file=sys.stderr,
             flush=True,

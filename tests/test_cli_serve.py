@@ -7,6 +7,7 @@ import base64
 import json
 import os
 import re
+import shlex
 import subprocess
 import sys
 import time
@@ -27,6 +28,7 @@ SECRET = "whsec_" + base64.b64encode(b"0123456789abcdef0123456789abcdef").decode
 CALLER, CALLED = "+14155550123", "+14155550100"
 SECRET_PATTERN = re.compile(r"whsec_[A-Za-z0-9+/=]+")
 CLI_TIMEOUT_S = 30.0
+VENV_BIN = Path(sys.executable).parent
 
 INVALID_RULES = """\
 version: 1
@@ -42,6 +44,10 @@ default: {reject: {status_code: 603}}
 def clean_env(**variables: str) -> dict[str, str]:
     """No OPENAI_*/SIP_ROUTER_* from this process; the repo's `app` first on the path."""
     env = {k: v for k, v in os.environ.items() if not k.startswith(("OPENAI_", "SIP_ROUTER_"))}
+    # A newcomer's shell: the project's .venv/bin is not on PATH.
+    env["PATH"] = os.pathsep.join(
+        d for d in env.get("PATH", "").split(os.pathsep) if d and Path(d) != VENV_BIN
+    )
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO_ROOT), env.get("PYTHONPATH")]))
     env["SIP_ROUTER_RULES"] = str(EXAMPLE_RULES)
     env.update(variables)
@@ -285,3 +291,23 @@ def test_send_test_call_with_a_wrong_secret_prints_401_and_exits_1(
     assert result.returncode == 1, result.stdout + result.stderr
     assert "HTTP 401" in result.stdout
     assert fake.requests == []
+
+
+def test_the_printed_try_command_works_as_printed(
+    dry_run_service: DryRunService, workdir: Path
+) -> None:
+    """A newcomer copies the `try:` line into a shell whose PATH does not hold .venv/bin."""
+    (line,) = [ln for ln in dry_run_service.logs().splitlines() if "try: " in ln]
+    printed = shlex.split(line.split("try: ", 1)[1])
+    env = {k: v for k, v in clean_env().items() if k != "PYTHONPATH"}
+    result = subprocess.run(
+        printed,
+        cwd=workdir,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=CLI_TIMEOUT_S,
+        check=False,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert json.loads(result.stdout.splitlines()[-1])["status"] == "dry_run"
