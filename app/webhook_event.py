@@ -12,6 +12,8 @@ from app.errors import UnreadablePayload
 
 INCOMING_CALL = "realtime.call.incoming"
 MAX_SIP_HEADERS = 256
+# 9999-12-31T23:59:59Z: the last instant a datetime can hold; later times are unreadable.
+LATEST_CREATED_AT = 253_402_300_799
 
 CallId = Annotated[str, Field(pattern=r"^[A-Za-z0-9_\-]{1,128}$")]
 
@@ -35,7 +37,7 @@ class _IncomingCall(BaseModel):
 
     id: Annotated[StrictStr, Field(min_length=1, max_length=256)]
     type: StrictStr
-    created_at: Annotated[StrictInt, Field(ge=0, le=2**40)]
+    created_at: Annotated[StrictInt, Field(ge=0, le=LATEST_CREATED_AT)]
     data: _CallData
 
 

@@ -242,6 +242,14 @@ MALFORMED: list[Any] = [
     ),
     pytest.param(_signed_body(_event(lambda e: e.pop("created_at"))), 400, id="no-created-at"),
     pytest.param(
+        _signed_body(_event(lambda e: e.update(created_at=253_402_300_800))),
+        400,
+        id="created-at-past-year-9999",
+    ),
+    pytest.param(
+        _signed_body(_event(lambda e: e.update(created_at=2**40))), 400, id="created-at-2-pow-40"
+    ),
+    pytest.param(
         _signed_body(
             _event(lambda e: e["data"].update(sip_headers=[{"name": "X", "value": MARKER}] * 257))
         ),

@@ -582,7 +582,7 @@ class _RuleCompiler:
         if spec.refer is not None:
             uri_path = (*path, "refer", "target_uri")
             try:
-                target = compile_template(spec.refer.target_uri)
+                target = compile_template(spec.refer.target_uri, "uri")
             except ValueError as exc:
                 self.ctx.error(uri_path, f"{describe_path(uri_path)}: {exc}")
                 return None

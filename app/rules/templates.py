@@ -3,7 +3,10 @@
 Unknown variables and attributes of `caller`/`called` are load-time errors; anything
 only detectable while rendering raises TemplateRenderError, and `on_error` applies.
 Header values and display names come from the caller's INVITE: they are untrusted,
-so control and bidirectional-override characters are removed and length is capped.
+so control and bidirectional-override characters are removed, line breaks and tabs
+become spaces, and length is capped. In a URI template every `{{ ... }}` must yield only
+characters that cannot end a user part or host (no `;`, `?`, `@`, `:`, `>`, spaces): a
+value can fill in an extension but never add URI parameters or headers.
 """
 
 from __future__ import annotations
@@ -12,7 +15,7 @@ import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any
+from typing import Any, Literal
 
 import jinja2
 from jinja2 import meta, nodes
@@ -23,11 +26,17 @@ PARTY_FIELDS = frozenset({"e164", "display_name", "country", "anonymous"})
 MAX_UNTRUSTED_CHARS = 256
 MAX_RENDERED_CHARS = 64 * 1024
 
-# C0/C1 controls, and the Unicode marks that reorder or hide text (bidi overrides,
+# Line breaks and tabs would let a header value start a new paragraph of instructions.
+_LINE_BREAKS = re.compile("[\t\n\x0b\x0c\r\x85\u2028\u2029]+")
+# Other C0/C1 controls, and the Unicode marks that reorder or hide text (bidi overrides,
 # isolates, zero-width characters), so a header cannot smuggle instructions past a reader.
 _UNSAFE_CHARS = re.compile(
-    "[\x00-\x08\x0b-\x1f\x7f-\x9f\u061c\u200b-\u200f\u202a-\u202e\u2060-\u2069\ufeff\ud800-\udfff]"
+    "[\x00-\x08\x0e-\x1f\x7f-\x84\x86-\x9f\u061c\u200b-\u200f\u202a-\u202e\u2060-\u2069\ufeff\ud800-\udfff]"
 )
+# What a value may bring into a SIP or tel URI: RFC 3261 "unreserved" characters and "+".
+_URI_VALUE = re.compile(r"[A-Za-z0-9+\-_.!~*'()]*")
+
+TemplateContext = Literal["text", "uri"]
 
 
 class TemplateCompileError(ValueError):
@@ -46,17 +55,32 @@ def _finalize(value: object) -> object:
     return "" if value is None else value
 
 
+def _finalize_for_uri(value: object) -> str:
+    text = "" if value is None else str(value)
+    if not _URI_VALUE.fullmatch(text):
+        bad = next(c for c in text if not _URI_VALUE.fullmatch(c))
+        raise ValueError(f"a value inside the URI holds {bad!r}, which a URI value cannot")
+    return text
+
+
 _ENV = ImmutableSandboxedEnvironment(
     undefined=jinja2.StrictUndefined,
     autoescape=False,
     finalize=_finalize,
     keep_trailing_newline=True,
 )
+_URI_ENV = ImmutableSandboxedEnvironment(
+    undefined=jinja2.StrictUndefined,
+    autoescape=False,
+    finalize=_finalize_for_uri,
+    keep_trailing_newline=True,
+)
 
 
 def clean_untrusted(text: str) -> str:
     """Caller-supplied text made safe to place in a prompt or a log: no controls, capped."""
-    return _UNSAFE_CHARS.sub("", text[: MAX_UNTRUSTED_CHARS * 2])[:MAX_UNTRUSTED_CHARS]
+    text = _UNSAFE_CHARS.sub("", text[: MAX_UNTRUSTED_CHARS * 2])
+    return _LINE_BREAKS.sub(" ", text)[:MAX_UNTRUSTED_CHARS]
 
 
 @dataclass(frozen=True, slots=True)
@@ -84,8 +108,12 @@ class Template:
         return text
 
 
-def compile_template(source: str) -> Template:
-    """Compile `source`; raise TemplateCompileError naming the problem when it cannot work."""
+def compile_template(source: str, context: TemplateContext = "text") -> Template:
+    """Compile `source`; raise TemplateCompileError naming the problem when it cannot work.
+
+    `context="uri"` (a `target_uri`): what every `{{ ... }}` yields is limited to characters
+    that stay inside one URI component.
+    """
     if "{{" not in source and "{%" not in source and "{#" not in source:
         return Template(source, None)
     try:
@@ -110,7 +138,8 @@ def compile_template(source: str) -> Template:
             raise TemplateCompileError(
                 f"unknown field '{target.name}.{node.attr}' (known: {fields})", node.lineno
             )
-    return Template(source, _ENV.from_string(source))
+    env = _URI_ENV if context == "uri" else _ENV
+    return Template(source, env.from_string(source))
 
 
 def template_variables(
