@@ -8,6 +8,7 @@ from __future__ import annotations
 import unicodedata
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, replace
+from itertools import islice
 from types import MappingProxyType
 from typing import Final
 from urllib.parse import unquote
@@ -28,6 +29,9 @@ MAX_HEADER_VALUE_CHARS: Final = 256
 _CALLER_HEADERS: Final = ("from", "f")
 _CALLED_HEADERS: Final = ("to", "t")
 _ASSERTED_IDENTITY: Final = "p-asserted-identity"
+# How many comma-separated P-Asserted-Identity entries are read, over all its values: a
+# hostile INVITE may carry hundreds, and the work per delivery must stay small.
+_MAX_ASSERTED_PARTS: Final = 4
 _PRIVACY: Final = "privacy"
 _ANONYMOUS_HOST: Final = "anonymous.invalid"
 _NUMBER_CHARS: Final = frozenset("0123456789+-.() ")
@@ -153,12 +157,14 @@ def _first_address(headers: SipHeaders, names: tuple[str, ...]) -> _Address | No
 
 
 def _asserted_addresses(headers: SipHeaders) -> list[_Address]:
-    return [
-        address
+    """The first few asserted identities: RFC 3325 allows two (a sip and a tel URI)."""
+    parts = (
+        part
         for value in headers.get_all(_ASSERTED_IDENTITY)
         for part in _split_top_level_commas(value)
-        if (address := _parse_address(part)) is not None
-    ]
+    )
+    addresses = (_parse_address(part) for part in islice(parts, _MAX_ASSERTED_PARTS))
+    return [address for address in addresses if address is not None]
 
 
 def _privacy_withholds_identity(headers: SipHeaders) -> bool:
@@ -287,9 +293,8 @@ def _phone_context(params: str) -> str | None:
     return None
 
 
-def _split_top_level_commas(value: str) -> list[str]:
+def _split_top_level_commas(value: str) -> Iterator[str]:
     """Split a header holding several addresses, ignoring commas in quotes and brackets."""
-    parts: list[str] = []
     start = 0
     in_quotes = in_brackets = escaped = False
     for index, ch in enumerate(value):
@@ -307,10 +312,9 @@ def _split_top_level_commas(value: str) -> list[str]:
         elif ch == ">":
             in_brackets = False
         elif ch == "," and not in_brackets:
-            parts.append(value[start:index])
+            yield value[start:index]
             start = index + 1
-    parts.append(value[start:])
-    return parts
+    yield value[start:]
 
 
 def _clean_display_name(name: str | None) -> str | None:

@@ -10,6 +10,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from app import sip_identity
 from app.sip_identity import (
     MAX_HEADER_VALUE_CHARS,
     CallParties,
@@ -509,3 +510,38 @@ def test_huge_hostile_values_are_cheap(value: str) -> None:
     started = time.perf_counter()
     parse_parties(headers, "US")
     assert time.perf_counter() - started < 0.5
+
+
+def test_hundreds_of_asserted_identities_cost_a_bounded_number_of_parses(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """200 P-Asserted-Identity values of 256 commas each: at most a few addresses are read."""
+    parsed: list[str] = []
+    real_parse = sip_identity._parse_address
+
+    def counting_parse(value: str) -> object:
+        parsed.append(value)
+        return real_parse(value)
+
+    monkeypatch.setattr(sip_identity, "_parse_address", counting_parse)
+    hostile = [("P-Asserted-Identity", "," * 256)] * 200
+    headers = SipHeaders.from_pairs(
+        [("From", "<sip:+14155550123@pbx.example.com>"), *hostile, ("To", "<sip:+18005550100@x>")]
+    )
+
+    parties = parse_parties(headers, "US")
+
+    assert len(parsed) <= 6  # 4 asserted entries, From, To
+    assert parties.called.e164 == "+18005550100"
+
+
+def test_the_tel_identity_after_a_sip_identity_is_still_read() -> None:
+    headers = SipHeaders.from_pairs(
+        [
+            ("P-Asserted-Identity", '"Front Desk" <sip:desk@pbx.example.com>'),
+            ("P-Asserted-Identity", "<tel:+14155550123>"),
+            ("To", "<sip:+18005550100@x>"),
+        ]
+    )
+    caller = parse_parties(headers, "US").caller
+    assert (caller.e164, caller.display_name) == ("+14155550123", "Front Desk")
