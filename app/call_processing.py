@@ -50,7 +50,13 @@ class _Record:
     upstream_status: int | None = None
     ruleset: str | None = None
     detail: str | None = None
-    extra: dict[str, Any] = field(default_factory=dict)
+    # The action the rules chose (counted as the decision) and the on_error one that ran.
+    chosen: str | None = None
+    fallback: str | None = None
+    # What the recorded action asked for: `profile`, `status_code` or `target_uri`.
+    request: dict[str, Any] = field(default_factory=dict)
+    failed_action: str | None = None
+    failure: str | None = None
 
 
 @dataclass(frozen=True)
@@ -213,9 +219,14 @@ class CallProcessor:
             at=datetime.fromtimestamp(event.created_at, tz=UTC),
         )
         decision = ruleset.decide(ctx)
-        self._note(record, decision)
         if decision.error is not None:
-            record.extra["error"] = decision.error
+            # The chosen action could not be rendered; the decision is already on_error's.
+            record.chosen = chosen_action(ruleset, decision.rule)
+            record.fallback = decision.action
+            record.failed_action, record.failure = record.chosen, decision.error
+        else:
+            record.chosen = decision.action
+        self._note(record, decision)
         if self._options.dry_run:
             record.outcome = "dry_run"
             return "ok", decision, None
@@ -225,28 +236,32 @@ class CallProcessor:
             # A decision that already is `on_error` (its action could not be rendered) says so.
             status = "on_error" if result.outcome == "ok" and decision.error else result.outcome
             record.outcome = status_text(status)
-            if result.outcome == "unknown":
-                record.detail = result.detail
+            if result.outcome in ("unknown", "gone"):
+                record.failure = result.detail
             return status, decision, result
         # The action had no effect upstream: run on_error (SPEC 6).
-        record.extra["failed_action"] = decision.action
-        record.extra["failure"] = result.detail
+        record.failed_action, record.failure = decision.action, result.detail
         fallback = ruleset.fallback(
             ctx, decision.rule, f"{decision.action} failed: {result.detail}"
         )
+        record.fallback = fallback.action
         self._note(record, fallback)
         second = await self._calls.perform(fallback.action, event.call_id, fallback.body)
         record.upstream_status = second.status
         if second.outcome == "failed":
-            record.outcome, record.detail = "failed", second.detail
+            record.outcome = "failed"
+            record.failure = f"{result.detail}; on_error {fallback.action}: {second.detail}"
             return "failed", fallback, second
+        if second.outcome != "ok":
+            record.failure = f"{result.detail}; on_error {fallback.action}: {second.detail}"
         record.outcome = "on_error" if second.outcome == "ok" else status_text(second.outcome)
         return ("on_error" if second.outcome == "ok" else second.outcome), fallback, second
 
     def _note(self, record: _Record, decision: Decision) -> None:
+        """The action about to be sent becomes the one the record shows."""
         record.rule = decision.rule or "default"
         record.action = decision.action
-        self._metrics.decisions.labels(rule=record.rule, action=decision.action).inc()
+        record.request = requested(decision)
 
     def _shown(self, party: Party) -> str:
         if party.e164 is None:
@@ -313,12 +328,15 @@ class CallProcessor:
             "latency_ms": latency_ms,
             "ruleset": record.ruleset,
         }
+        why = {"failed_action": record.failed_action, "failure": record.failure}
         self._metrics.webhooks.labels(outcome=record.outcome).inc()
         if record.action is not None and record.outcome not in ("duplicate", "in_flight"):
+            self._count_decision(record)
             self._metrics.decision_seconds.observe(elapsed_s)
             now = datetime.fromtimestamp(self._wall_clock(), tz=UTC).isoformat()
+            entry = {"time": now, **decided, **record.request, **why}
             try:
-                await self._store.append({"time": now, **decided})
+                await self._store.append({k: v for k, v in entry.items() if v is not None})
             except StoreUnavailable:
                 log.warning("could not append to the call log")
         fields = {
@@ -328,12 +346,37 @@ class CallProcessor:
             "upstream_status": record.upstream_status,
             "dry_run": self._options.dry_run or None,
             "detail": record.detail,
-            **record.extra,
+            **why,
         }
         level = logging.ERROR if record.outcome in ("unknown", "failed") else logging.INFO
         log.log(
             level, "webhook", extra={"fields": {k: v for k, v in fields.items() if v is not None}}
         )
+
+    def _count_decision(self, record: _Record) -> None:
+        """One decision per call: a delivery released for redelivery (`failed`) decides again."""
+        if record.outcome == "failed" or record.chosen is None or record.rule is None:
+            return
+        self._metrics.decided(record.rule, record.chosen)
+        if record.fallback is not None:
+            self._metrics.fell_back(record.rule, record.fallback)
+
+
+def chosen_action(ruleset: Ruleset, rule: str | None) -> str:
+    """The kind of action `rule` (None: the default) asks for."""
+    for compiled in ruleset.rules:
+        if compiled.name == rule:
+            return compiled.action.kind
+    return ruleset.default.kind
+
+
+def requested(decision: Decision) -> dict[str, Any]:
+    """What the call log shows of a decision's request: the profile, status code or target."""
+    if decision.action == "accept":
+        return {"profile": decision.profile}
+    if decision.action == "reject":
+        return {"status_code": decision.body.get("status_code")}
+    return {"target_uri": decision.body.get("target_uri")}
 
 
 def status_text(outcome: str) -> str:

@@ -1,7 +1,9 @@
 """Log lines as JSON (one object a line) or plain text, for sip-router and uvicorn alike.
 
 Structured fields travel in `extra={"fields": {...}}`. Control characters are escaped in
-both formats so a caller-supplied value cannot forge or split log lines.
+both formats so a caller-supplied value cannot forge or split log lines; in text, a value
+with a space, `=`, a quote, a backslash or a control character is written in quotes
+(logfmt), so `detail="a b=c"` cannot pass for two fields.
 """
 
 from __future__ import annotations
@@ -14,11 +16,22 @@ from datetime import UTC, datetime
 from typing import Any
 
 _CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f\u2028\u2029]")
+# A text value is quoted when it holds any of these, or is empty.
+_NEEDS_QUOTES = re.compile(r'[\s="\\\x00-\x1f\x7f-\x9f\u2028\u2029]')
 
 
 def escape_controls(text: str) -> str:
     """`\\x1b`, `\\n`... instead of the raw characters."""
     return _CONTROL.sub(lambda m: m.group().encode("unicode_escape").decode("ascii"), text)
+
+
+def text_value(value: object) -> str:
+    """One logfmt value: bare when safe, else in quotes with `\\`, `"` and controls escaped."""
+    text = str(value)
+    if text and _NEEDS_QUOTES.search(text) is None:
+        return text
+    inner = text.replace("\\", "\\\\").replace('"', '\\"')
+    return f'"{escape_controls(inner)}"'
 
 
 class JsonFormatter(logging.Formatter):
@@ -50,7 +63,9 @@ class TextFormatter(logging.Formatter):
         parts = [f"{when} {record.levelname.lower():7} {record.name}: {record.getMessage()}"]
         fields = getattr(record, "fields", None)
         if isinstance(fields, dict):
-            parts.extend(f"{key}={value}" for key, value in fields.items() if value is not None)
+            parts.extend(
+                f"{key}={text_value(value)}" for key, value in fields.items() if value is not None
+            )
         line = escape_controls(" ".join(parts))
         if record.exc_info:
             line += "\n" + self.formatException(record.exc_info)

@@ -2,12 +2,16 @@
 
 Under `serve --workers N` each worker is its own process; when PROMETHEUS_MULTIPROC_DIR
 is set (the CLI sets it for N > 1) the values are written there and /metrics aggregates
-every worker's files.
+every worker's files: counters and the histogram add up over all workers, living or
+not; `sip_router_ruleset_info` shows the versions that living workers serve now.
 """
 
 from __future__ import annotations
 
+import glob
 import os
+from collections import Counter as Tally
+from collections.abc import Iterable, Iterator
 
 from prometheus_client import (
     CollectorRegistry,
@@ -18,19 +22,29 @@ from prometheus_client import (
     generate_latest,
     multiprocess,
 )
+from prometheus_client.metrics_core import GaugeMetricFamily, Metric
 
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10)
+RULESET_INFO = "sip_router_ruleset_info"
+_RULESET_INFO_HELP = "The active ruleset version (value 1)."
+
+# Each process clears the ruleset files a dead process with its pid may have left, once.
+_cleared_for_pid: int | None = None
 
 
 class Metrics:
-    """The service's counters, histogram and info gauge."""
+    """The service's counters, histogram and info gauge, and this process's rule hits."""
 
     def __init__(self) -> None:
         # `*_created` series double the output and no dashboard reads them.
         disable_created_metrics()  # type: ignore[no-untyped-call]
         self.registry = CollectorRegistry(auto_describe=True)
         self.multiprocess_dir = os.environ.get("PROMETHEUS_MULTIPROC_DIR") or None
+        if self.multiprocess_dir is not None:
+            _clear_files_of_an_earlier_process_with_this_pid(self.multiprocess_dir)
         self._ruleset: str | None = None
+        # Decisions per rule since this process started (the admin API's `rule_hits`).
+        self.rule_hits: Tally[str] = Tally()
         self.webhooks = Counter(
             "sip_router_webhooks_total",
             "Webhook deliveries by outcome.",
@@ -39,7 +53,13 @@ class Metrics:
         )
         self.decisions = Counter(
             "sip_router_decisions_total",
-            "Routing decisions by rule and action.",
+            "Calls decided, by the rule and the action it chose (one per call).",
+            ["rule", "action"],
+            registry=self.registry,
+        )
+        self.fallbacks = Counter(
+            "sip_router_fallbacks_total",
+            "Calls whose chosen action failed, by rule and the on_error action that ran.",
             ["rule", "action"],
             registry=self.registry,
         )
@@ -61,9 +81,11 @@ class Metrics:
             ["result"],
             registry=self.registry,
         )
+        # In multiprocess mode each worker writes its own file (`liveall`, one per pid);
+        # LiveRulesetCollector turns those into the versions living workers serve.
         self.ruleset_info = Gauge(
-            "sip_router_ruleset_info",
-            "The active ruleset version (value 1).",
+            RULESET_INFO,
+            _RULESET_INFO_HELP,
             ["version"],
             registry=self.registry,
             multiprocess_mode="liveall",
@@ -78,6 +100,15 @@ class Metrics:
         self._ruleset = version
         self.ruleset_info.labels(version=version).set(1)
 
+    def decided(self, rule: str, action: str) -> None:
+        """One call decided by `rule` (`default` when no rule matched) to `action`."""
+        self.decisions.labels(rule=rule, action=action).inc()
+        self.rule_hits[rule] += 1
+
+    def fell_back(self, rule: str, action: str) -> None:
+        """The action `rule` chose failed and on_error's `action` ran instead."""
+        self.fallbacks.labels(rule=rule, action=action).inc()
+
     def upstream_answered(self, verb: str, status: int | None) -> None:
         self.upstream_requests.labels(verb=verb, status=str(status) if status else "error").inc()
 
@@ -86,5 +117,53 @@ class Metrics:
         if self.multiprocess_dir is None:
             return generate_latest(self.registry)
         combined = CollectorRegistry()
-        multiprocess.MultiProcessCollector(combined, path=self.multiprocess_dir)  # type: ignore[no-untyped-call]
+        combined.register(LiveRulesetCollector(self.multiprocess_dir))
         return generate_latest(combined)
+
+
+class LiveRulesetCollector:
+    """prometheus_client's multiprocess collector, with `sip_router_ruleset_info` made true.
+
+    The library shows a `liveall` gauge per pid, keeps the versions a worker served
+    before (at 0) and the files of workers that died without `mark_process_dead`. Here
+    the gauge is the set of versions a living worker serves now, without a `pid` label.
+    """
+
+    def __init__(self, path: str) -> None:
+        self._path = path
+
+    def collect(self) -> Iterator[Metric]:
+        files = glob.glob(os.path.join(self._path, "*.db"))
+        merged: Iterable[Metric] = multiprocess.MultiProcessCollector.merge(files)  # type: ignore[no-untyped-call]
+        live = GaugeMetricFamily(RULESET_INFO, _RULESET_INFO_HELP, labels=["version"])
+        versions: set[str] = set()
+        for metric in merged:
+            if metric.name != RULESET_INFO:
+                yield metric
+                continue
+            for sample in metric.samples:
+                pid = sample.labels.get("pid", "")
+                if sample.value == 1 and pid.isdigit() and _process_lives(int(pid)):
+                    versions.add(sample.labels["version"])
+        for version in sorted(versions):
+            live.add_metric([version], 1)
+        yield live
+
+
+def _process_lives(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _clear_files_of_an_earlier_process_with_this_pid(path: str) -> None:
+    """A reused pid must not inherit the versions a crashed worker left behind."""
+    global _cleared_for_pid
+    pid = os.getpid()
+    if _cleared_for_pid != pid:
+        _cleared_for_pid = pid
+        multiprocess.mark_process_dead(pid, path)  # type: ignore[no-untyped-call]

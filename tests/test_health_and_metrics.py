@@ -5,6 +5,8 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import subprocess
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -18,7 +20,15 @@ from app.rules.problems import RuleFileError
 from app.settings import Settings
 from app.store import RedisStore
 from app.webhook_signing import incoming_call_body, sign_delivery, signed_test_call
-from tests.conftest import OPS_RULES, app_settings, client_for, deliver, new_webhook_secret, running
+from tests.conftest import (
+    OPS_RULES,
+    app_settings,
+    client_for,
+    deliver,
+    new_webhook_secret,
+    running,
+    write_rules_file,
+)
 from tests.fake_openai import Delay, Drop, FakeOpenAI, Respond
 from tests.redis_server import REDIS_SERVER, RedisServer, free_port
 
@@ -29,9 +39,8 @@ CLINIC = "+14155550100"
 
 
 def make_settings(rules: Path, secret: str, **overrides: Any) -> Settings:
-    return app_settings(
-        rules, secret, admin_token="admin-token", action_deadline_s=1.0, **overrides
-    )
+    fields: dict[str, Any] = {"admin_token": "admin-token", "action_deadline_s": 1.0}
+    return app_settings(rules, secret, **{**fields, **overrides})
 
 
 def other_event(secret: str, now: int) -> tuple[bytes, dict[str, str]]:
@@ -306,14 +315,65 @@ async def test_metrics_count_upstream_failures_by_status_and_on_error_decisions(
         ("accept", "error"): 1,
         ("accept", "200"): 1,
     }
-    # The fallback is counted as a decision of the rule that chose the failed action.
+    # One decision per call, as the rules made it; the on_error reject is a fallback.
     assert by_label(text, "sip_router_decisions_total", "rule", "action") == {
         ("default", "accept"): 2,
+    }
+    assert by_label(text, "sip_router_fallbacks_total", "rule", "action") == {
         ("default", "reject"): 1,
     }
     assert by_label(text, "sip_router_webhooks_total", "outcome") == {
         "on_error": 1,
         "processed": 1,
+    }
+
+
+async def test_a_call_released_for_redelivery_is_decided_once_when_it_is_settled(
+    rules_file: Path, secret: str, fake: FakeOpenAI
+) -> None:
+    app = create_app(
+        make_settings(rules_file, secret, action_deadline_s=0.3), transport=fake.mock_transport()
+    )
+    delivery = signed_test_call(secret, CALLER, CLINIC, now=int(time.time()))
+    async with running(app) as client:
+        # The accept and on_error's reject both fail without effect: 503, OpenAI retries.
+        fake.default = Respond(503)
+        assert (await deliver(client, delivery)).status_code == 503
+        fake.default = Respond(200)
+        retried = sign_delivery(
+            secret, delivery.body, webhook_id=delivery.webhook_id, timestamp=int(time.time())
+        )
+        again = await client.post("/webhooks/openai", content=delivery.body, headers=retried)
+        assert again.json()["status"] == "processed"
+        text = await metrics_text(client)
+
+    assert by_label(text, "sip_router_webhooks_total", "outcome") == {"failed": 1, "processed": 1}
+    assert by_label(text, "sip_router_decisions_total", "rule", "action") == {
+        ("default", "accept"): 1
+    }
+    assert samples(text, "sip_router_fallbacks_total") == {}
+
+
+async def test_an_action_that_cannot_be_rendered_is_the_rules_decision_and_a_fallback(
+    tmp_path: Path, secret: str, fake: FakeOpenAI
+) -> None:
+    rules = RULES.replace(
+        'instructions: "Answer politely."', "instructions: \"{{ headers['x-missing'] }}\""
+    )
+    app = create_app(
+        make_settings(write_rules_file(tmp_path, rules), secret), transport=fake.mock_transport()
+    )
+    async with running(app) as client:
+        delivery = signed_test_call(secret, CALLER, CLINIC, now=int(time.time()))
+        assert (await deliver(client, delivery)).json()["status"] == "on_error"
+        text = await metrics_text(client)
+
+    assert [(r.verb, r.status) for r in fake.requests] == [("reject", 200)]
+    assert by_label(text, "sip_router_decisions_total", "rule", "action") == {
+        ("default", "accept"): 1
+    }
+    assert by_label(text, "sip_router_fallbacks_total", "rule", "action") == {
+        ("default", "reject"): 1
     }
 
 
@@ -362,3 +422,67 @@ async def test_two_apps_in_one_process_keep_separate_counters(
     assert by_label(idle_text, "sip_router_ruleset_info", "version") == by_label(
         busy_text, "sip_router_ruleset_info", "version"
     )
+
+
+# -- /metrics of several worker processes ----------------------------------------------------
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+# A worker: serves the versions given as arguments in turn, decides one call, then waits.
+WORKER = """\
+import sys
+from app.metrics import Metrics
+metrics = Metrics()
+for version in sys.argv[1:]:
+    metrics.set_ruleset(version)
+metrics.decisions.labels(rule="default", action="accept").inc()
+print("ready", flush=True)
+sys.stdin.readline()
+"""
+RENDER = "import sys\nfrom app.metrics import Metrics\nsys.stdout.buffer.write(Metrics().render())"
+
+
+def worker_env(directory: Path) -> dict[str, str]:
+    return {**os.environ, "PROMETHEUS_MULTIPROC_DIR": str(directory)}
+
+
+def start_worker(directory: Path, *versions: str) -> subprocess.Popen[str]:
+    worker = subprocess.Popen(
+        [sys.executable, "-c", WORKER, *versions],
+        cwd=REPO_ROOT,
+        env=worker_env(directory),
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    assert worker.stdout is not None
+    assert worker.stdout.readline() == "ready\n"
+    return worker
+
+
+def test_workers_metrics_show_the_versions_live_workers_serve_without_a_pid(
+    tmp_path: Path,
+) -> None:
+    files = tmp_path / "metrics"
+    files.mkdir()
+    # A worker that served `v-dead` and exited (crashed: nobody marked it dead).
+    dead = start_worker(files, "v-dead")
+    dead.communicate("\n", timeout=30)
+    # A living worker that served `v-old`, then reloaded to `v-new`.
+    alive = start_worker(files, "v-old", "v-new")
+    try:
+        rendered = subprocess.run(
+            [sys.executable, "-c", RENDER],
+            cwd=REPO_ROOT,
+            env=worker_env(files),
+            capture_output=True,
+            check=True,
+            timeout=30,
+        )
+    finally:
+        alive.communicate("\n", timeout=30)
+    text = rendered.stdout.decode()
+    assert by_label(text, "sip_router_ruleset_info", "version") == {"v-new": 1}
+    # Counters still add up every worker that ever ran, the dead one included.
+    assert by_label(text, "sip_router_decisions_total", "rule", "action") == {
+        ("default", "accept"): 2
+    }

@@ -20,7 +20,9 @@ from typing import Any
 import httpx
 import pytest
 import redis
+from prometheus_client.parser import text_string_to_metric_families
 
+from app.rules.loader import load_ruleset
 from app.store.redis_backend import KEY_PREFIX
 from app.webhook_signing import SignedDelivery, incoming_call_body, sign_delivery, signed_test_call
 from tests.conftest import SharedRedis
@@ -53,11 +55,12 @@ def clean_env(**variables: str) -> dict[str, str]:
 
 
 class ServiceProcess:
-    """One `sip-router serve --workers 1` process; its stdout and stderr go to `log_path`."""
+    """One `sip-router serve --workers N` process; its stdout and stderr go to `log_path`."""
 
-    def __init__(self, env: dict[str, str], log_path: Path) -> None:
+    def __init__(self, env: dict[str, str], log_path: Path, workers: int = 1) -> None:
         self.env = env
         self.log_path = log_path
+        self.workers = workers
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.webhook_url = f"{self.url}/webhooks/openai"
@@ -66,7 +69,7 @@ class ServiceProcess:
     def start(self) -> None:
         command = [
             sys.executable, "-m", "app.cli", "serve",
-            "--host", "127.0.0.1", "--port", str(self.port), "--workers", "1",
+            "--host", "127.0.0.1", "--port", str(self.port), "--workers", str(self.workers),
         ]  # fmt: skip
         with self.log_path.open("wb") as log:
             self.process = subprocess.Popen(
@@ -181,10 +184,10 @@ StartServices = Callable[..., list[ServiceProcess]]
 def start_services(
     tmp_path: Path, fake_url: str, secret: str, rules_file: Path
 ) -> Iterator[StartServices]:
-    """`start_services(count=1, **variables)`: processes started in parallel, all ready."""
+    """`start_services(count=1, workers=1, **variables)`: processes started in parallel, ready."""
     started: list[ServiceProcess] = []
 
-    def start(count: int = 1, **variables: str) -> list[ServiceProcess]:
+    def start(count: int = 1, workers: int = 1, **variables: str) -> list[ServiceProcess]:
         env = clean_env(
             OPENAI_API_KEY=API_KEY,
             OPENAI_WEBHOOK_SECRET=secret,
@@ -199,7 +202,8 @@ def start_services(
         )
         env.update(variables)
         batch = [
-            ServiceProcess(env, tmp_path / f"serve-{len(started) + i}.log") for i in range(count)
+            ServiceProcess(env, tmp_path / f"serve-{len(started) + i}.log", workers)
+            for i in range(count)
         ]
         for service in batch:
             started.append(service)
@@ -461,3 +465,41 @@ async def test_retry_after_failed_first_attempt_acts_once(
     assert upstream(fake, delivery.call_id) == [*failed, ("accept", 200)]
     successful = [r for r in fake.requests_for(delivery.call_id) if r.status == 200]
     assert len(successful) == 1
+
+
+def ruleset_info(text: str) -> list[tuple[dict[str, str], float]]:
+    return [
+        (sample.labels, sample.value)
+        for family in text_string_to_metric_families(text)
+        for sample in family.samples
+        if sample.name == "sip_router_ruleset_info"
+    ]
+
+
+@pytest.mark.redis
+async def test_workers_metrics_show_only_the_version_in_service_after_a_reload(
+    start_services: StartServices, rules_file: Path, redis_db_url: str
+) -> None:
+    first = load_ruleset(rules_file).version
+    (service,) = start_services(workers=2, SIP_ROUTER_REDIS_URL=redis_db_url)
+    async with httpx.AsyncClient(base_url=service.url, timeout=10) as client:
+        # Each request reaches one worker; both read every worker's files.
+        for _ in range(4):
+            text = (await client.get("/metrics")).text
+            assert ruleset_info(text) == [({"version": first}, 1.0)], text
+
+        # Every worker's file watcher reloads the changed rules.
+        rules_file.write_text(RULES.replace("Thank you", "Thanks"), encoding="utf-8")
+        second = load_ruleset(rules_file).version
+        assert second != first
+
+        async def reloaded() -> bool:
+            answers = [(await client.get("/metrics")).text for _ in range(4)]
+            return all(second in text and f'"{first}"' not in text for text in answers)
+
+        deadline = time.monotonic() + 20
+        while not await reloaded():
+            assert time.monotonic() < deadline, (await client.get("/metrics")).text
+            await asyncio.sleep(0.2)
+        text = (await client.get("/metrics")).text
+    assert ruleset_info(text) == [({"version": second}, 1.0)], text

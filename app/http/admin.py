@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import hmac
 import json
+import logging
 from datetime import UTC, datetime
 from typing import Annotated, Any
 
@@ -19,6 +20,8 @@ from app.rules.problems import RuleFileError
 from app.rules.simulation import decision_json, simulated_context
 from app.store import StoreUnavailable
 from app.webhook_event import CallId
+
+audit = logging.getLogger("sip_router.audit")
 
 
 async def require_admin(request: Request, services: ServicesDep) -> Services:
@@ -51,11 +54,19 @@ class SimulateRequest(BaseModel):
 @router.get("/rules")
 async def rules(services: AdminDep) -> dict[str, Any]:
     status = services.rules.status()
+    ruleset = services.rules.current
+    # Every rule in service is listed, 0 when it never decided; `default` counts the calls
+    # no rule matched. The counts are this process's since it started (not shared).
+    hits = dict.fromkeys([r.name for r in ruleset.rules] if ruleset else [], 0)
+    hits["default"] = 0
+    hits.update(services.metrics.rule_hits)
     return {
         "version": status.version,
         "files": list(status.files),
         "loaded_at": status.loaded_at,
         "last_error": status.last_error,
+        "warnings": list(ruleset.warnings) if ruleset else [],
+        "rule_hits": hits,
     }
 
 
@@ -100,14 +111,17 @@ async def calls(
 
 
 @router.post("/calls/{call_id}/hangup")
-async def hangup(call_id: str, services: AdminDep) -> JSONResponse:
+async def hangup(call_id: str, request: Request, services: AdminDep) -> JSONResponse:
     try:
         CallIdModel.model_validate({"call_id": call_id})
     except ValidationError:
         return JSONResponse({"error": "not a call id"}, status_code=400)
+    client = request.client.host if request.client else None
     if services.settings.dry_run:
+        _audit_hangup(client, call_id, "dry_run", None)
         return JSONResponse({"status": "dry_run", "call_id": call_id})
     result = await services.processor.hangup(call_id)
+    _audit_hangup(client, call_id, result.outcome, result.status)
     if result.outcome == "ok":
         return JSONResponse({"status": "ok", "call_id": call_id})
     if result.outcome == "gone":
@@ -119,3 +133,19 @@ async def hangup(call_id: str, services: AdminDep) -> JSONResponse:
 
 class CallIdModel(BaseModel):
     call_id: CallId
+
+
+def _audit_hangup(client: str | None, call_id: str, outcome: str, status: int | None) -> None:
+    """Who hung up which call, and what OpenAI answered; the token never appears."""
+    audit.warning(
+        "admin hangup",
+        extra={
+            "fields": {
+                "audit": True,
+                "client": client,
+                "call_id": call_id,
+                "outcome": outcome,
+                "upstream_status": status,
+            }
+        },
+    )
