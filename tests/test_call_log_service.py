@@ -17,7 +17,15 @@ from fastapi import FastAPI
 
 from app.store import CALL_LOG_SIZE, MemoryStore, RedisStore, Store
 from app.webhook_signing import incoming_call_body, sign_delivery, signed_test_call
-from tests.conftest import OPS_RULES, app_settings, build_app, deliver, new_webhook_secret, running
+from tests.conftest import (
+    OPS_RULES,
+    app_settings,
+    build_app,
+    deliver,
+    new_webhook_secret,
+    running,
+    write_rules_file,
+)
 from tests.fake_openai import Drop, FakeOpenAI, Respond
 from tests.redis_server import delete_prefix
 
@@ -27,6 +35,17 @@ CALLER = "+14155550123"
 BLOCKED = "+12025550199"
 MAIN_LINE = "+14155550100"
 RULES = OPS_RULES
+BASE_FIELDS = {
+    "time",
+    "call_id",
+    "caller",
+    "called",
+    "rule",
+    "action",
+    "outcome",
+    "latency_ms",
+    "ruleset",
+}
 
 
 @pytest.fixture
@@ -127,16 +146,37 @@ async def test_only_deliveries_that_reached_a_decision_are_logged(
     assert [c["call_id"] for c in calls] == [first.call_id]
 
 
+UNKNOWN_FAILURE = "deadline reached: RemoteProtocolError after the request was sent"
+
+
 @pytest.mark.parametrize(
-    ("behaviour", "action", "outcome"),
+    ("behaviour", "action", "outcome", "why"),
     [
-        pytest.param([Respond(200)], "accept", "processed", id="processed"),
-        pytest.param([Respond(404, code="call_id_not_found")], "accept", "gone", id="gone"),
-        pytest.param([Respond(400, code="invalid_request")], "reject", "on_error", id="on-error"),
-        pytest.param([Drop(applied=True)] * 200, "accept", "unknown", id="unknown"),
+        pytest.param([Respond(200)], "accept", "processed", {"profile": "desk"}, id="processed"),
+        pytest.param(
+            [Respond(404, code="call_id_not_found")],
+            "accept",
+            "gone",
+            {"profile": "desk", "failure": "HTTP 404 call_id_not_found"},
+            id="gone",
+        ),
+        pytest.param(
+            [Respond(400, code="invalid_request")],
+            "reject",
+            "on_error",
+            {"status_code": 503, "failed_action": "accept", "failure": "HTTP 400 invalid_request"},
+            id="on-error",
+        ),
+        pytest.param(
+            [Drop(applied=True)] * 200,
+            "accept",
+            "unknown",
+            {"profile": "desk", "failure": UNKNOWN_FAILURE},
+            id="unknown",
+        ),
     ],
 )
-async def test_each_entry_records_what_finally_happened_upstream(
+async def test_each_entry_records_what_finally_happened_upstream_and_why(
     rules_file: Path,
     secret: str,
     fake: FakeOpenAI,
@@ -144,6 +184,7 @@ async def test_each_entry_records_what_finally_happened_upstream(
     behaviour: list[Respond | Drop],
     action: str,
     outcome: str,
+    why: dict[str, Any],
 ) -> None:
     app = build(rules_file, secret, fake, new_store())
     delivery = signed_test_call(secret, CALLER, MAIN_LINE, now=int(time.time()))
@@ -155,6 +196,24 @@ async def test_each_entry_records_what_finally_happened_upstream(
         (delivery.call_id, action, outcome)
     ]
     assert calls[0]["rule"] == "default"
+    # The fields that say why are present exactly where they apply.
+    assert {k: v for k, v in calls[0].items() if k not in BASE_FIELDS} == why
+
+
+async def test_a_delivery_released_for_redelivery_says_which_actions_failed(
+    rules_file: Path, secret: str, fake: FakeOpenAI, new_store: Any
+) -> None:
+    app = build(rules_file, secret, fake, new_store())
+    delivery = signed_test_call(secret, CALLER, MAIN_LINE, now=int(time.time()))
+    fake.script(delivery.call_id, Respond(400, code="invalid_request"), Respond(403, code="nope"))
+    async with running(app) as client:
+        assert (await deliver(client, delivery)).status_code == 503
+        calls = await call_log(client)
+    assert [(c["action"], c["outcome"], c["status_code"]) for c in calls] == [
+        ("reject", "failed", 503)
+    ]
+    assert calls[0]["failed_action"] == "accept"
+    assert calls[0]["failure"] == "HTTP 400 invalid_request; on_error reject: HTTP 403 nope"
 
 
 async def test_the_log_keeps_the_last_1000_decisions(
@@ -229,3 +288,20 @@ async def test_a_new_replica_sees_the_log_of_one_that_stopped(
         after = await call_log(client)
     assert after == before
     assert [c["call_id"] for c in after] == [delivery.call_id]
+
+
+async def test_an_action_that_cannot_be_rendered_is_logged_as_failed_and_replaced(
+    tmp_path: Path, secret: str, fake: FakeOpenAI, new_store: Any
+) -> None:
+    rules = RULES.replace(
+        'instructions: "Answer politely."', "instructions: \"{{ headers['x-missing'] }}\""
+    )
+    app = build(write_rules_file(tmp_path, rules), secret, fake, new_store())
+    delivery = signed_test_call(secret, CALLER, MAIN_LINE, now=int(time.time()))
+    async with running(app) as client:
+        assert (await deliver(client, delivery)).json()["status"] == "on_error"
+        [entry] = await call_log(client)
+    assert (entry["rule"], entry["action"], entry["outcome"]) == ("default", "reject", "on_error")
+    assert (entry["status_code"], entry["failed_action"]) == (503, "accept")
+    assert entry["failure"].startswith("instructions template:")
+    assert "profile" not in entry
