@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import json
+import logging
 import time
+from collections.abc import Iterator
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -12,6 +14,7 @@ import httpx
 import pytest
 from fastapi import FastAPI
 
+from app.log_format import JsonFormatter, TextFormatter
 from app.store import RedisStore, Store
 from app.webhook_signing import SignedDelivery, signed_test_call
 from tests.conftest import app_settings, build_app, running
@@ -201,13 +204,52 @@ async def test_rules_describe_the_active_ruleset(
         response = await client.get("/admin/rules", headers=AUTH)
     assert response.status_code == 200
     body = response.json()
-    assert set(body) == {"version", "files", "loaded_at", "last_error"}
+    assert set(body) == {"version", "files", "loaded_at", "last_error", "warnings", "rule_hits"}
     assert body["version"] == app.state.services.rules.current.version
     assert [Path(name).resolve() for name in body["files"]] == [rules_file.resolve()]
     loaded_at = body["loaded_at"]
     assert isinstance(loaded_at, str)
     assert abs(datetime.fromisoformat(loaded_at).timestamp() - time.time()) < 60
     assert body["last_error"] is None
+    assert body["warnings"] == []
+
+
+async def test_rules_show_warnings_and_hits_per_rule_since_start(
+    rules_file: Path, secret: str, fake: FakeOpenAI
+) -> None:
+    # A second catch-all after the partners rule can never match: a warning, still valid.
+    shadowed = RULES.replace(
+        "default: {accept",
+        "  - name: never\n    when: {header: {X-Partner-Id: {regex: 'PH[0-9]{4}'}}}\n"
+        "    reject: {status_code: 486}\ndefault: {accept",
+    )
+    rules_file.write_text(shadowed, encoding="utf-8")
+    app = build(rules_file, secret, fake)
+    now = int(time.time())
+    partner = {"X-Partner-Id": "PH0042"}
+    async with running(app) as client:
+        await deliver(client, signed_test_call(secret, BLOCKED, MAIN_LINE, now=now))
+        await deliver(client, signed_test_call(secret, CALLER, MAIN_LINE, now=now))
+        await deliver(client, signed_test_call(secret, CALLER, MAIN_LINE, now=now))
+        await deliver(
+            client, signed_test_call(secret, CALLER, MAIN_LINE, now=now, extra_headers=partner)
+        )
+        body = (await client.get("/admin/rules", headers=AUTH)).json()
+        # A simulation is not a call: it does not count.
+        await client.post("/admin/simulate", json={"from": BLOCKED, "to": MAIN_LINE}, headers=AUTH)
+        again = (await client.get("/admin/rules", headers=AUTH)).json()
+    assert body["rule_hits"] == {
+        "blocked-callers": 1,
+        "partners": 1,
+        "spanish-office": 0,
+        "never": 0,
+        "default": 2,
+    }
+    assert again["rule_hits"] == body["rule_hits"]
+    [warning] = body["warnings"]
+    line = shadowed.splitlines().index("  - name: never") + 1
+    assert warning.startswith(f"{rules_file}:{line}: ")
+    assert "'never'" in warning
 
 
 async def test_a_failed_reload_keeps_the_rules_and_reports_the_error_until_a_good_one(
@@ -390,7 +432,9 @@ async def test_calls_are_newest_first_with_exact_fields_and_masked_numbers(
     assert list(response.json()) == ["calls"]
     assert [c["call_id"] for c in calls] == [d.call_id for d in reversed(sent)]
     for entry in calls:
-        assert set(entry) == CALL_FIELDS
+        assert set(entry) == CALL_FIELDS | (
+            {"status_code"} if entry["action"] == "reject" else {"profile"}
+        )
         assert entry["called"] == "+1******0100"
         assert entry["ruleset"] == app.state.services.rules.current.version
         assert isinstance(entry["latency_ms"], int | float)
@@ -401,10 +445,35 @@ async def test_calls_are_newest_first_with_exact_fields_and_masked_numbers(
         ("+1******0199", "blocked-callers", "reject"),
         ("+1******0123", "default", "accept"),
     ]
+    assert [c.get("profile") or c.get("status_code") for c in calls] == ["desk", 603, "desk"]
     times = [c["time"] for c in calls]
     assert times == sorted(times, reverse=True)
     assert "4155550123" not in response.text
     assert "2025550199" not in response.text
+
+
+async def test_calls_show_the_profile_status_code_or_target_of_each_action(
+    rules_file: Path, secret: str, fake: FakeOpenAI
+) -> None:
+    app = build(rules_file, secret, fake, dry_run=True)
+    now = int(time.time())
+    sent = [
+        signed_test_call(secret, CALLER, MAIN_LINE, now=now),
+        signed_test_call(secret, BLOCKED, MAIN_LINE, now=now),
+        signed_test_call(
+            secret, CALLER, MAIN_LINE, now=now, extra_headers={"X-Partner-Id": "PH0042"}
+        ),
+    ]
+    async with running(app) as client:
+        for delivery in sent:
+            await deliver(client, delivery)
+        calls = (await client.get("/admin/calls", headers=AUTH)).json()["calls"]
+    shown = [{k: v for k, v in c.items() if k not in CALL_FIELDS} for c in reversed(calls)]
+    assert shown == [
+        {"profile": "desk"},
+        {"status_code": 603},
+        {"target_uri": "sip:partners@pbx.example"},
+    ]
 
 
 async def test_calls_show_full_numbers_when_masking_is_off(
@@ -453,6 +522,74 @@ async def test_calls_answer_503_when_the_shared_store_is_down(
 
 
 # -- /admin/calls/{call_id}/hangup ------------------------------------------------------------
+
+
+class AuditLines(logging.Handler):
+    def __init__(self) -> None:
+        super().__init__(logging.DEBUG)
+        self.records: list[logging.LogRecord] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.records.append(record)
+
+
+@pytest.fixture
+def audit_lines() -> Iterator[AuditLines]:
+    """The records of the `sip_router.audit` logger, whatever earlier configuration said."""
+    logger = logging.getLogger("sip_router.audit")
+    level, disabled = logger.level, logger.disabled
+    handler = AuditLines()
+    logger.addHandler(handler)
+    logger.setLevel(logging.INFO)
+    logger.disabled = False
+    yield handler
+    logger.removeHandler(handler)
+    logger.setLevel(level)
+    logger.disabled = disabled
+
+
+@pytest.mark.parametrize(
+    ("setup", "dry_run", "outcome", "status"),
+    [
+        pytest.param("active", False, "ok", 200, id="ok"),
+        pytest.param("gone", False, "gone", 404, id="gone"),
+        pytest.param("refused", False, "failed", 400, id="refused"),
+        pytest.param("active", True, "dry_run", None, id="dry-run"),
+    ],
+)
+async def test_every_hangup_writes_one_audit_line_without_the_token(
+    rules_file: Path,
+    secret: str,
+    fake: FakeOpenAI,
+    audit_lines: AuditLines,
+    setup: str,
+    dry_run: bool,
+    outcome: str,
+    status: int | None,
+) -> None:
+    call_id = "rtc_audit0001"
+    if setup == "gone":
+        fake.mark_gone(call_id)
+    elif setup == "refused":
+        fake.script(call_id, Respond(400, code="invalid_state"))
+    async with running(build(rules_file, secret, fake, dry_run=dry_run)) as client:
+        if setup == "active":
+            now = int(time.time())
+            await deliver(
+                client, signed_test_call(secret, CALLER, MAIN_LINE, now=now, call_id=call_id)
+            )
+        await client.post(f"/admin/calls/{call_id}/hangup", headers=AUTH)
+        # Refused before any hangup: not a call id, or not the admin.
+        await client.post("/admin/calls/a..b/hangup", headers=AUTH)
+        await client.post(f"/admin/calls/{call_id}/hangup", headers={"authorization": "Bearer x"})
+    [record] = audit_lines.records
+    assert record.levelno == logging.WARNING
+    assert record.getMessage() == "admin hangup"
+    fields = {"audit": True, "client": "127.0.0.1", "call_id": call_id, "outcome": outcome}
+    assert record.fields == {**fields, "upstream_status": status}  # type: ignore[attr-defined]
+    for line in (JsonFormatter().format(record), TextFormatter().format(record)):
+        assert TOKEN not in line
+        assert call_id in line
 
 
 async def test_hangup_reaches_the_upstream_for_that_call(
