@@ -407,7 +407,7 @@ async def test_control_characters_from_the_upstream_stay_escaped_in_both_formats
     for line in (json_line, text_line):
         assert RAW_CONTROLS.search(line) is None
     assert "bad\nlevel=error\x1b[2J" in json.loads(json_line)["failure"]
-    assert "failure=HTTP 400 bad\\nlevel=error\\x1b[2J" in text_line
+    assert 'failure="HTTP 400 bad\\nlevel=error\\x1b[2J"' in text_line
 
 
 async def test_text_format_escapes_control_characters_and_keeps_one_line(
@@ -421,7 +421,61 @@ async def test_text_format_escapes_control_characters_and_keeps_one_line(
     [record] = [r for r in webhook_log.records if r.name == "sip_router.webhook"]
     line = TextFormatter().format(record)
     assert RAW_CONTROLS.search(line) is None
-    assert "detail=evil\\nlevel=error forged=1\\r\\x1b[31m\\x00\\u2028\\x85end" in line
+    assert 'detail="evil\\nlevel=error forged=1\\r\\x1b[31m\\x00\\u2028\\x85end"' in line
+    fields = {"webhook_id", "outcome", "latency_ms", "http_status", "detail"}
+    assert set(logfmt_fields(line, "webhook")) == fields
+
+
+LOGFMT_PAIR = re.compile(r'([A-Za-z_]+)=("(?:[^"\\]|\\.)*"|[^\s"]+)(?: |$)')
+
+
+def logfmt_fields(line: str, message: str = "text") -> dict[str, str]:
+    """The key=value pairs after `logger: message `, quoted values unescaped."""
+    _, _, rest = line.partition(f": {message} ")
+    fields = {}
+    position = 0
+    while position < len(rest):
+        match = LOGFMT_PAIR.match(rest, position)
+        assert match is not None, rest[position:]
+        value = match.group(2)
+        if value.startswith('"'):
+            # The escapes are Python's (backslash, quote, \n, \x1b...); the values are ASCII.
+            value = value[1:-1].encode("ascii").decode("unicode_escape")
+        fields[match.group(1)] = value
+        position = match.end()
+    return fields
+
+
+def text_record(fields: dict[str, Any]) -> logging.LogRecord:
+    record = logging.LogRecord("sip_router.test", logging.INFO, __file__, 1, "text", None, None)
+    record.fields = fields
+    return record
+
+
+@pytest.mark.parametrize(
+    "value",
+    [
+        "two words",
+        'say "hi"',
+        "back\\slash",
+        'tricky\\" forged=1',
+        "a=b",
+        "",
+        "tab\there",
+        "x forged=1 y",
+        "[1, 'a b']",
+    ],
+)
+def test_text_format_quotes_values_that_would_read_as_more_than_one(value: str) -> None:
+    line = TextFormatter().format(text_record({"first": value, "plain": "ok", "n": 3}))
+    assert f"first={value} " not in line
+    parsed = logfmt_fields(line)
+    assert parsed == {"first": value, "plain": "ok", "n": "3"}
+
+
+def test_text_format_leaves_single_word_values_bare() -> None:
+    line = TextFormatter().format(text_record({"call_id": "rtc_1", "caller": "+1******0123"}))
+    assert line.endswith(" text call_id=rtc_1 caller=+1******0123")
 
 
 # -- formats chosen by the environment --------------------------------------------------------
