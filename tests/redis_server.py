@@ -56,7 +56,7 @@ class RedisServer:
         deadline = time.monotonic() + 10
         while True:
             try:
-                with redis.Redis(port=self.port, socket_timeout=0.5) as client:
+                with redis.Redis(host="127.0.0.1", port=self.port, socket_timeout=0.5) as client:
                     client.ping()
                 return
             except redis.ConnectionError:
