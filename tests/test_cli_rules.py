@@ -125,6 +125,69 @@ def test_check_an_unreadable_file(tmp_path: Path, capsys: pytest.CaptureFixture[
     assert capsys.readouterr().err.startswith(f"{missing}: cannot read the rule file")
 
 
+def test_check_prints_every_problem_of_every_kind_in_one_run(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    path = write(
+        tmp_path,
+        """\
+        version: 1
+        defaults: {timezone: America/Los_Angles, region: US}
+        profiles:
+          desk: {model: gpt-realtime}
+        schedules:
+          office:
+            weekly: [{days: mon-fri, from: 08:30, to: "18:00"}]
+        rules:
+          - name: vip-desk
+            whne: {schedule: office}
+            accept: {profile: dsek}
+          - name: busy
+            reject: {status_code: 700}
+        default: {accept: {profile: desk}}
+        """,
+    )
+    assert main(["check", str(path)]) == 1
+    out, err = capsys.readouterr()
+    assert out == ""
+    assert err.splitlines() == [
+        f"{path}:2: unknown time zone 'America/Los_Angles' (did you mean 'America/Los_Angeles'?)",
+        f'{path}:7: 08:30 is read by YAML as a number; times must be quoted: "08:30"',
+        f"{path}:10: rule 'vip-desk': unknown key 'whne' (did you mean 'when'?)",
+        f"{path}:11: unknown profile 'dsek' (did you mean 'desk'?)",
+        f"{path}:13: rule 'busy' reject.status_code: Input should be less than or equal to 699",
+    ]
+
+
+def test_check_prints_one_version_however_the_path_is_spelled(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    folder = tmp_path / "routing_rules"
+    (folder / "lists").mkdir(parents=True)
+    (folder / "lists" / "blocked.txt").write_text("+12025550199\n")
+    rules = SMALL.replace(
+        "rules:\n",
+        "lists:\n  blocked: {file: lists/blocked.txt}\nrules:\n"
+        "  - {name: blocked, when: {caller: {in: blocked}}, reject: {}}\n",
+    )
+    (folder / "rules.yaml").write_text(rules)
+    (tmp_path / "linked").symlink_to(folder)
+    monkeypatch.chdir(tmp_path)
+    expected = load_ruleset(folder / "rules.yaml").version
+    for spelling in (
+        "routing_rules/rules.yaml",
+        "./routing_rules/rules.yaml",
+        str(folder / "rules.yaml"),
+        "linked/rules.yaml",
+    ):
+        assert main(["check", spelling]) == 0
+        out = capsys.readouterr().out
+        assert (
+            out
+            == f"{Path(spelling)}: ok: 2 rules, 3 tests passed, 0 warnings, ruleset {expected}\n"
+        )
+
+
 # --- test ---------------------------------------------------------------------------------
 
 

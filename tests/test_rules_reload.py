@@ -153,6 +153,33 @@ async def test_a_failing_tests_case_makes_the_reload_fail(tmp_path: Path) -> Non
     assert reloads(metrics, "error") == 1
 
 
+async def test_a_failed_reload_reports_every_problem(tmp_path: Path) -> None:
+    path = rules_dir(tmp_path)
+    holder, _ = holder_for(path)
+    broken = (
+        RULES.replace("defaults: {region: US}", "defaults: {region: US, timezone: Europe/Berln}")
+        .replace("status_code: 603", "status_code: 999")
+        .replace("status_code: 486}}", "status_code: 486}, accept: {profile: desk}}")
+        .replace(
+            "    when: {caller: {in: blocked}}", "    when: {caller: {in: blocked}}\n    x: 08:30"
+        )
+    )
+    rewrite(path, broken)
+    with pytest.raises(RuleFileError) as caught:
+        await holder.reload("test")
+    lines = [str(p) for p in caught.value.problems]
+    assert len(lines) == 5, lines
+    assert lines[0].startswith(f"{path}:2: unknown time zone 'Europe/Berln'")
+    assert lines[1].startswith(f"{path}:8: ")
+    assert "08:30" in lines[1]
+    assert lines[2] == f"{path}:8: rule 'blocked': unknown key 'x'"
+    assert lines[3].startswith(f"{path}:9: rule 'blocked' reject.status_code: ")
+    assert lines[4].startswith(f"{path}:10: default: takes exactly one of accept, refer, reject")
+    status = holder.status()
+    assert status.last_error is not None
+    assert status.last_error.splitlines() == lines
+
+
 def test_load_checked_ruleset_runs_the_tests(tmp_path: Path) -> None:
     path = rules_dir(tmp_path, RULES.replace("expect: blocked", "expect: default"))
     with pytest.raises(RuleFileError, match="expected rule default, got reject by blocked"):

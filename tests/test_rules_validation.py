@@ -611,18 +611,413 @@ default: {reject: {}}
         "'+1 (415) 555-01OO' is not a phone number",
     ),
     (
-        "invalid-yaml-syntax",
+        "unclosed-flow-mapping",
         {
             "rules.yaml": """\
 version: 1
 rules:
   - name: a
-    when: {caller: "+1415*"
-    reject: {}  # <-
+    when: {caller: "+1415*"  # <-
+    reject: {}
 default: {reject: {}}
 """
         },
-        "invalid YAML",
+        "invalid YAML: this '{' is not closed",
+    ),
+    (
+        "unclosed-flow-mapping-at-the-end-of-the-file",
+        {
+            "rules.yaml": """\
+version: 1
+profiles:
+  desk: {model: gpt-realtime,  # <-
+    instructions: "Be brief.",
+    audio: {output: {voice: marin}}
+"""
+        },
+        "invalid YAML: this '{' is not closed",
+    ),
+    (
+        "unclosed-flow-sequence",
+        {
+            "rules.yaml": """\
+version: 1
+lists:
+  vip: ["+14155550100", "+14155550101"  # <-
+rules: []
+default: {reject: {}}
+"""
+        },
+        "invalid YAML: this '[' is not closed",
+    ),
+    (
+        "tab-in-indentation",
+        {
+            "rules.yaml": "version: 1\ndefaults:\n  timezone: UTC\n\tregion: US  # <-\n"
+            "default: {reject: {}}\n"
+        },
+        "tab character in indentation: use spaces",
+    ),
+    (
+        "tab-indenting-a-list-item",
+        {
+            "rules.yaml": "version: 1\nrules:\n\t- name: a  # <-\n    reject: {}\n"
+            "default: {reject: {}}\n"
+        },
+        "tab character in indentation: use spaces",
+    ),
+    (
+        "unknown-key-suggests-the-key-meant",
+        {
+            "rules.yaml": HEAD
+            + """\
+rules:
+  - name: a
+    whne: {caller: "+1415*"}  # <-
+    reject: {}
+default: {reject: {}}
+"""
+        },
+        "rule 'a': unknown key 'whne' (did you mean 'when'?)",
+    ),
+    (
+        "unknown-condition-key-suggests-the-key-meant",
+        {
+            "rules.yaml": HEAD
+            + """\
+rules:
+  - name: a
+    when:
+      shedule: office  # <-
+    reject: {}
+default: {reject: {}}
+"""
+        },
+        "unknown key 'shedule' (did you mean 'schedule'?)",
+    ),
+    (
+        "unknown-number-condition-key-suggests-the-key-meant",
+        {
+            "rules.yaml": HEAD
+            + """\
+rules:
+  - name: a
+    when:
+      caller:
+        prefx: "+1415"  # <-
+    reject: {}
+default: {reject: {}}
+"""
+        },
+        "unknown key 'prefx' (did you mean 'prefix'?)",
+    ),
+    (
+        "unknown-top-level-key-suggests-the-key-meant",
+        {"rules.yaml": HEAD + "rulse: []  # <-\ndefault: {reject: {}}\n"},
+        "unknown key 'rulse' (did you mean 'rules'?)",
+    ),
+    (
+        "unknown-schedule-key-suggests-the-key-meant",
+        {
+            "rules.yaml": """\
+version: 1
+schedules:
+  office:
+    weekley: [{days: mon-fri, from: "09:00", to: "17:00"}]  # <-
+default: {reject: {}}
+"""
+        },
+        "unknown key 'weekley' (did you mean 'weekly'?)",
+    ),
+    (
+        "unknown-profile-key-suggests-the-key-meant",
+        {
+            "rules.yaml": """\
+version: 1
+profiles:
+  desk:
+    modle: gpt-realtime  # <-
+default: {accept: {profile: desk}}
+"""
+        },
+        "profiles.desk: unknown key 'modle' (did you mean 'model'?)",
+    ),
+    (
+        "unknown-profile-key-suggests-a-key-sip-router-reads",
+        {
+            "rules.yaml": """\
+version: 1
+profiles:
+  base: {model: gpt-realtime}
+  desk:
+    extend: base  # <-
+default: {accept: {profile: desk}}
+"""
+        },
+        "unknown key 'extend' (did you mean 'extends'?)",
+    ),
+    (
+        "bad-time-zone-in-defaults-suggests-the-zone-meant",
+        {
+            "rules.yaml": """\
+version: 1
+defaults:
+  timezone: America/Los_Angles  # <-
+default: {reject: {}}
+"""
+        },
+        "unknown time zone 'America/Los_Angles' (did you mean 'America/Los_Angeles'?)",
+    ),
+    (
+        "rule-named-in-the-message",
+        {
+            "rules.yaml": HEAD
+            + """\
+rules:
+  - name: vip
+    when: {caller: {in: vip}}
+    reject: {}
+  - name: vip-desk
+    when:
+      caller: {regex: "+1[0-9"}  # <-
+    reject: {}
+default: {reject: {}}
+"""
+        },
+        "rule 'vip-desk' when.caller: invalid regex",
+    ),
+    (
+        "rule-named-in-a-shape-message",
+        {
+            "rules.yaml": HEAD
+            + """\
+rules:
+  - name: vip
+    when: {caller: {in: vip}}
+    reject: {}
+  - name: busy
+    reject: {status_code: 700}  # <-
+default: {reject: {}}
+"""
+        },
+        "rule 'busy' reject.status_code: Input should be less than or equal to 699",
+    ),
+    (
+        "inherited-bad-value-reported-where-written",
+        {
+            "rules.yaml": """\
+version: 1
+profiles:
+  base:
+    audio: {output: {voice: marine}}  # <-
+  sales: {extends: base, instructions: "Sell."}
+  support: {extends: base, instructions: "Help."}
+  night: {extends: support, max_output_tokens: 100}
+default: {accept: {profile: support}}
+"""
+        },
+        "profiles.base.audio.output.voice",
+    ),
+    (
+        "inherited-bad-duration-reported-where-written",
+        {
+            "rules.yaml": """\
+version: 1
+profiles:
+  base:
+    model: gpt-realtime
+    max_duration_s: 0  # <-
+  sales: {extends: base}
+  support: {extends: base}
+default: {accept: {profile: sales}}
+"""
+        },
+        "max_duration_s must be between 0 and 86400",
+    ),
+    (
+        "inherited-bad-instructions-template-reported-where-written",
+        {
+            "rules.yaml": """\
+version: 1
+profiles:
+  base:
+    instructions: "Hello {{ caller.e164 "  # <-
+  sales: {extends: base}
+  support: {extends: base}
+default: {accept: {profile: sales}}
+"""
+        },
+        "profiles.base.instructions",
+    ),
+    (
+        "no-cascade-from-an-invalid-list",
+        {
+            "rules.yaml": """\
+version: 1
+lists:
+  vip: {numbers: ["+14155550100"], file: vip.txt}  # <-
+rules:
+  - {name: a, when: {caller: {in: vip}}, reject: {}}
+default: {reject: {}}
+tests:
+  - {from: "+14155550100", to: "+14155550199", expect: a}
+"""
+        },
+        "a list is either",
+    ),
+    (
+        "no-cascade-from-an-invalid-rule-expected-by-a-test",
+        {
+            "rules.yaml": HEAD
+            + """\
+rules:
+  - name: busy
+    reject: {status_code: 700}  # <-
+default: {reject: {}}
+tests:
+  - {from: "+14155550100", to: "+14155550199", expect: busy}
+"""
+        },
+        "less than or equal to 699",
+    ),
+    (
+        "no-cascade-from-an-invalid-schedule",
+        {
+            "rules.yaml": """\
+version: 1
+schedules:
+  office:
+    timezone: Europe/Berlni  # <-
+    weekly: [{days: mon-fri, from: "08:00", to: "18:00"}]
+  late:
+    weekly: [{days: mon-fri, from: "18:00", to: "23:00"}]
+rules:
+  - {name: a, when: {schedule: office}, reject: {}}
+  - {name: b, when: {schedule: late}, reject: {}}
+default: {reject: {}}
+"""
+        },
+        "unknown time zone 'Europe/Berlni'",
+    ),
+    (
+        "no-cascade-from-an-invalid-region",
+        {
+            "rules.yaml": """\
+version: 1
+defaults: {region: USA}  # <-
+lists:
+  vip: ["415-555-0100", "(415) 555-0101"]
+rules:
+  - {name: a, when: {caller: "415*"}, reject: {}}
+  - {name: b, when: {caller: {in: vip}}, reject: {}}
+default: {reject: {}}
+"""
+        },
+        "region",
+    ),
+    (
+        "no-cascade-from-a-section-that-is-not-a-mapping",
+        {
+            "rules.yaml": """\
+version: 1
+schedules: [office]  # <-
+rules:
+  - {name: a, when: {schedule: office}, reject: {}}
+default: {reject: {}}
+"""
+        },
+        "schedules: Input should be a valid dictionary",
+    ),
+    (
+        "no-cascade-from-a-rule-without-a-name",
+        {
+            "rules.yaml": """\
+version: 1
+rules:
+  - {name: a, reject: {}}
+  - {reject: {}}  # <-
+default: {reject: {}}
+tests:
+  - {from: "+14155550100", to: "+14155550199", expect: b}
+"""
+        },
+        "rules[1]: missing key 'name'",
+    ),
+    (
+        "missing-keys-of-one-mapping-in-one-message",
+        {
+            "rules.yaml": """\
+version: 1
+schedules:
+  office:
+    weekly:
+      - {}  # <-
+default: {reject: {}}
+"""
+        },
+        "schedules.office.weekly[0]: missing keys 'days', 'from', 'to'",
+    ),
+    (
+        "number-condition-naming-nothing",
+        {
+            "rules.yaml": HEAD
+            + """\
+rules:
+  - name: a
+    when:
+      caller: {in: null}  # <-
+    reject: {}
+default: {reject: {}}
+"""
+        },
+        "a number condition takes exactly one of",
+    ),
+    (
+        "header-test-naming-nothing",
+        {
+            "rules.yaml": HEAD
+            + """\
+rules:
+  - name: a
+    when:
+      header:
+        X-Partner-Id: {present: null}  # <-
+    reject: {}
+default: {reject: {}}
+"""
+        },
+        "a header test takes exactly one of",
+    ),
+    (
+        "profile-extending-a-list",
+        {
+            "rules.yaml": """\
+version: 1
+profiles:
+  base: {model: gpt-realtime}
+  desk:
+    extends: [base]  # <-
+default: {accept: {profile: base}}
+"""
+        },
+        "unknown profile",
+    ),
+    (
+        "no-cascade-from-an-unquoted-boolean",
+        {
+            "rules.yaml": HEAD
+            + """\
+rules:
+  - name: a
+    when:
+      header:
+        X-Recording: {present: yes}  # <-
+    reject: {}
+  - {name: b, when: {schedule: office}, reject: {}}
+default: {reject: {}}
+"""
+        },
+        'quote it: "yes"',
     ),
 ]
 
@@ -1040,3 +1435,192 @@ def test_ordinary_header_regexes_load(tmp_path: Path, regex: str) -> None:
         "default: {reject: {}}\n"
     )
     assert load_ruleset(path).rules[0].name == "partner"
+
+
+# --- every problem in one run ---------------------------------------------------------------
+
+EVERY_KIND = """\
+version: 1
+defaults:
+  timezone: America/Los_Angles
+  region: US
+profiles:
+  desk: {model: gpt-realtime}
+lists:
+  vip: ["+14155550100"]
+schedules:
+  office:
+    weekly:
+      - days: mon-fri
+        from: 08:30
+        to: "18:00"
+rules:
+  - name: vip-desk
+    whne: {caller: {in: vip}}
+    refer: {target_uri: "sip:desk@pbx.example.com"}
+  - name: busy
+    when: {caller: {in: vipp}}
+    reject: {status_code: 700}
+  - name: front
+    when: {schedule: office}
+    accept: {profile: dsek}
+default: {reject: {}}
+"""
+
+
+def test_one_load_reports_every_kind_of_problem(tmp_path: Path) -> None:
+    path = write_files(tmp_path, {"rules.yaml": EVERY_KIND})
+    assert [str(p) for p in load_problems(path)] == [
+        f"{path}:3: unknown time zone 'America/Los_Angles' (did you mean 'America/Los_Angeles'?)",
+        f'{path}:13: 08:30 is read by YAML as a number; times must be quoted: "08:30"',
+        f"{path}:17: rule 'vip-desk': unknown key 'whne' (did you mean 'when'?)",
+        f"{path}:20: rule 'busy' when.caller: unknown list 'vipp' (did you mean 'vip'?)",
+        f"{path}:21: rule 'busy' reject.status_code: Input should be less than or equal to 699",
+        f"{path}:24: unknown profile 'dsek' (did you mean 'desk'?)",
+    ]
+
+
+def test_a_rule_with_a_shape_problem_is_still_checked_for_the_rest(tmp_path: Path) -> None:
+    text = HEAD + textwrap.dedent(
+        """\
+        rules:
+          - name: a
+            when: {caller: {in: vipp}, shedule: office}
+            reject: {status_code: 700}
+        default: {reject: {}}
+        """
+    )
+    path = write_files(tmp_path, {"rules.yaml": text})
+    messages = [p.message for p in load_problems(path)]
+    assert messages == [
+        "rule 'a' when: unknown key 'shedule' (did you mean 'schedule'?)",
+        "rule 'a' when.caller: unknown list 'vipp' (did you mean 'vip'?)",
+        "rule 'a' reject.status_code: Input should be less than or equal to 699",
+    ]
+
+
+def test_a_yaml_trap_does_not_hide_the_other_problems(tmp_path: Path) -> None:
+    text = HEAD + textwrap.dedent(
+        """\
+        rules:
+          - name: norway
+            when: {caller: {country: NO}}
+            reject: {}
+          - name: desk
+            when: {schedule: ofice}
+            accept: {profile: desk}
+        default: {reject: {status_code: 900}}
+        """
+    )
+    path = write_files(tmp_path, {"rules.yaml": text})
+    problems = load_problems(path)
+    assert [p.line for p in problems] == [11, 14, 16], [str(p) for p in problems]
+    assert 'quote it: "NO"' in problems[0].message
+    assert "unknown schedule 'ofice'" in problems[1].message
+    assert "default.reject.status_code" in problems[2].message
+
+
+def test_a_profile_repeating_its_parents_bad_value_is_reported_too(tmp_path: Path) -> None:
+    text = textwrap.dedent(
+        """\
+        version: 1
+        profiles:
+          base:
+            audio: {output: {voice: marine}}
+          sales: {extends: base}
+          support:
+            extends: base
+            audio: {output: {voice: marine}}
+        default: {accept: {profile: support}}
+        """
+    )
+    path = write_files(tmp_path, {"rules.yaml": text})
+    problems = load_problems(path)
+    assert [p.line for p in problems] == [4, 8], [str(p) for p in problems]
+    assert "profiles.support.audio.output.voice" in problems[1].message
+
+
+def test_a_function_tool_inherited_is_warned_once(tmp_path: Path) -> None:
+    text = textwrap.dedent(
+        """\
+        version: 1
+        profiles:
+          desk:
+            model: gpt-realtime
+            tools: [{type: function, name: lookup_patient, parameters: {type: object}}]
+          night: {extends: desk, instructions: "We are closed."}
+        default: {accept: {profile: night}}
+        """
+    )
+    path = write_files(tmp_path, {"rules.yaml": text})
+    warnings = list(load_ruleset(path).warnings)
+    assert len(warnings) == 1, warnings
+    assert warnings[0].startswith(f"{path}:3: warning: profiles.desk: ")
+
+
+# --- the ruleset version ----------------------------------------------------------------------
+
+VERSIONED = {
+    "routing_rules/rules.yaml": """\
+version: 1
+profiles:
+  concierge: {model: gpt-realtime, instructions_file: prompts/concierge.md}
+lists:
+  blocked: {file: ./lists/blocked.txt}
+rules:
+  - {name: blocked, when: {caller: {in: blocked}}, reject: {}}
+default: {accept: {profile: concierge}}
+""",
+    "routing_rules/lists/blocked.txt": "+12025550199\n",
+    "routing_rules/prompts/concierge.md": "You are the concierge.\n",
+}
+
+
+def test_the_version_does_not_depend_on_how_the_path_is_spelled(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    write_files(tmp_path, VERSIONED)
+    (tmp_path / "elsewhere").symlink_to(tmp_path / "routing_rules")
+    monkeypatch.chdir(tmp_path)
+    spellings = [
+        "routing_rules/rules.yaml",
+        "./routing_rules/rules.yaml",
+        str(tmp_path / "routing_rules" / "rules.yaml"),
+        "elsewhere/rules.yaml",
+        "routing_rules/../routing_rules/rules.yaml",
+    ]
+    versions = {load_ruleset(spelling).version for spelling in spellings}
+    assert len(versions) == 1, versions
+
+
+def test_the_version_is_the_same_for_a_copy_of_the_folder(tmp_path: Path) -> None:
+    first = write_files(tmp_path / "laptop", VERSIONED)
+    second = write_files(tmp_path / "server" / "app", VERSIONED)
+    assert load_ruleset(first).version == load_ruleset(second).version
+
+
+@pytest.mark.parametrize(
+    ("name", "before", "after"),
+    [
+        ("routing_rules/lists/blocked.txt", "+12025550199", "+12025550198"),
+        ("routing_rules/prompts/concierge.md", "concierge", "receptionist"),
+        ("routing_rules/rules.yaml", "reject: {}", "reject: {status_code: 486}"),
+    ],
+)
+def test_the_version_changes_with_any_files_content(
+    tmp_path: Path, name: str, before: str, after: str
+) -> None:
+    path = write_files(tmp_path, VERSIONED)
+    original = load_ruleset(path).version
+    target = tmp_path / name
+    target.write_text(target.read_text().replace(before, after))
+    assert load_ruleset(path).version != original
+
+
+def test_the_version_changes_when_a_referenced_file_is_renamed(tmp_path: Path) -> None:
+    path = write_files(tmp_path, VERSIONED)
+    original = load_ruleset(path).version
+    lists = tmp_path / "routing_rules" / "lists"
+    (lists / "blocked.txt").rename(lists / "denied.txt")
+    path.write_text(path.read_text().replace("blocked.txt", "denied.txt"))
+    assert load_ruleset(path).version != original

@@ -56,7 +56,8 @@ class NumberTermSpec(BaseModel):
 
     @model_validator(mode="after")
     def _exactly_one(self) -> NumberTermSpec:
-        if len(self.model_fields_set) != 1:
+        # Counted by value: `{in: null}` names no condition at all.
+        if sum(getattr(self, name) is not None for name in type(self).model_fields) != 1:
             raise ValueError(
                 "a number condition takes exactly one of exact, prefix, pattern, regex, in,"
                 " country, anonymous"
@@ -88,7 +89,7 @@ class HeaderTestSpec(BaseModel):
 
     @model_validator(mode="after")
     def _exactly_one(self) -> HeaderTestSpec:
-        if len(self.model_fields_set) != 1:
+        if sum(getattr(self, name) is not None for name in type(self).model_fields) != 1:
             raise ValueError("a header test takes exactly one of a value, regex, present")
         return self
 

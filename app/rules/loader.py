@@ -1,22 +1,25 @@
 """Read a rule file and everything it references, validate it fully, and compile it.
 
 Every problem is collected as `file:line: message`; a file with any error never yields a
-Ruleset. Reading files is the only I/O here, and it goes through `read_text` so tests and
-reloads can see exactly which files a ruleset came from.
+Ruleset. One load reports every problem in one run: a value YAML refuses, a part the models
+reject and a name that does not resolve are all found, because each stage goes on with what
+the earlier ones accepted, and stays quiet about what they already reported. Reading files
+is the only I/O here, and it goes through `read_text` so tests and reloads can see exactly
+which files a ruleset came from.
 """
 
 from __future__ import annotations
 
-import difflib
 import hashlib
 import json
+import posixpath
 import re
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Collection, Iterable, Mapping
 from copy import deepcopy
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
-from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+from zoneinfo import ZoneInfo
 
 import phonenumbers
 from pydantic import ValidationError
@@ -49,8 +52,16 @@ from app.rules.conditions import (
 from app.rules.file_model import (
     ActionSpec,
     NumberTermSpec,
-    RuleFileSpec,
+    RuleSpec,
     WhenSpec,
+)
+from app.rules.file_shape import (
+    FileParts,
+    Finding,
+    check_shape,
+    did_you_mean,
+    validation_findings,
+    written,
 )
 from app.rules.number_set import NumberListError, NumberSet
 from app.rules.problems import Problem, RuleFileError
@@ -64,7 +75,12 @@ from app.rules.ruleset import (
     Ruleset,
     check_target_uri,
 )
-from app.rules.schedule import CompiledSchedule, compile_schedule
+from app.rules.schedule import (
+    CompiledSchedule,
+    closest_zone,
+    compile_schedule,
+    load_zone,
+)
 from app.rules.templates import TemplateCompileError, compile_template
 from app.rules.yaml_source import LineIndex, describe_path, load_yaml
 from app.rules.yaml_source import Path as DataPath
@@ -73,6 +89,8 @@ MAX_DURATION_LIMIT_S = 24 * 3600
 _HEADER_NAME = re.compile(r"[A-Za-z0-9!#$%&'*+\-.^_`|~]{1,100}")
 _PATTERN_TOKEN = re.compile(r"[0-9]|X|Z|N|\[(?:[0-9](?:-[0-9])?)+\]")
 _DEFAULT_ON_ERROR = RejectAction(503)
+# Keys of a profile that are not accept fields: sip-router reads them itself.
+_PROFILE_OWN_KEYS = ("extends", "instructions_file", "max_duration_s")
 
 ReadText = Callable[[Path], str]
 
@@ -91,9 +109,18 @@ class _Context:
     base_dir: Path
     read: ReadText
     region: str = "ZZ"
+    # `defaults.region` was written but is not usable: numbers in national form cannot be
+    # judged, and saying they are wrong would only repeat the region's problem.
+    region_broken: bool = False
+    # Places whose problem was already reported while reading the YAML.
+    refused: frozenset[DataPath] = frozenset()
+    incomplete: frozenset[DataPath] = frozenset()
     problems: list[Problem] = field(default_factory=list)
     warnings: list[Problem] = field(default_factory=list)
+    # Every file read, by its path as shown in messages -> its text.
     files: dict[str, str] = field(default_factory=dict)
+    # The same texts, by their path relative to the main file's folder (for the version).
+    sources: dict[str, str] = field(default_factory=dict)
     attempted: list[str] = field(default_factory=list)
     # Templates read from instructions files, already checked there: text -> it compiles.
     checked_templates: dict[str, bool] = field(default_factory=dict)
@@ -101,12 +128,66 @@ class _Context:
     def fail(self) -> RuleFileError:
         return RuleFileError(_sorted(self.problems), tuple(dict.fromkeys(self.attempted)))
 
+    def quiet(self, path: DataPath) -> bool:
+        """True where the YAML reading already reported the problem at (or above) `path`."""
+        return path in self.incomplete or self.refused_at(path)
+
+    def refused_at(self, path: DataPath) -> bool:
+        return any(path[: len(r)] == r for r in self.refused)
+
     def error(self, path: DataPath, message: str) -> None:
-        self.problems.append(Problem(self.main, self.lines.line_of(path), message))
+        if not self.quiet(path):
+            self.problems.append(Problem(self.main, self.lines.line_of(path), message))
 
     def warn(self, path: DataPath, message: str) -> None:
         line = self.lines.line_of(path)
         self.warnings.append(Problem(self.main, line, message, "warning"))
+
+    def report(self, base: DataPath, findings: Iterable[Finding]) -> None:
+        """Report findings made inside the value at `base`, as `where: message`."""
+        for finding in findings:
+            path, where = (*base, *finding.path), (*base, *finding.where)
+            if finding.kind == "unknown_key":
+                # The key is news even when its value was refused.
+                if self.refused_at(where):
+                    continue
+            elif self.quiet(path) or self.quiet(where):
+                continue
+            label = self.describe(where)
+            text = f"{label}: {finding.message}" if label else finding.message
+            self.problems.append(Problem(self.main, self.lines.line_of(path), text))
+
+    def describe(self, path: DataPath) -> str:
+        """`rule 'vip-desk' when.caller` for ('rules', 2, 'when', 'caller'), else the path."""
+        if len(path) >= 2 and path[0] == "rules" and isinstance(path[1], int):
+            name = _rule_name(self.data, path[1])
+            if name is not None:
+                rest = describe_path(path[2:])
+                return f"rule '{name}' {rest}" if rest else f"rule '{name}'"
+        return describe_path(path)
+
+    def declared(self, section: str) -> Collection[str]:
+        """The names written under a top-level mapping, valid or not."""
+        written = self.data.get(section)
+        return [k for k in written if isinstance(k, str)] if isinstance(written, dict) else ()
+
+    def undeclared(self, section: str, name: Any) -> bool:
+        """True when `name` is surely not written under `section`.
+
+        False when the section itself is broken (already reported): then nobody can tell.
+        """
+        if section not in self.data:
+            return True
+        written = self.data[section]
+        return isinstance(written, dict) and (not isinstance(name, str) or name not in written)
+
+    def rule_names(self) -> set[str] | None:
+        """The names of the rules as written; None when some rule has no usable name."""
+        written = self.data.get("rules", [])
+        if not isinstance(written, list):
+            return None
+        names = {_rule_name(self.data, i) for i in range(len(written))}
+        return None if None in names else {n for n in names if n is not None}
 
     def read_referenced(self, path: DataPath, relative: str) -> tuple[str, str] | None:
         """Read a file named in the rule file; None (and an error) when it cannot be read."""
@@ -120,7 +201,17 @@ class _Context:
             self.error(path, f"cannot read {shown}: {reason}")
             return None
         self.files[shown] = text
+        self.sources[posixpath.normpath(relative)] = text
         return shown, text
+
+
+def _rule_name(data: Any, index: int) -> str | None:
+    rules = data.get("rules") if isinstance(data, dict) else None
+    if isinstance(rules, list) and 0 <= index < len(rules) and isinstance(rules[index], dict):
+        name = rules[index].get("name")
+        if isinstance(name, str) and name:
+            return name
+    return None
 
 
 def load_ruleset(path: Path | str, *, read_text: ReadText = _read_text) -> Ruleset:
@@ -134,50 +225,67 @@ def load_ruleset(path: Path | str, *, read_text: ReadText = _read_text) -> Rules
         problem = Problem(shown, 0, f"cannot read the rule file: {reason}")
         raise RuleFileError([problem], (shown,)) from None
     try:
-        data, lines = load_yaml(text, shown)
+        document = load_yaml(text, shown)
     except RuleFileError as exc:
         raise RuleFileError(exc.problems, (shown,)) from None
-    ctx = _Context(shown, data, lines, main_path.parent, read_text, files={shown: text})
+    ctx = _Context(
+        shown,
+        document.data,
+        document.lines,
+        main_path.parent,
+        read_text,
+        refused=document.refused,
+        incomplete=document.incomplete,
+        problems=list(document.problems),
+        files={shown: text},
+        sources={main_path.name: text},
+    )
     ctx.attempted.append(shown)
-    if not isinstance(data, dict):
+    if not isinstance(document.data, dict):
         ctx.error((), "a rule file is a YAML mapping (version: 1, ...)")
         raise ctx.fail()
-    try:
-        spec = RuleFileSpec.model_validate(data)
-    except ValidationError as exc:
-        ctx.problems.extend(_validation_problems(exc, (), ctx))
-        raise ctx.fail() from None
-    return _compile(spec, ctx)
+    return _compile(_validate(document.data, ctx), ctx)
 
 
-def _compile(spec: RuleFileSpec, ctx: _Context) -> Ruleset:
-    timezone = _zone(spec.defaults.timezone, ("defaults", "timezone"), ctx) or ZoneInfo("UTC")
-    if spec.defaults.region is not None:
-        region = spec.defaults.region.upper()
+def _validate(data: dict[str, Any], ctx: _Context) -> FileParts:
+    """Validate the file's shape; on problems, report them and go on with what is valid."""
+    parts, findings = check_shape(data)
+    ctx.report((), findings)
+    return parts
+
+
+def _compile(parts: FileParts, ctx: _Context) -> Ruleset:
+    timezone = _zone(parts.defaults.timezone, ("defaults", "timezone"), ctx) or ZoneInfo("UTC")
+    written_defaults = ctx.data.get("defaults")
+    if parts.defaults.region is not None:
+        region = parts.defaults.region.upper()
         if region not in phonenumbers.SUPPORTED_REGIONS:
-            ctx.error(("defaults", "region"), f"unknown region '{spec.defaults.region}'")
+            ctx.error(("defaults", "region"), f"unknown region '{parts.defaults.region}'")
+            ctx.region_broken = True
         else:
             ctx.region = region
-    lists = _compile_lists(spec, ctx)
-    schedules = _compile_schedules(spec, ctx, timezone.key)
-    profiles = _resolve_profiles(spec, ctx)
+    elif isinstance(written_defaults, dict) and "region" in written_defaults:
+        ctx.region_broken = True
+    lists = _compile_lists(parts, ctx)
+    schedules = _compile_schedules(parts, ctx, timezone.key)
+    profiles = _resolve_profiles(parts, ctx)
     compiler = _RuleCompiler(ctx, lists, schedules, profiles)
-    rules = tuple(compiler.rule(i, rule) for i, rule in enumerate(spec.rules))
-    _check_unique_rule_names(spec, ctx)
-    default = compiler.action(spec.default, ("default",))
+    rules = tuple(compiler.rule(i, rule) for i, rule in parts.rules)
+    _check_unique_rule_names(parts, ctx)
+    default = compiler.action(parts.default, ("default",)) if parts.default else None
     on_error = (
-        compiler.action(spec.on_error, ("on_error",))
-        if spec.on_error is not None
+        compiler.action(parts.on_error, ("on_error",))
+        if parts.on_error is not None
         else _DEFAULT_ON_ERROR
     )
-    _warn_shadowed(compiler.signatures, spec, ctx)
-    _check_test_expectations(spec, ctx)
+    _warn_shadowed(compiler.signatures, ctx)
+    _check_test_expectations(parts, ctx)
     if ctx.problems:
         raise ctx.fail()
     assert default is not None
     assert on_error is not None
     return Ruleset(
-        version=_version(ctx.files),
+        version=_version(ctx.sources),
         files=tuple(ctx.files),
         timezone=timezone,
         region=None if ctx.region == "ZZ" else ctx.region,
@@ -185,17 +293,23 @@ def _compile(spec: RuleFileSpec, ctx: _Context) -> Ruleset:
         default=default,
         on_error=on_error,
         warnings=tuple(str(w) for w in _sorted(ctx.warnings)),
-        tests=tuple((ctx.lines.line_of(("tests", i)), t) for i, t in enumerate(spec.tests)),
+        tests=tuple((ctx.lines.line_of(("tests", i)), t) for i, t in parts.tests),
         main_file=ctx.main,
     )
 
 
-def _version(files: Mapping[str, str]) -> str:
+def _version(sources: Mapping[str, str]) -> str:
+    """A hash of the files' contents and their paths relative to the main file's folder.
+
+    Relative paths, so the same files give the same version however the main file's path is
+    spelled (relative, absolute, through a symlink) and wherever the folder is: `check` on a
+    laptop and the running service agree.
+    """
     digest = hashlib.sha256()
-    for name in sorted(files):
+    for name in sorted(sources):
         digest.update(name.encode())
         digest.update(b"\0")
-        digest.update(files[name].encode())
+        digest.update(sources[name].encode())
         digest.update(b"\0")
     return digest.hexdigest()[:12]
 
@@ -207,72 +321,24 @@ def _sorted(problems: Iterable[Problem]) -> list[Problem]:
 
 def _zone(name: str, path: DataPath, ctx: _Context) -> ZoneInfo | None:
     try:
-        return ZoneInfo(name)
-    except (ZoneInfoNotFoundError, ValueError):
-        ctx.error(path, f"unknown time zone '{name}' (use an IANA name such as Europe/Berlin)")
+        return load_zone(name)
+    except ValueError:
+        close = closest_zone(name)
+        hint = f"did you mean '{close}'?" if close else "use an IANA name such as Europe/Berlin"
+        ctx.error(path, f"unknown time zone '{name}' ({hint})")
         return None
 
 
-def _validation_problems(exc: ValidationError, base: DataPath, ctx: _Context) -> list[Problem]:
-    """Turn pydantic errors into `file:line: where: message`, one per place."""
-    problems = []
-    seen: set[tuple[DataPath, str]] = set()
-    errors = exc.errors()
-    # A list left empty because its only item was invalid is noise next to that item's error.
-    errors = [e for e in errors if e["type"] != "too_short" or len(errors) == 1]
-    for error in errors:
-        path = _data_path(ctx.data, (*base, *error["loc"]))
-        kind = error["type"]
-        if kind == "extra_forbidden":
-            where, message = path[:-1], f"unknown key '{path[-1]}'"
-        elif kind == "missing":
-            where, message = path[:-1], f"missing key '{error['loc'][-1]}'"
-        else:
-            where, message = path, str(error["msg"]).removeprefix("Value error, ")
-        if (where, message) in seen:
-            continue
-        seen.add((where, message))
-        label = describe_path(where)
-        text = f"{label}: {message}" if label else message
-        problems.append(Problem(ctx.main, ctx.lines.line_of(path), text))
-    return problems
-
-
-def _data_path(data: Any, loc: Iterable[Any]) -> DataPath:
-    """Keep the parts of a pydantic `loc` that exist in the data (drops union tags)."""
-    path: list[str | int] = []
-    node = data
-    parts = list(loc)
-    for i, part in enumerate(parts):
-        if (isinstance(node, dict) and part in node) or (
-            isinstance(node, list) and isinstance(part, int) and 0 <= part < len(node)
-        ):
-            node = node[part]
-            path.append(part)
-        elif isinstance(node, dict) and i == len(parts) - 1 and isinstance(part, str):
-            path.append(part)
-        elif isinstance(node, dict) and isinstance(part, str) and part.endswith("_"):
-            alias = part.rstrip("_")
-            if alias in node:
-                node = node[alias]
-                path.append(alias)
-    return tuple(path)
-
-
-def _did_you_mean(name: str, known: Iterable[str]) -> str:
-    close = difflib.get_close_matches(name, list(known), n=1)
-    return f" (did you mean '{close[0]}'?)" if close else ""
-
-
-def _compile_lists(spec: RuleFileSpec, ctx: _Context) -> dict[str, NumberSet]:
+def _compile_lists(parts: FileParts, ctx: _Context) -> dict[str, NumberSet]:
     lists: dict[str, NumberSet] = {}
-    for name, list_spec in spec.lists.items():
+    for name, list_spec in parts.lists.items():
         path: DataPath = ("lists", name)
         if list_spec.numbers is not None:
             try:
                 lists[name] = NumberSet.build(list_spec.numbers, ctx.region)
             except NumberListError as exc:
-                ctx.error((*path, exc.index), f"lists.{name}[{exc.index}]: {exc.message}")
+                if not ctx.region_broken:
+                    ctx.error((*path, exc.index), f"lists.{name}[{exc.index}]: {exc.message}")
             continue
         assert list_spec.file is not None
         read = ctx.read_referenced((*path, "file"), list_spec.file)
@@ -282,15 +348,16 @@ def _compile_lists(spec: RuleFileSpec, ctx: _Context) -> dict[str, NumberSet]:
         try:
             lists[name] = NumberSet.parse_file_text(text, ctx.region)
         except NumberListError as exc:
-            ctx.problems.append(Problem(shown, exc.index, exc.message))
+            if not ctx.region_broken:
+                ctx.problems.append(Problem(shown, exc.index, exc.message))
     return lists
 
 
 def _compile_schedules(
-    spec: RuleFileSpec, ctx: _Context, default_timezone: str
+    parts: FileParts, ctx: _Context, default_timezone: str
 ) -> dict[str, CompiledSchedule]:
     compiled = {}
-    for name, schedule in spec.schedules.items():
+    for name, schedule in parts.schedules.items():
         try:
             compiled[name] = compile_schedule(name, schedule, default_timezone)
         except ValueError as exc:
@@ -304,6 +371,15 @@ class _Profile:
     max_duration_s: float | None
 
 
+@dataclass(frozen=True)
+class _ProfileCheck:
+    """One profile validated with what it inherits: the result, and what is wrong with it."""
+
+    profile: _Profile | None
+    findings: tuple[Finding, ...] = ()
+    warnings: tuple[str, ...] = ()
+
+
 def _deep_merge(base: Mapping[str, Any], override: Mapping[str, Any]) -> dict[str, Any]:
     """Mappings merge key by key; any other value (lists included) replaces the base's."""
     merged = deepcopy(dict(base))
@@ -315,9 +391,9 @@ def _deep_merge(base: Mapping[str, Any], override: Mapping[str, Any]) -> dict[st
     return merged
 
 
-def _resolve_profiles(spec: RuleFileSpec, ctx: _Context) -> dict[str, _Profile]:
+def _resolve_profiles(parts: FileParts, ctx: _Context) -> dict[str, _Profile]:
     own: dict[str, dict[str, Any]] = {}
-    for name, raw in spec.profiles.items():
+    for name, raw in parts.profiles.items():
         path: DataPath = ("profiles", name)
         body = dict(raw)
         instructions_file = body.pop("instructions_file", None)
@@ -342,7 +418,6 @@ def _resolve_profiles(spec: RuleFileSpec, ctx: _Context) -> dict[str, _Profile]:
                         ctx.checked_templates[text] = True
         own[name] = body
 
-    resolved: dict[str, _Profile] = {}
     merged_cache: dict[str, dict[str, Any] | None] = {}
 
     def merged(name: str, chain: tuple[str, ...]) -> dict[str, Any] | None:
@@ -354,11 +429,12 @@ def _resolve_profiles(spec: RuleFileSpec, ctx: _Context) -> dict[str, _Profile]:
         if parent is None:
             result = body
         elif not isinstance(parent, str) or parent not in own:
-            ctx.error(
-                ("profiles", name, "extends"),
-                f"profiles.{name}.extends: unknown profile '{parent}'"
-                + _did_you_mean(str(parent), own),
-            )
+            if ctx.undeclared("profiles", parent):
+                ctx.error(
+                    ("profiles", name, "extends"),
+                    f"profiles.{name}.extends: unknown profile '{parent}'"
+                    + did_you_mean(str(parent), own),
+                )
             result = None
         elif parent in chain or parent == name:
             cycle = " -> ".join((*chain, name, parent))
@@ -372,37 +448,70 @@ def _resolve_profiles(spec: RuleFileSpec, ctx: _Context) -> dict[str, _Profile]:
         merged_cache[name] = result
         return result
 
+    checks: dict[str, _ProfileCheck] = {}
+
+    def check(name: str) -> _ProfileCheck:
+        if name not in checks:
+            found = merged(name, ())
+            checks[name] = _ProfileCheck(None) if found is None else _check_profile(found, ctx)
+        return checks[name]
+
+    resolved: dict[str, _Profile] = {}
     for name in own:
-        found = merged(name, ())
-        if found is None:
-            continue
-        body = {k: v for k, v in found.items() if k != "extends"}
-        max_duration = _max_duration(body.pop("max_duration_s", None), ("profiles", name), ctx)
-        config = _session_config(body, ("profiles", name), ctx)
-        if config is not None:
-            for warning in function_tool_warnings(config):
+        result = check(name)
+        parent = own[name].get("extends")
+        inherited = check(parent) if isinstance(parent, str) and parent in own else None
+        # What the parent got wrong is reported once, at the profile that wrote it.
+        ctx.report(
+            ("profiles", name),
+            (
+                f
+                for f in result.findings
+                if inherited is None or f not in inherited.findings or written(own[name], f.path)
+            ),
+        )
+        for warning in result.warnings:
+            if inherited is None or warning not in inherited.warnings:
                 ctx.warn(("profiles", name), f"profiles.{name}: {warning}")
-            resolved[name] = _Profile(body, max_duration)
+        if result.profile is not None:
+            resolved[name] = result.profile
     return resolved
 
 
-def _max_duration(value: Any, path: DataPath, ctx: _Context) -> float | None:
+def _check_profile(merged: Mapping[str, Any], ctx: _Context) -> _ProfileCheck:
+    body = {k: v for k, v in merged.items() if k != "extends"}
+    findings: list[Finding] = []
+    max_duration = _max_duration(body.pop("max_duration_s", None), findings)
+    config = _session_config(body, findings, ctx)
+    if config is None:
+        return _ProfileCheck(None, tuple(findings))
+    warnings = tuple(function_tool_warnings(config))
+    if findings:
+        return _ProfileCheck(None, tuple(findings), warnings)
+    return _ProfileCheck(_Profile(body, max_duration), (), warnings)
+
+
+def _max_duration(value: Any, findings: list[Finding]) -> float | None:
     if value is None:
         return None
+    path: DataPath = ("max_duration_s",)
     if isinstance(value, bool) or not isinstance(value, int | float):
-        ctx.error((*path, "max_duration_s"), "max_duration_s must be a number of seconds")
+        findings.append(Finding(path, (), "max_duration_s must be a number of seconds"))
         return None
     if not 0 < value <= MAX_DURATION_LIMIT_S:
-        ctx.error((*path, "max_duration_s"), "max_duration_s must be between 0 and 86400")
+        findings.append(Finding(path, (), "max_duration_s must be between 0 and 86400"))
         return None
     return float(value)
 
 
-def _session_config(body: Mapping[str, Any], path: DataPath, ctx: _Context) -> SessionConfig | None:
+def _session_config(
+    body: Mapping[str, Any], findings: list[Finding], ctx: _Context
+) -> SessionConfig | None:
+    """The accept fields of a profile (with overrides), or None with findings why not."""
     try:
         config = validate_session_config(body)
     except ValidationError as exc:
-        ctx.problems.extend(_validation_problems(exc, path, ctx))
+        findings.extend(validation_findings(exc, dict(body), SessionConfig, _PROFILE_OWN_KEYS))
         return None
     instructions = body.get("instructions")
     if isinstance(instructions, str) and instructions in ctx.checked_templates:
@@ -411,7 +520,8 @@ def _session_config(body: Mapping[str, Any], path: DataPath, ctx: _Context) -> S
         try:
             compile_template(instructions)
         except TemplateCompileError as exc:
-            ctx.error((*path, "instructions"), f"{describe_path(path)}.instructions: {exc}")
+            path: DataPath = ("instructions",)
+            findings.append(Finding(path, path, str(exc)))
             return None
     return config
 
@@ -428,14 +538,15 @@ class _RuleCompiler:
         self.lists = lists
         self.schedules = schedules
         self.profiles = profiles
-        # What each rule's `when` requires, for the shadowed-rule warning.
-        self.signatures: list[dict[str, Any] | None] = []
+        # Each rule's index, name, and what its `when` requires, for the shadowed-rule warning.
+        self.signatures: list[tuple[int, str, dict[str, Any] | None]] = []
 
-    def rule(self, index: int, spec: Any) -> CompiledRule | None:
+    def rule(self, index: int, spec: RuleSpec) -> CompiledRule | None:
         path: DataPath = ("rules", index)
         errors_before = len(self.ctx.problems)
         when = self.when(spec.when, (*path, "when")) if spec.when is not None else ALWAYS
-        self.signatures.append(_signature(spec.when, when) if spec.when is not None else {})
+        signature = _signature(spec.when, when) if spec.when is not None else {}
+        self.signatures.append((index, spec.name, signature))
         action = self.action(spec, path)
         if len(self.ctx.problems) > errors_before or action is None:
             return None
@@ -452,11 +563,11 @@ class _RuleCompiler:
         if spec.schedule is not None:
             schedule = self.schedules.get(spec.schedule)
             if schedule is None:
-                if spec.schedule not in self.ctx.data.get("schedules", {}):
+                if self.ctx.undeclared("schedules", spec.schedule):
                     self.ctx.error(
                         (*path, "schedule"),
                         f"unknown schedule '{spec.schedule}'"
-                        + _did_you_mean(spec.schedule, self.ctx.data.get("schedules", {})),
+                        + did_you_mean(spec.schedule, self.ctx.declared("schedules")),
                     )
             else:
                 parts.append(ScheduleCondition(schedule))
@@ -506,14 +617,16 @@ class _RuleCompiler:
                 test = NumberPrefix(prefix, f"prefix {prefix}*")
                 return test
         except NumberFormatError as exc:
-            self.ctx.error(path, f"{describe_path(path)}: {exc}")
+            written = term.exact if term.exact is not None else term.prefix
+            if not (self.ctx.region_broken and not str(written).lstrip().startswith("+")):
+                self.ctx.error(path, f"{self.ctx.describe(path)}: {exc}")
             return None
         if term.pattern is not None:
             regex = _pattern_regex(term.pattern)
             if regex is None:
                 self.ctx.error(
                     path,
-                    f"{describe_path(path)}: pattern '{term.pattern}' may hold digits, X (0-9),"
+                    f"{self.ctx.describe(path)}: pattern '{term.pattern}' may hold digits, X (0-9),"
                     " Z (1-9), N (2-9) and classes like [1-5], after an optional +",
                 )
                 return None
@@ -523,18 +636,18 @@ class _RuleCompiler:
             try:
                 compiled = re.compile(term.regex, re.ASCII)
             except re.error as exc:
-                self.ctx.error(path, f"{describe_path(path)}: invalid regex: {exc}")
+                self.ctx.error(path, f"{self.ctx.describe(path)}: invalid regex: {exc}")
                 return None
             test = NumberRegex(compiled, f"regex {term.regex}")
             return test
         if term.in_ is not None:
             numbers = self.lists.get(term.in_)
             if numbers is None:
-                if term.in_ not in self.ctx.data.get("lists", {}):
+                if self.ctx.undeclared("lists", term.in_):
                     self.ctx.error(
                         path,
-                        f"{describe_path(path)}: unknown list '{term.in_}'"
-                        + _did_you_mean(term.in_, self.ctx.data.get("lists", {})),
+                        f"{self.ctx.describe(path)}: unknown list '{term.in_}'"
+                        + did_you_mean(term.in_, self.ctx.declared("lists")),
                     )
                 return None
             test = InNumberList(numbers, f"in list {term.in_}")
@@ -543,7 +656,9 @@ class _RuleCompiler:
             countries = []
             for code in term.country:
                 if not isinstance(code, str) or code.upper() not in phonenumbers.SUPPORTED_REGIONS:
-                    self.ctx.error(path, f"{describe_path(path)}: unknown country code '{code}'")
+                    self.ctx.error(
+                        path, f"{self.ctx.describe(path)}: unknown country code '{code}'"
+                    )
                     return None
                 countries.append(code.upper())
             test = InCountries(frozenset(countries), "in country " + "/".join(countries))
@@ -562,12 +677,12 @@ class _RuleCompiler:
             try:
                 regex = re.compile(test.regex)
             except re.error as exc:
-                self.ctx.error(path, f"{describe_path(path)}: invalid regex: {exc}")
+                self.ctx.error(path, f"{self.ctx.describe(path)}: invalid regex: {exc}")
                 return ALWAYS
             if nested_unbounded_repeat(test.regex):
                 self.ctx.error(
                     path,
-                    f"{describe_path(path)}: regex repeats a group that itself repeats without"
+                    f"{self.ctx.describe(path)}: regex repeats a group that itself repeats without"
                     " bound (like (a+)+); on a hostile header value it can take exponential"
                     " time. Rewrite it without the nested repetition",
                 )
@@ -584,33 +699,32 @@ class _RuleCompiler:
             try:
                 target = compile_template(spec.refer.target_uri, "uri")
             except ValueError as exc:
-                self.ctx.error(uri_path, f"{describe_path(uri_path)}: {exc}")
+                self.ctx.error(uri_path, f"{self.ctx.describe(uri_path)}: {exc}")
                 return None
             if target.is_static:
                 problem = check_target_uri(target.source)
                 if problem is not None:
-                    self.ctx.error(uri_path, f"{describe_path(uri_path)}: {problem}")
+                    self.ctx.error(uri_path, f"{self.ctx.describe(uri_path)}: {problem}")
                     return None
             return ReferAction(target)
         assert spec.accept is not None
         accept_path = (*path, "accept")
         profile = self.profiles.get(spec.accept.profile)
         if profile is None:
-            if spec.accept.profile not in self.ctx.data.get("profiles", {}):
+            if self.ctx.undeclared("profiles", spec.accept.profile):
                 self.ctx.error(
                     (*accept_path, "profile"),
                     f"unknown profile '{spec.accept.profile}'"
-                    + _did_you_mean(spec.accept.profile, self.ctx.data.get("profiles", {})),
+                    + did_you_mean(spec.accept.profile, self.ctx.declared("profiles")),
                 )
             return None
         body = profile.merged
         max_duration = profile.max_duration_s
         if spec.accept.overrides:
             overrides = dict(spec.accept.overrides)
+            findings: list[Finding] = []
             if "max_duration_s" in overrides:
-                max_duration = _max_duration(
-                    overrides.pop("max_duration_s"), (*accept_path, "overrides"), self.ctx
-                )
+                max_duration = _max_duration(overrides.pop("max_duration_s"), findings)
             for key in ("extends", "instructions_file"):
                 if key in overrides:
                     self.ctx.error(
@@ -619,7 +733,9 @@ class _RuleCompiler:
                     )
                     return None
             body = _deep_merge(body, overrides)
-            if _session_config(body, (*accept_path, "overrides"), self.ctx) is None:
+            overridden = _session_config(body, findings, self.ctx)
+            self.ctx.report((*accept_path, "overrides"), findings)
+            if overridden is None or findings:
                 return None
         config = validate_session_config(body)
         instructions = body.get("instructions")
@@ -651,28 +767,34 @@ def _pattern_regex(pattern: str) -> re.Pattern[str] | None:
         return None
 
 
-def _check_test_expectations(spec: RuleFileSpec, ctx: _Context) -> None:
-    """`tests:` may only name rules and profiles that exist."""
-    rules = {rule.name for rule in spec.rules}
-    for i, case in enumerate(spec.tests):
+def _check_test_expectations(parts: FileParts, ctx: _Context) -> None:
+    """`tests:` may only name rules and profiles that exist (written, valid or not)."""
+    rules = ctx.rule_names()
+    profiles = ctx.declared("profiles")
+    for i, case in parts.tests:
         expect = case.expect
-        if expect.rule is not None and expect.rule != "default" and expect.rule not in rules:
+        if (
+            rules is not None
+            and expect.rule is not None
+            and expect.rule != "default"
+            and expect.rule not in rules
+        ):
             ctx.error(
                 ("tests", i, "expect"),
                 f"tests[{i}].expect: unknown rule '{expect.rule}'"
-                + _did_you_mean(expect.rule, rules),
+                + did_you_mean(expect.rule, rules),
             )
-        if expect.profile is not None and expect.profile not in spec.profiles:
+        if expect.profile is not None and ctx.undeclared("profiles", expect.profile):
             ctx.error(
                 ("tests", i, "expect"),
                 f"tests[{i}].expect: unknown profile '{expect.profile}'"
-                + _did_you_mean(expect.profile, spec.profiles),
+                + did_you_mean(expect.profile, profiles),
             )
 
 
-def _check_unique_rule_names(spec: RuleFileSpec, ctx: _Context) -> None:
+def _check_unique_rule_names(parts: FileParts, ctx: _Context) -> None:
     seen: set[str] = set()
-    for i, rule in enumerate(spec.rules):
+    for i, rule in parts.rules:
         if rule.name in seen:
             ctx.error(("rules", i, "name"), f"rule name '{rule.name}' is used twice")
         if rule.name == "default":
@@ -716,20 +838,17 @@ def _covers(broad: tuple[tuple[str, str], ...], narrow: tuple[tuple[str, str], .
     return all(covered(term) for term in narrow)
 
 
-def _warn_shadowed(
-    signatures: list[dict[str, Any] | None], spec: RuleFileSpec, ctx: _Context
-) -> None:
-    for later, later_sig in enumerate(signatures):
+def _warn_shadowed(signatures: list[tuple[int, str, dict[str, Any] | None]], ctx: _Context) -> None:
+    for position, (index, name, later_sig) in enumerate(signatures):
         if later_sig is None:
             continue
-        for earlier in range(later):
-            earlier_sig = signatures[earlier]
+        for _, earlier_name, earlier_sig in signatures[:position]:
             if earlier_sig is None or not _broader(earlier_sig, later_sig):
                 continue
             ctx.warn(
-                ("rules", later),
-                f"rule '{spec.rules[later].name}' can never match: rule "
-                f"'{spec.rules[earlier].name}' before it catches every call it would",
+                ("rules", index),
+                f"rule '{name}' can never match: rule "
+                f"'{earlier_name}' before it catches every call it would",
             )
             break
 

@@ -41,9 +41,15 @@ def load_zone(key: str) -> ZoneInfo:
     try:
         return ZoneInfo(key)
     except (ZoneInfoNotFoundError, ValueError, OSError):
-        close = get_close_matches(key, available_timezones(), n=1, cutoff=0.8)
-        hint = f" (did you mean '{close[0]}'?)" if close else ""
+        close = closest_zone(key)
+        hint = f" (did you mean '{close}'?)" if close else ""
         raise ValueError(f"unknown time zone '{key}'{hint}") from None
+
+
+def closest_zone(key: str) -> str | None:
+    """The IANA time zone name `key` was most likely meant to be, if one is close."""
+    close = get_close_matches(key, available_timezones(), n=1, cutoff=0.8)
+    return close[0] if close else None
 
 
 def _weekday(name: str) -> int:

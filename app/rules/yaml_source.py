@@ -2,12 +2,15 @@
 
 YAML 1.1 (what PyYAML implements) silently turns `08:30` into 510, `NO` into False and
 `0151` into 105. Rule files are full of times, country codes and phone numbers, so those
-plain scalars are refused with a hint instead of being converted.
+plain scalars are refused with a hint instead of being converted. A refused value does not
+stop the reading: the document is still returned, with the problem and the value's place,
+so the rest of the file is checked in the same run.
 """
 
 from __future__ import annotations
 
 import re
+from dataclasses import dataclass
 from typing import Any
 
 import yaml
@@ -42,24 +45,82 @@ class LineIndex:
         return self._lines.get((), 1)
 
 
-def load_yaml(text: str, filename: str) -> tuple[Any, LineIndex]:
-    """Parse `text` into dicts/lists/scalars and a LineIndex; raise RuleFileError if invalid."""
+@dataclass(frozen=True, slots=True)
+class YamlDocument:
+    """A parsed file: plain data, the line of every value, and what was refused on the way.
+
+    `refused` holds the places of refused values (kept as their text, or left out); checks
+    of the data stay quiet there, since the problem at that place is already reported.
+    `incomplete` holds mappings a key was left out of (a duplicate, a merge key), whose
+    missing keys are no news either.
+    """
+
+    data: Any
+    lines: LineIndex
+    problems: tuple[Problem, ...] = ()
+    refused: frozenset[Path] = frozenset()
+    incomplete: frozenset[Path] = frozenset()
+
+
+def load_yaml(text: str, filename: str) -> YamlDocument:
+    """Parse `text` into dicts/lists/scalars; raise RuleFileError if it is not YAML at all."""
     try:
         node = yaml.compose(text, Loader=_LOADER)
     except yaml.MarkedYAMLError as exc:
-        mark = exc.problem_mark or exc.context_mark
-        line = mark.line + 1 if mark is not None else 0
-        message = exc.problem or exc.context or "invalid YAML"
-        raise RuleFileError([Problem(filename, line, f"invalid YAML: {message}")]) from None
+        raise RuleFileError([_syntax_problem(exc, text, filename)]) from None
     except yaml.YAMLError as exc:
         raise RuleFileError([Problem(filename, 0, f"invalid YAML: {exc}")]) from None
     if node is None:
-        return None, LineIndex({(): 1})
+        return YamlDocument(None, LineIndex({(): 1}))
     builder = _Builder(filename)
     data = builder.build(node, (), 0)
-    if builder.problems:
-        raise RuleFileError(builder.problems)
-    return data, LineIndex(builder.lines)
+    return YamlDocument(
+        data,
+        LineIndex(builder.lines),
+        tuple(builder.problems),
+        frozenset(builder.refused),
+        frozenset(builder.incomplete),
+    )
+
+
+_UNCLOSED = {
+    "while parsing a flow mapping": "this '{' is not closed",
+    "while parsing a flow sequence": "this '[' is not closed",
+    "while scanning a quoted scalar": "this quoted string is not closed",
+}
+
+
+def _syntax_problem(exc: yaml.MarkedYAMLError, text: str, filename: str) -> Problem:
+    """The line where the mistake was written: the tab, or the bracket or quote left open."""
+    problem_mark, context_mark = exc.problem_mark, exc.context_mark
+    problem = exc.problem or exc.context or "invalid YAML"
+    if problem_mark is not None:
+        lines = text.splitlines()
+        source = lines[problem_mark.line] if problem_mark.line < len(lines) else ""
+        indentation = source[: len(source) - len(source.lstrip(" \t"))]
+        if "\t" in indentation:
+            return Problem(
+                filename,
+                problem_mark.line + 1,
+                "invalid YAML: tab character in indentation: use spaces",
+            )
+        at_tab = problem_mark.column < len(source) and source[problem_mark.column] == "\t"
+        if at_tab or "'\\t'" in problem:
+            return Problem(
+                filename,
+                problem_mark.line + 1,
+                "invalid YAML: tab character where YAML allows only spaces",
+            )
+    opened = _UNCLOSED.get(exc.context or "")
+    if opened is not None and context_mark is not None:
+        where = ""
+        if problem_mark is not None:
+            where = f" at line {problem_mark.line + 1}, column {problem_mark.column + 1}"
+        return Problem(
+            filename, context_mark.line + 1, f"invalid YAML: {opened} ({problem}{where})"
+        )
+    mark = problem_mark or context_mark
+    return Problem(filename, mark.line + 1 if mark is not None else 0, f"invalid YAML: {problem}")
 
 
 class _Builder:
@@ -67,28 +128,33 @@ class _Builder:
         self.filename = filename
         self.lines: dict[Path, int] = {}
         self.problems: list[Problem] = []
+        self.refused: set[Path] = set()
+        self.incomplete: set[Path] = set()
         self._constructor = yaml.SafeLoader("")
 
     def build(self, node: yaml.Node, path: Path, depth: int) -> Any:
         self.lines.setdefault(path, node.start_mark.line + 1)
         if depth > _MAX_DEPTH:
             self._problem(node, "nesting is too deep")
+            self.refused.add(path)
             return None
         if isinstance(node, yaml.MappingNode):
             return self._mapping(node, path, depth)
         if isinstance(node, yaml.SequenceNode):
             return [self.build(item, (*path, i), depth + 1) for i, item in enumerate(node.value)]
         assert isinstance(node, yaml.ScalarNode)
-        return self._scalar(node)
+        return self._scalar(node, path)
 
     def _mapping(self, node: yaml.MappingNode, path: Path, depth: int) -> dict[str, Any]:
         result: dict[str, Any] = {}
         for key_node, value_node in node.value:
             if key_node.tag == "tag:yaml.org,2002:merge":
                 self._problem(key_node, "merge keys (<<) are not supported; repeat the values")
+                self.incomplete.add(path)
                 continue
             if not isinstance(key_node, yaml.ScalarNode):
                 self._problem(key_node, "keys must be plain strings")
+                self.incomplete.add(path)
                 continue
             key = key_node.value
             if key in result:
@@ -98,7 +164,14 @@ class _Builder:
             result[key] = self.build(value_node, (*path, key), depth + 1)
         return result
 
-    def _scalar(self, node: yaml.ScalarNode) -> Any:
+    def _scalar(self, node: yaml.ScalarNode, path: Path) -> Any:
+        problems_before = len(self.problems)
+        value = self._checked_scalar(node)
+        if len(self.problems) > problems_before:
+            self.refused.add(path)
+        return value
+
+    def _checked_scalar(self, node: yaml.ScalarNode) -> Any:
         if not node.style:  # plain: None from PyYAML's parser, "" from libyaml's
             # Checked on the text, not the resolved tag: PyYAML reads `8:30` as 510 but
             # `08:30` as a string, and `0151` as octal but `0189` as a string.
