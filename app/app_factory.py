@@ -14,6 +14,7 @@ from fastapi import FastAPI
 
 from app.call_processing import CallProcessor, ProcessingOptions
 from app.http import admin, health, webhooks
+from app.http.metrics_port import MetricsPortMiddleware
 from app.http.services import Services
 from app.metrics import Metrics
 from app.openai_calls import OpenAICallsClient
@@ -122,6 +123,11 @@ def create_app(
     app.state.services = services
     app.include_router(webhooks.router)
     app.include_router(health.router)
+    if settings.metrics_port is None:
+        app.include_router(health.metrics_router)
+    else:
+        # /metrics names the rules: served only on its own port, which need not be exposed.
+        app.add_middleware(MetricsPortMiddleware, port=settings.metrics_port, metrics=metrics)
     if settings.admin_token is not None:
         # Without a token the admin API does not exist: 404 for every method and path.
         app.include_router(admin.router)

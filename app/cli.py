@@ -24,6 +24,7 @@ from app.rules.simulation import decision_json, run_rule_tests, simulated_contex
 from app.settings import ConfigurationError, Settings, load_settings
 
 EXIT_OK, EXIT_PROBLEMS, EXIT_CONFIG = 0, 1, 2
+EXIT_STARTUP_FAILURE = 3  # uvicorn's own code when the server cannot start
 
 
 def _fail(message: str, code: int = EXIT_CONFIG) -> int:
@@ -63,13 +64,15 @@ def _load(path: Path) -> Ruleset | None:
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
-    import uvicorn
-
+    from app.http.connection_limits import ConnectionLimits
+    from app.http_server import bind_listener, run_http_server
     from app.log_format import configure_logging, logging_config
     from app.rules_reloading import load_checked_ruleset
 
     if args.dry_run:
         os.environ["SIP_ROUTER_DRY_RUN"] = "true"
+    if args.metrics_port is not None:
+        os.environ["SIP_ROUTER_METRICS_PORT"] = str(args.metrics_port)
     try:
         settings = load_settings()
     except ConfigurationError as exc:
@@ -105,22 +108,32 @@ def cmd_serve(args: argparse.Namespace) -> int:
         return _fail(f"SIP_ROUTER_RULES: {settings.rules} is invalid; not starting")
     if args.workers > 1 and not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
         os.environ["PROMETHEUS_MULTIPROC_DIR"] = tempfile.mkdtemp(prefix="sip-router-metrics-")
+    metrics_listener = None
+    if settings.metrics_port is not None:
+        if settings.metrics_port == args.port:
+            return _fail(f"--metrics-port {args.port}: must differ from --port")
+        try:
+            metrics_listener = bind_listener(args.host, settings.metrics_port)
+        except OSError as exc:
+            return _fail(f"--metrics-port {settings.metrics_port}: {exc.strerror or exc}")
     configure_logging(settings.log_format, settings.log_level)
     # uvicorn re-raises the stop signal after a graceful shutdown; a clean stop is exit 0.
     for stop_signal in (signal.SIGINT, signal.SIGTERM):
         signal.signal(stop_signal, lambda *_: None)
-    uvicorn.run(
+    started = run_http_server(
         "app.asgi:app_from_environment",
-        factory=True,
         host=args.host,
         port=args.port,
         workers=args.workers,
+        limits=ConnectionLimits(
+            request_deadline_s=settings.request_timeout_s,
+            max_connections=settings.max_connections,
+        ),
+        metrics_listener=metrics_listener,
         log_config=logging_config(settings.log_format, settings.log_level),
-        access_log=False,
         timeout_graceful_shutdown=int(settings.action_deadline_s * 2 + 2),
-        server_header=False,
     )
-    return EXIT_OK
+    return EXIT_OK if started else EXIT_STARTUP_FAILURE
 
 
 def cmd_check(args: argparse.Namespace) -> int:
@@ -251,6 +264,12 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--host", default="0.0.0.0")
     serve.add_argument("--port", type=int, default=8000)
     serve.add_argument("--workers", type=int, default=1)
+    serve.add_argument(
+        "--metrics-port",
+        type=int,
+        metavar="PORT",
+        help="serve /metrics on this port only, not on --port (default: $SIP_ROUTER_METRICS_PORT)",
+    )
     serve.add_argument(
         "--dry-run", action="store_true", help="decide and log, send nothing upstream"
     )

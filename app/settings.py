@@ -63,6 +63,12 @@ class Settings(BaseSettings):
         default="info", alias="SIP_ROUTER_LOG_LEVEL"
     )
     mask_numbers: bool = Field(default=True, alias="SIP_ROUTER_MASK_NUMBERS")
+    # What one HTTP client may hold (app/http/connection_limits.py), and the metrics port.
+    max_connections: int = Field(default=2000, ge=1, alias="SIP_ROUTER_MAX_CONNECTIONS")
+    request_timeout_s: float = Field(
+        default=10.0, gt=0, le=300, alias="SIP_ROUTER_REQUEST_TIMEOUT_S"
+    )
+    metrics_port: int | None = Field(default=None, ge=1, le=65535, alias="SIP_ROUTER_METRICS_PORT")
 
     @field_validator("openai_api_key", "admin_token", "redis_url", mode="before")
     @classmethod

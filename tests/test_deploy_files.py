@@ -310,7 +310,9 @@ def test_compose_hardening_and_lifecycle(compose: dict[str, Any]) -> None:
     service = compose["services"]["sip-router"]
     assert service["read_only"] is True
     assert "/tmp" in service["tmpfs"]
-    assert service["ports"] == [f"{PORT}:{PORT}"]
+    # The metrics port is published on the host's loopback only.
+    metrics_port = service["environment"]["SIP_ROUTER_METRICS_PORT"]
+    assert service["ports"] == [f"{PORT}:{PORT}", f"127.0.0.1:{metrics_port}:{metrics_port}"]
     assert service["depends_on"]["redis"]["condition"] == "service_healthy"
     assert duration_s(service["stop_grace_period"]) > DEFAULT_ACTION_DEADLINE_S
     assert service["environment"]["SIP_ROUTER_REDIS_URL"] == "redis://redis:6379/0"
@@ -478,12 +480,25 @@ def test_pod_runs_the_image_command_with_one_worker(
 
 
 def test_probes_and_port(container: dict[str, Any], runtime_stage: list[Instruction]) -> None:
-    (port,) = container["ports"]
+    (port,) = [p for p in container["ports"] if p["name"] == "http"]
     assert port["containerPort"] == int(only(runtime_stage, "EXPOSE").args)
     assert container["livenessProbe"]["httpGet"]["path"] == "/healthz"
     assert container["readinessProbe"]["httpGet"]["path"] == "/readyz"
     for probe in ("startupProbe", "livenessProbe", "readinessProbe"):
         assert container[probe]["httpGet"]["port"] in {port["name"], port["containerPort"]}
+
+
+def test_metrics_are_scraped_on_their_own_port_which_the_service_leaves_out(
+    deployment: dict[str, Any], container: dict[str, Any]
+) -> None:
+    env = {e["name"]: e.get("value") for e in container["env"]}
+    metrics_port = int(env["SIP_ROUTER_METRICS_PORT"])
+    ports = {p["name"]: p["containerPort"] for p in container["ports"]}
+    assert ports["metrics"] == metrics_port != ports["http"]
+    annotations = deployment["spec"]["template"]["metadata"]["annotations"]
+    assert annotations["prometheus.io/port"] == str(metrics_port)
+    service_ports = k8s("service.yaml")["spec"]["ports"]
+    assert {p["targetPort"] for p in service_ports} == {"http"}
 
 
 def test_resources_allow_cpu_autoscaling(container: dict[str, Any]) -> None:

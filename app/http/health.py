@@ -1,4 +1,5 @@
-"""Liveness, readiness and metrics."""
+"""Liveness, readiness and metrics (`metrics_router`: on the service port unless a metrics
+port is configured, see app/http/metrics_port.py)."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ from app.http.services import ServicesDep
 from app.store import StoreUnavailable
 
 router = APIRouter()
+metrics_router = APIRouter()
 
 
 @router.get("/healthz")
@@ -34,6 +36,6 @@ async def readyz(services: ServicesDep) -> JSONResponse:
     return JSONResponse({"status": "ok", "ruleset": services.rules.current.version})
 
 
-@router.get("/metrics")
+@metrics_router.get("/metrics")
 async def metrics(services: ServicesDep) -> Response:
     return Response(services.metrics.render(), media_type=CONTENT_TYPE_LATEST)

@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 from fastapi import APIRouter, Request
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, Response
+from starlette.requests import ClientDisconnect
 
 from app.errors import PayloadTooLarge
 from app.http.services import ServicesDep
@@ -28,9 +29,13 @@ async def _read_capped(request: Request) -> bytes:
 
 
 @router.post("/webhooks/openai")
-async def receive_webhook(request: Request, services: ServicesDep) -> JSONResponse:
+async def receive_webhook(request: Request, services: ServicesDep) -> Response:
     try:
         body = await _read_capped(request)
+    except ClientDisconnect:
+        # Gone before its body was complete (or closed at the request deadline): nothing
+        # was received to act on, and nobody is left to answer.
+        return Response(status_code=400)
     except PayloadTooLarge as exc:
         answer = await services.processor.refuse(exc)
     else:
