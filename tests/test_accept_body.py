@@ -25,7 +25,7 @@ from app.rules.accept_body import (
     validate_session_config,
 )
 
-OPENAPI = Path("/work/shared/reference/openai-calls-openapi.yaml")
+OPENAPI = Path(__file__).parent / "data" / "openai-calls-openapi.yaml"
 
 MCP = {"type": "mcp", "server_label": "crm", "server_url": "https://mcp.example.com/sse"}
 
