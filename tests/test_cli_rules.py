@@ -384,10 +384,6 @@ def test_simulate_on_a_broken_file_exits_1(
 # --- schema -------------------------------------------------------------------------------
 
 
-@pytest.mark.skipif(
-    not (ROOT / "app" / "rules" / "json_schema.py").exists(),
-    reason="app/rules/json_schema.py is not written yet",
-)
 def test_schema_prints_a_json_schema(capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["schema"]) == 0
     schema = json.loads(capsys.readouterr().out)
