@@ -411,6 +411,35 @@ async def test_stopped_redis_raises_store_unavailable_quickly_and_recovers(
 
 
 @pytest.mark.redis
+async def test_every_pooled_connection_recovers_on_its_first_command_after_a_restart(
+    tmp_path: Path,
+) -> None:
+    needs_redis_server()
+    server = RedisServer(tmp_path)
+    server.start()
+    store = RedisStore.from_url(server.url)
+    try:
+        # Concurrent claims leave several connections in the pool, all closed by the restart.
+        before = await asyncio.gather(
+            *(store.claim(f"msg_a{n}", f"rtc_a{n}", 30) for n in range(4))
+        )
+        assert results(before) == [ClaimResult.ACQUIRED] * 4
+        server.stop()
+        server.start()
+        # No ping first: the first commands on the stale connections must succeed by themselves.
+        after = await asyncio.gather(*(store.claim(f"msg_b{n}", f"rtc_b{n}", 30) for n in range(4)))
+        assert results(after) == [ClaimResult.ACQUIRED] * 4
+        server.stop()
+        server.start()
+        # The call log's transaction (a pipeline) recovers the same way.
+        await asyncio.gather(*(store.append(entry(n)) for n in range(4)))
+        assert len(await store.recent(10)) == 4
+    finally:
+        await store.aclose()
+        server.stop()
+
+
+@pytest.mark.redis
 async def test_silent_redis_raises_store_unavailable_after_the_timeouts() -> None:
     # Accepts connections (via the backlog) but never answers a command.
     with socket.socket() as listener:
