@@ -5,7 +5,7 @@ from __future__ import annotations
 import base64
 import binascii
 from pathlib import Path
-from typing import Annotated, Literal
+from typing import Annotated, Literal, TypeVar
 from urllib.parse import urlsplit
 
 from pydantic import Field, SecretStr, ValidationError, field_validator
@@ -15,6 +15,9 @@ SECRETS_DIR = Path("/run/secrets")  # Docker and Kubernetes secrets, one file pe
 SECRET_PREFIX = "whsec_"  # noqa: S105 (a format marker, not a secret)
 OPENAI_API_HOST = "api.openai.com"
 API_VERSION_PATH = "/v1"
+
+
+_S = TypeVar("_S", bound=BaseSettings)
 
 
 class ConfigurationError(Exception):
@@ -84,13 +87,7 @@ class Settings(BaseSettings):
     @field_validator("openai_webhook_secret", mode="before")
     @classmethod
     def _split_secrets(cls, value: object) -> object:
-        if isinstance(value, str):
-            return _parse_secret_list([part for part in value.split(",") if part.strip()])
-        if isinstance(value, (list, tuple)):
-            return _parse_secret_list(
-                [v.get_secret_value() if isinstance(v, SecretStr) else str(v) for v in value]
-            )
-        return value
+        return split_webhook_secrets(value)
 
     @field_validator("openai_base_url")
     @classmethod
@@ -138,6 +135,17 @@ class Settings(BaseSettings):
         )
 
 
+def split_webhook_secrets(value: object) -> object:
+    """A comma-separated text (or a sequence) of secrets as checked SecretStr values."""
+    if isinstance(value, str):
+        return _parse_secret_list([part for part in value.split(",") if part.strip()])
+    if isinstance(value, (list, tuple)):
+        return _parse_secret_list(
+            [v.get_secret_value() if isinstance(v, SecretStr) else str(v) for v in value]
+        )
+    return value
+
+
 def _parse_secret_list(parts: list[str]) -> tuple[SecretStr, ...]:
     """Each secret checked; with several, the problem says which one (never its value)."""
     secrets: list[SecretStr] = []
@@ -151,11 +159,36 @@ def _parse_secret_list(parts: list[str]) -> tuple[SecretStr, ...]:
     return tuple(secrets)
 
 
+class WebhookSecretSettings(BaseSettings):
+    """Only OPENAI_WEBHOOK_SECRET, from the same sources as Settings (for send-test-call)."""
+
+    model_config = Settings.model_config
+
+    openai_webhook_secret: Annotated[tuple[SecretStr, ...], NoDecode] = Field(
+        default=(), alias="OPENAI_WEBHOOK_SECRET"
+    )
+
+    @field_validator("openai_webhook_secret", mode="before")
+    @classmethod
+    def _split_secrets(cls, value: object) -> object:
+        return split_webhook_secrets(value)
+
+
 def load_settings(**overrides: object) -> Settings:
     """Build the settings or raise ConfigurationError with one line naming the variable."""
+    return _load(Settings, overrides)
+
+
+def load_webhook_secrets() -> tuple[str, ...]:
+    """OPENAI_WEBHOOK_SECRET as serve reads it (environment, `.env`, /run/secrets), in clear."""
+    loaded = _load(WebhookSecretSettings, {})
+    return tuple(s.get_secret_value() for s in loaded.openai_webhook_secret)
+
+
+def _load(cls: type[_S], overrides: dict[str, object]) -> _S:
     secrets_dir = SECRETS_DIR if SECRETS_DIR.is_dir() else None
     try:
-        return Settings(_secrets_dir=secrets_dir, **overrides)  # type: ignore[arg-type]
+        return cls(_secrets_dir=secrets_dir, **overrides)  # type: ignore[arg-type]
     except ValidationError as exc:
         first = exc.errors()[0]
         field = str(first["loc"][0]) if first["loc"] else "configuration"
