@@ -116,6 +116,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
     try:
         # Bound before anything starts: a port in use is one line, not a failure after start.
         listener = bind_listener(args.host, args.port)
+    except OverflowError:
+        return _fail(f"--port {args.port}: must be between 0 and 65535")
     except OSError as exc:
         return _fail(_listen_problem(args.host, args.port, exc))
     if args.workers > 1 and not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):

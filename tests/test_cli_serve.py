@@ -206,6 +206,23 @@ def test_serve_refuses_a_port_in_use_with_one_line_before_starting(workdir: Path
     assert result.stdout == ""
 
 
+@pytest.mark.parametrize(
+    ("host", "port", "line"),
+    [
+        ("127.0.0.1", "65536", "sip-router: --port 65536: must be between 0 and 65535\n"),
+        ("no-such-host.invalid", "8000", "sip-router: --host 'no-such-host.invalid': "),
+    ],
+)
+def test_serve_refuses_an_address_it_cannot_listen_on_with_one_line(
+    workdir: Path, host: str, port: str, line: str
+) -> None:
+    env = clean_env(OPENAI_API_KEY=API_KEY, OPENAI_WEBHOOK_SECRET=SECRET)
+    result = run_cli(["serve", "--host", host, "--port", port], env, workdir)
+    assert result.returncode == 2, result.stderr
+    assert result.stderr.startswith(line)
+    assert len(result.stderr.splitlines()) == 1
+
+
 class DryRunService:
     """`serve` in dry-run without a secret; its stderr goes to a file."""
 
