@@ -49,7 +49,11 @@ USER 10001:10001
 
 EXPOSE 8000
 
-# No curl in the slim image: the check uses the image's own Python.
+# Liveness: /healthz answers while the process serves HTTP. A Redis that does not answer
+# shows on /readyz (503 with the reason) and as warnings in the log, not here: a runtime that
+# replaces unhealthy containers (Swarm, autoheal) would otherwise restart every replica
+# during a Redis outage without curing it. deploy/compose.yaml and the Kubernetes readiness
+# probe check /readyz. No curl in the slim image: the check uses the image's own Python.
 HEALTHCHECK --interval=30s --timeout=5s --start-period=10s --retries=3 \
     CMD ["python", "-c", "import sys, urllib.request; sys.exit(0 if urllib.request.urlopen('http://127.0.0.1:8000/healthz', timeout=3).status == 200 else 1)"]
 

@@ -21,7 +21,7 @@ from app.openai_calls import OpenAICallsClient
 from app.rules.problems import RuleFileError
 from app.rules_reloading import RulesHolder
 from app.settings import Settings
-from app.store import Store, open_store
+from app.store import Store, StoreAvailability, open_store
 from app.webhook_verification import WebhookVerifier
 
 log = logging.getLogger("sip_router")
@@ -91,6 +91,12 @@ def create_app(
                 }
             },
         )
+        if settings.base_url_warning is not None:
+            log.warning(settings.base_url_warning)
+        # A store that does not answer is told at start, and again while it stays away.
+        availability = StoreAvailability(store)
+        await availability.check()
+        store_watch = asyncio.create_task(availability.watch())
         watcher = asyncio.create_task(rules.watch(watch_interval_s)) if watch_interval_s else None
         if handle_signals:
             _on_sighup(rules)
@@ -105,10 +111,11 @@ def create_app(
                     "fields": {"in_flight_finished": finished, "scheduled_hangups_dropped": dropped}
                 },
             )
-            if watcher is not None:
-                watcher.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await watcher
+            for task in (store_watch, watcher):
+                if task is not None:
+                    task.cancel()
+                    with contextlib.suppress(asyncio.CancelledError):
+                        await task
             await http.aclose()
             await store.aclose()
 

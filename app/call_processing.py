@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
-from app.errors import DeliveryError, ServiceUnavailable
+from app.errors import DeliveryError, ServiceUnavailable, StoreDown
 from app.metrics import Metrics
 from app.openai_calls import ActionResult, OpenAICallsClient
 from app.phone_numbers import mask_number
@@ -57,6 +57,7 @@ class _Record:
     request: dict[str, Any] = field(default_factory=dict)
     failed_action: str | None = None
     failure: str | None = None
+    store_down: bool = False
 
 
 @dataclass(frozen=True)
@@ -114,6 +115,7 @@ class CallProcessor:
             answer = WebhookAnswer(exc.status_code, {"status": "rejected", "error": str(exc)})
         except ServiceUnavailable as exc:
             record.outcome, record.detail = exc.outcome, str(exc)
+            record.store_down = isinstance(exc, StoreDown)
             answer = WebhookAnswer(503, {"status": "unavailable", "error": str(exc)})
         finally:
             self._in_flight -= 1
@@ -170,7 +172,7 @@ class CallProcessor:
         try:
             return await self._store.claim(webhook_id, call_id, lease_s)
         except StoreUnavailable:
-            raise ServiceUnavailable("the shared store does not answer") from None
+            raise StoreDown("the shared store does not answer") from None
 
     async def _act_once(
         self, claim: Claim, event: IncomingCall, ruleset: Ruleset, record: _Record
@@ -348,7 +350,9 @@ class CallProcessor:
             "detail": record.detail,
             **why,
         }
-        level = logging.ERROR if record.outcome in ("unknown", "failed") else logging.INFO
+        # A store that is down refuses every call until it is back: an operator must act.
+        failed = record.store_down or record.outcome in ("unknown", "failed")
+        level = logging.ERROR if failed else logging.INFO
         log.log(
             level, "webhook", extra={"fields": {k: v for k, v in fields.items() if v is not None}}
         )

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import argparse
+import errno
 import json
 import os
 import shlex
 import shutil
 import signal
+import socket
 import sys
 import tempfile
 import time
@@ -21,7 +23,8 @@ from app.rules.loader import load_ruleset
 from app.rules.problems import RuleFileError
 from app.rules.ruleset import Ruleset
 from app.rules.simulation import decision_json, run_rule_tests, simulated_context
-from app.settings import ConfigurationError, Settings, load_settings
+from app.settings import ConfigurationError, Settings, load_settings, load_webhook_secrets
+from app.simulated_numbers import simulated_number_problem
 
 EXIT_OK, EXIT_PROBLEMS, EXIT_CONFIG = 0, 1, 2
 EXIT_STARTUP_FAILURE = 3  # uvicorn's own code when the server cannot start
@@ -102,10 +105,21 @@ def cmd_serve(args: argparse.Namespace) -> int:
             " per call across worker processes"
         )
     try:
+        settings.rules.open("rb").close()
+    except OSError as exc:
+        return _fail(f"SIP_ROUTER_RULES: cannot read {settings.rules}: {exc.strerror or exc}")
+    try:
         load_checked_ruleset(settings.rules, datetime.now(tz=UTC))
     except RuleFileError as exc:
         _print_problems(exc)
         return _fail(f"SIP_ROUTER_RULES: {settings.rules} is invalid; not starting")
+    try:
+        # Bound before anything starts: a port in use is one line, not a failure after start.
+        listener = bind_listener(args.host, args.port)
+    except OverflowError:
+        return _fail(f"--port {args.port}: must be between 0 and 65535")
+    except OSError as exc:
+        return _fail(_listen_problem(args.host, args.port, exc))
     if args.workers > 1 and not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
         os.environ["PROMETHEUS_MULTIPROC_DIR"] = tempfile.mkdtemp(prefix="sip-router-metrics-")
     metrics_listener = None
@@ -122,6 +136,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         signal.signal(stop_signal, lambda *_: None)
     started = run_http_server(
         "app.asgi:app_from_environment",
+        listener=listener,
         host=args.host,
         port=args.port,
         workers=args.workers,
@@ -134,6 +149,16 @@ def cmd_serve(args: argparse.Namespace) -> int:
         timeout_graceful_shutdown=int(settings.action_deadline_s * 2 + 2),
     )
     return EXIT_OK if started else EXIT_STARTUP_FAILURE
+
+
+def _listen_problem(host: str, port: int, exc: OSError) -> str:
+    if isinstance(exc, socket.gaierror):
+        return f"--host {host!r}: {exc.strerror or exc}"
+    if exc.errno == errno.EADDRINUSE:
+        return f"port {port} on {host} is in use"
+    if exc.errno == errno.EACCES:
+        return f"port {port} on {host}: permission denied (ports below 1024 need privileges)"
+    return f"cannot listen on port {port} on {host}: {exc.strerror or exc}"
 
 
 def cmd_check(args: argparse.Namespace) -> int:
@@ -204,6 +229,10 @@ def cmd_simulate(args: argparse.Namespace) -> int:
     ruleset = _load(path)
     if ruleset is None:
         return EXIT_PROBLEMS
+    for option, number, caller in (("--from", args.from_, True), ("--to", args.to, False)):
+        problem = simulated_number_problem(number, ruleset.region, caller=caller)
+        if problem is not None:
+            return _fail(f"{option} {number!r}: {problem}")
     ctx = simulated_context(ruleset, args.from_, args.to, at or datetime.now(tz=UTC), headers)
     decision = ruleset.decide(ctx, explain=True)
     result = decision_json(decision)
@@ -227,7 +256,13 @@ def cmd_simulate(args: argparse.Namespace) -> int:
 def cmd_send_test_call(args: argparse.Namespace) -> int:
     from app.webhook_signing import signed_test_call
 
-    secret = args.secret or os.environ.get("OPENAI_WEBHOOK_SECRET", "").split(",")[0].strip()
+    secret = args.secret
+    if not secret:
+        # Where serve reads it: the environment, `.env`, /run/secrets/OPENAI_WEBHOOK_SECRET.
+        try:
+            secret = next(iter(load_webhook_secrets()), None)
+        except ConfigurationError as exc:
+            return _fail(str(exc))
     if not secret:
         return _fail("--secret whsec_... is required (or set OPENAI_WEBHOOK_SECRET)")
     try:

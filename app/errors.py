@@ -6,7 +6,8 @@
     │   ├── SignatureMismatch     401  no signature verifies, or timestamp out of window
     │   ├── PayloadTooLarge       413  body over 64 KiB
     │   └── UnreadablePayload     400  verified, but not a readable event
-    └── ServiceUnavailable        503  shared store down, or shutting down: retry later
+    └── ServiceUnavailable        503  shutting down, rules not loaded: retry later
+        └── StoreDown             503  the shared store does not answer (logged as an error)
 
 Rule-file errors live in `app.rules.problems`, store errors in `app.store`.
 The messages are fixed texts: they never echo the request.
@@ -52,3 +53,7 @@ class ServiceUnavailable(SipRouterError):
 
     status_code = 503
     outcome = "unavailable"
+
+
+class StoreDown(ServiceUnavailable):
+    """The shared store (Redis) does not answer: no delivery can be claimed until it does."""

@@ -59,6 +59,7 @@ def raise_descriptor_limit(limits: ConnectionLimits) -> int:
 def run_http_server(
     app: str,
     *,
+    listener: socket.socket,
     host: str,
     port: int,
     workers: int,
@@ -67,7 +68,8 @@ def run_http_server(
     log_config: dict[str, Any],
     timeout_graceful_shutdown: int,
 ) -> bool:
-    """Serve the ASGI factory `app` until stopped; False if the server did not start."""
+    """Serve the ASGI factory `app` on `listener` (bound by the caller, so a port in use is
+    known before anything starts) until stopped; False if the server did not start."""
     descriptors = raise_descriptor_limit(limits)
     if descriptors < limits.max_connections + DESCRIPTOR_RESERVE:
         log.warning(
@@ -92,12 +94,9 @@ def run_http_server(
         server_header=False,
     )
     server = uvicorn.Server(config)
-    extra = [metrics_listener] if metrics_listener is not None else []
+    sockets = [listener] if metrics_listener is None else [listener, metrics_listener]
     if workers > 1:
-        Multiprocess(config, sockets=[config.bind_socket(), *extra]).run()
+        Multiprocess(config, sockets=sockets).run()
         return True
-    if not extra:
-        server.run()
-    else:
-        server.run(sockets=[config.bind_socket(), *extra])
+    server.run(sockets=sockets)
     return server.started

@@ -5,13 +5,19 @@ from __future__ import annotations
 import base64
 import binascii
 from pathlib import Path
-from typing import Annotated, Literal
+from typing import Annotated, Literal, TypeVar
+from urllib.parse import urlsplit
 
 from pydantic import Field, SecretStr, ValidationError, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 SECRETS_DIR = Path("/run/secrets")  # Docker and Kubernetes secrets, one file per variable
 SECRET_PREFIX = "whsec_"  # noqa: S105 (a format marker, not a secret)
+OPENAI_API_HOST = "api.openai.com"
+API_VERSION_PATH = "/v1"
+
+
+_S = TypeVar("_S", bound=BaseSettings)
 
 
 class ConfigurationError(Exception):
@@ -81,20 +87,20 @@ class Settings(BaseSettings):
     @field_validator("openai_webhook_secret", mode="before")
     @classmethod
     def _split_secrets(cls, value: object) -> object:
-        if isinstance(value, str):
-            return tuple(parse_webhook_secret(part) for part in value.split(",") if part.strip())
-        if isinstance(value, (list, tuple)):
-            return tuple(
-                parse_webhook_secret(v.get_secret_value() if isinstance(v, SecretStr) else str(v))
-                for v in value
-            )
-        return value
+        return split_webhook_secrets(value)
 
     @field_validator("openai_base_url")
     @classmethod
     def _check_base_url(cls, value: str) -> str:
         if not value.startswith(("http://", "https://")):
             raise ValueError("must be an http:// or https:// URL")
+        url = urlsplit(value.rstrip("/"))
+        # Without /v1 every call endpoint on OpenAI's host answers 404: each call looks gone.
+        if url.hostname == OPENAI_API_HOST and url.path != API_VERSION_PATH:
+            raise ValueError(
+                f"add {API_VERSION_PATH}: on {OPENAI_API_HOST} the call endpoints are under"
+                f" https://{OPENAI_API_HOST}{API_VERSION_PATH}"
+            )
         return value.rstrip("/")
 
     @field_validator("redis_url")
@@ -116,12 +122,73 @@ class Settings(BaseSettings):
         """The configured secrets in clear, for the verifier only."""
         return tuple(s.get_secret_value() for s in self.openai_webhook_secret)
 
+    @property
+    def base_url_warning(self) -> str | None:
+        """Why OPENAI_BASE_URL looks wrong (its path does not end in /v1), or None."""
+        url = urlsplit(self.openai_base_url)
+        if url.path.endswith(API_VERSION_PATH):
+            return None
+        return (
+            f"OPENAI_BASE_URL path {url.path or '/'!r} on {url.hostname} does not end in"
+            f" {API_VERSION_PATH}: call actions go to {url.path}/realtime/calls/..., which"
+            f" OpenAI serves under {API_VERSION_PATH}; if every call ends up 'gone', add it"
+        )
+
+
+def split_webhook_secrets(value: object) -> object:
+    """A comma-separated text (or a sequence) of secrets as checked SecretStr values."""
+    if isinstance(value, str):
+        return _parse_secret_list([part for part in value.split(",") if part.strip()])
+    if isinstance(value, (list, tuple)):
+        return _parse_secret_list(
+            [v.get_secret_value() if isinstance(v, SecretStr) else str(v) for v in value]
+        )
+    return value
+
+
+def _parse_secret_list(parts: list[str]) -> tuple[SecretStr, ...]:
+    """Each secret checked; with several, the problem says which one (never its value)."""
+    secrets: list[SecretStr] = []
+    for number, part in enumerate(parts, start=1):
+        try:
+            secrets.append(parse_webhook_secret(part))
+        except ValueError as exc:
+            if len(parts) == 1:
+                raise
+            raise ValueError(f"secret {number} of {len(parts)}: {exc}") from None
+    return tuple(secrets)
+
+
+class WebhookSecretSettings(BaseSettings):
+    """Only OPENAI_WEBHOOK_SECRET, from the same sources as Settings (for send-test-call)."""
+
+    model_config = Settings.model_config
+
+    openai_webhook_secret: Annotated[tuple[SecretStr, ...], NoDecode] = Field(
+        default=(), alias="OPENAI_WEBHOOK_SECRET"
+    )
+
+    @field_validator("openai_webhook_secret", mode="before")
+    @classmethod
+    def _split_secrets(cls, value: object) -> object:
+        return split_webhook_secrets(value)
+
 
 def load_settings(**overrides: object) -> Settings:
     """Build the settings or raise ConfigurationError with one line naming the variable."""
+    return _load(Settings, overrides)
+
+
+def load_webhook_secrets() -> tuple[str, ...]:
+    """OPENAI_WEBHOOK_SECRET as serve reads it (environment, `.env`, /run/secrets), in clear."""
+    loaded = _load(WebhookSecretSettings, {})
+    return tuple(s.get_secret_value() for s in loaded.openai_webhook_secret)
+
+
+def _load(cls: type[_S], overrides: dict[str, object]) -> _S:
     secrets_dir = SECRETS_DIR if SECRETS_DIR.is_dir() else None
     try:
-        return Settings(_secrets_dir=secrets_dir, **overrides)  # type: ignore[arg-type]
+        return cls(_secrets_dir=secrets_dir, **overrides)  # type: ignore[arg-type]
     except ValidationError as exc:
         first = exc.errors()[0]
         field = str(first["loc"][0]) if first["loc"] else "configuration"

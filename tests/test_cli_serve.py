@@ -8,6 +8,7 @@ import json
 import os
 import re
 import shlex
+import socket
 import subprocess
 import sys
 import time
@@ -17,6 +18,7 @@ from pathlib import Path
 import httpx
 import pytest
 
+from app.cli import main
 from app.settings import parse_webhook_secret
 from tests.fake_openai import FakeOpenAI
 from tests.redis_server import free_port
@@ -25,6 +27,7 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 EXAMPLE_RULES = REPO_ROOT / "routing_rules" / "rules.yaml"
 API_KEY = "sk-test"
 SECRET = "whsec_" + base64.b64encode(b"0123456789abcdef0123456789abcdef").decode()
+SHORT_SECRET = "whsec_" + base64.b64encode(b"0123456789").decode()
 CALLER, CALLED = "+14155550123", "+14155550100"
 SECRET_PATTERN = re.compile(r"whsec_[A-Za-z0-9+/=]+")
 CLI_TIMEOUT_S = 30.0
@@ -139,6 +142,29 @@ def test_serve_refuses_bad_configuration_with_one_line(
     assert "whsec_!!!" not in result.stderr
 
 
+def test_serve_says_which_secret_of_a_list_is_malformed(workdir: Path) -> None:
+    secrets = f"{SECRET},{SHORT_SECRET},{SECRET}"
+    env = clean_env(OPENAI_API_KEY=API_KEY, OPENAI_WEBHOOK_SECRET=secrets)
+    result = run_cli(serve_args(free_port()), env, workdir)
+    assert result.returncode == 2, result.stderr
+    # Named by its place in the list, never by its value.
+    assert result.stderr == (
+        "sip-router: OPENAI_WEBHOOK_SECRET: secret 2 of 3:"
+        " the secret's key is shorter than 16 bytes\n"
+    )
+
+
+def test_serve_refuses_openai_without_v1_saying_to_add_it(workdir: Path) -> None:
+    env = clean_env(
+        OPENAI_API_KEY=API_KEY,
+        OPENAI_WEBHOOK_SECRET=SECRET,
+        OPENAI_BASE_URL="https://api.openai.com/",
+    )
+    result = run_cli(serve_args(free_port()), env, workdir)
+    assert result.returncode == 2, result.stderr
+    assert result.stderr.startswith("sip-router: OPENAI_BASE_URL: add /v1")
+
+
 def test_serve_refuses_an_invalid_rule_file_with_file_and_line(workdir: Path) -> None:
     rules = workdir / "bad.yaml"
     rules.write_text(INVALID_RULES, encoding="utf-8")
@@ -156,14 +182,45 @@ def test_serve_refuses_an_invalid_rule_file_with_file_and_line(workdir: Path) ->
     assert any("SIP_ROUTER_RULES" in line for line in lines)
 
 
-def test_serve_refuses_a_missing_rule_file(workdir: Path) -> None:
+def test_serve_refuses_a_missing_rule_file_with_one_line(workdir: Path) -> None:
     rules = workdir / "nowhere.yaml"
     env = clean_env(
         OPENAI_API_KEY=API_KEY, OPENAI_WEBHOOK_SECRET=SECRET, SIP_ROUTER_RULES=str(rules)
     )
     result = run_cli(serve_args(free_port()), env, workdir)
     assert result.returncode == 2, result.stderr
-    assert str(rules) in result.stderr
+    assert result.stderr == (
+        f"sip-router: SIP_ROUTER_RULES: cannot read {rules}: No such file or directory\n"
+    )
+
+
+def test_serve_refuses_a_port_in_use_with_one_line_before_starting(workdir: Path) -> None:
+    env = clean_env(OPENAI_API_KEY=API_KEY, OPENAI_WEBHOOK_SECRET=SECRET)
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen(1)
+        port = taken.getsockname()[1]
+        result = run_cli(serve_args(port), env, workdir)
+    assert result.returncode == 2, result.stderr
+    assert result.stderr == f"sip-router: port {port} on 127.0.0.1 is in use\n"
+    assert result.stdout == ""
+
+
+@pytest.mark.parametrize(
+    ("host", "port", "line"),
+    [
+        ("127.0.0.1", "65536", "sip-router: --port 65536: must be between 0 and 65535\n"),
+        ("no-such-host.invalid", "8000", "sip-router: --host 'no-such-host.invalid': "),
+    ],
+)
+def test_serve_refuses_an_address_it_cannot_listen_on_with_one_line(
+    workdir: Path, host: str, port: str, line: str
+) -> None:
+    env = clean_env(OPENAI_API_KEY=API_KEY, OPENAI_WEBHOOK_SECRET=SECRET)
+    result = run_cli(["serve", "--host", host, "--port", port], env, workdir)
+    assert result.returncode == 2, result.stderr
+    assert result.stderr.startswith(line)
+    assert len(result.stderr.splitlines()) == 1
 
 
 class DryRunService:
@@ -311,3 +368,62 @@ def test_the_printed_try_command_works_as_printed(
     )
     assert result.returncode == 0, result.stdout + result.stderr
     assert json.loads(result.stdout.splitlines()[-1])["status"] == "dry_run"
+
+
+@pytest.fixture
+def service_with_known_secret(
+    workdir: Path, tmp_path: Path, fake_url: str
+) -> Iterator[DryRunService]:
+    """A dry-run service whose OPENAI_WEBHOOK_SECRET is SECRET."""
+    env = clean_env(OPENAI_BASE_URL=fake_url, OPENAI_WEBHOOK_SECRET=SECRET)
+    service = DryRunService(env, workdir, tmp_path / "serve.log", "--dry-run")
+    try:
+        service.wait_ready()
+        yield service
+    finally:
+        service.stop()
+        print(service.logs())
+
+
+def test_send_test_call_reads_the_secret_from_dot_env(
+    service_with_known_secret: DryRunService, tmp_path: Path
+) -> None:
+    elsewhere = tmp_path / "with-dot-env"
+    elsewhere.mkdir()
+    (elsewhere / ".env").write_text(f"OPENAI_WEBHOOK_SECRET={SECRET}\n", encoding="utf-8")
+    args = ["send-test-call", "--url", service_with_known_secret.webhook_url]
+    result = run_cli([*args, "--from", CALLER, "--to", CALLED], clean_env(), elsewhere)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "HTTP 200" in result.stdout
+
+
+def test_send_test_call_reads_the_secret_from_run_secrets(
+    service_with_known_secret: DryRunService,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    secrets = tmp_path / "run-secrets"
+    secrets.mkdir()
+    (secrets / "OPENAI_WEBHOOK_SECRET").write_text(SECRET + "\n", encoding="utf-8")
+    monkeypatch.setattr("app.settings.SECRETS_DIR", secrets)
+    monkeypatch.delenv("OPENAI_WEBHOOK_SECRET", raising=False)
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    monkeypatch.chdir(empty)
+    url = service_with_known_secret.webhook_url
+    code = main(["send-test-call", "--url", url, "--from", CALLER, "--to", CALLED])
+    out = capsys.readouterr().out
+    assert code == 0, out
+    assert "HTTP 200" in out
+
+
+def test_send_test_call_without_any_secret_says_where_to_put_one(
+    tmp_path: Path, workdir: Path
+) -> None:
+    args = ["send-test-call", "--url", "http://127.0.0.1:9/webhooks/openai"]
+    result = run_cli([*args, "--from", CALLER, "--to", CALLED], clean_env(), workdir)
+    assert result.returncode == 2
+    assert result.stderr == (
+        "sip-router: --secret whsec_... is required (or set OPENAI_WEBHOOK_SECRET)\n"
+    )

@@ -326,8 +326,24 @@ def test_compose_healthchecks(compose: dict[str, Any], name: str) -> None:
     assert test[0] == "CMD"
     assert "curl" not in test
     if name == "sip-router":
-        assert f"http://127.0.0.1:{PORT}/healthz" in test[-1]
+        # Readiness: a Redis that does not answer makes the container unhealthy in Compose.
+        assert f"http://127.0.0.1:{PORT}/readyz" in test[-1]
         compile(test[-1], "<healthcheck>", "exec")
+
+
+DEPLOY_TEXTS = sorted(
+    [DOCKERFILE, *(p for p in DEPLOY.rglob("*") if p.is_file() and p.name != ".env")]
+)
+
+
+@pytest.mark.parametrize("path", DEPLOY_TEXTS, ids=lambda p: str(p.relative_to(ROOT)))
+def test_deploy_files_explain_themselves_with_the_readme(path: Path) -> None:
+    text = path.read_text(encoding="utf-8")
+    # The product's internal specification is not shipped: point to the README instead.
+    assert "SPEC" not in text
+    headings = set(re.findall(r"^## (.+)$", (ROOT / "README.md").read_text(), re.M))
+    for section in re.findall(r'README\.md, section "([^"]+)"', text):
+        assert section in headings, f"{path.name}: README.md has no section {section!r}"
 
 
 def test_env_example_names_only_real_settings() -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import os
 import subprocess
 import sys
@@ -157,6 +158,68 @@ async def test_readyz_is_503_naming_redis_when_the_configured_redis_is_down(
     assert body["status"] == "unavailable"
     assert "redis" in body["reason"]
     assert healthz.status_code == 200
+
+
+async def test_a_redis_that_is_down_is_a_warning_at_start_and_its_503s_are_errors(
+    rules_file: Path, secret: str, fake: FakeOpenAI, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, logger="sip_router")
+    store = RedisStore.from_url(f"redis://127.0.0.1:{free_port()}/0")
+    app = create_app(
+        make_settings(rules_file, secret), transport=fake.mock_transport(), store=store
+    )
+    async with running(app) as client:
+        started = [(r.name, r.levelno, r.getMessage()) for r in caplog.records]
+        delivery = signed_test_call(secret, CALLER, CLINIC, now=int(time.time()))
+        answer = await deliver(client, delivery)
+    assert ("sip_router", logging.INFO, "sip-router started") in started
+    warnings = [m for name, level, m in started if level == logging.WARNING]
+    assert warnings == ["the shared store does not answer: webhooks are answered 503 until it does"]
+    assert answer.status_code == 503
+    [webhook] = [r for r in caplog.records if r.name == "sip_router.webhook"]
+    assert webhook.levelno == logging.ERROR
+    assert webhook.fields["http_status"] == 503  # type: ignore[attr-defined]
+
+
+async def test_a_webhook_refused_while_shutting_down_stays_at_info(
+    rules_file: Path, secret: str, fake: FakeOpenAI, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, logger="sip_router")
+    app = create_app(make_settings(rules_file, secret), transport=fake.mock_transport())
+    async with running(app) as client:
+        await app.state.services.processor.drain(0)
+        delivery = signed_test_call(secret, CALLER, CLINIC, now=int(time.time()))
+        assert (await deliver(client, delivery)).status_code == 503
+    [webhook] = [r for r in caplog.records if r.name == "sip_router.webhook"]
+    assert webhook.levelno == logging.INFO
+
+
+@pytest.mark.parametrize(
+    ("base_url", "warned"),
+    [
+        ("http://fake-openai/v1", False),
+        ("http://fake-openai", True),
+        ("http://fake-openai/openai", True),
+    ],
+)
+async def test_a_base_url_without_v1_is_one_warning_at_start(
+    rules_file: Path,
+    secret: str,
+    fake: FakeOpenAI,
+    caplog: pytest.LogCaptureFixture,
+    base_url: str,
+    warned: bool,
+) -> None:
+    caplog.set_level(logging.INFO, logger="sip_router")
+    settings = make_settings(rules_file, secret, openai_base_url=base_url)
+    app = create_app(settings, transport=fake.mock_transport())
+    async with running(app):
+        pass
+    warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert len(warnings) == (1 if warned else 0), warnings
+    if warned:
+        assert warnings[0].startswith("OPENAI_BASE_URL path ")
+        assert "/v1" in warnings[0]
 
 
 @pytest.mark.redis

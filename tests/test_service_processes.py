@@ -380,6 +380,11 @@ async def test_redis_outage_answers_503_then_recovers(
         (service,) = start_services(SIP_ROUTER_REDIS_URL=server.url)
         async with httpx.AsyncClient(base_url=service.url, timeout=10) as client:
             assert (await client.get("/readyz")).status_code == 200
+            # Concurrent calls leave several Redis connections in the service's pool.
+            before = [signed_test_call(secret, CALLER, CALLED, now=now()) for _ in range(6)]
+            answers = await post_all([service], before)
+            assert [a.status_code for a in answers] == [200] * 6
+            fake.reset()
 
             await asyncio.to_thread(server.stop)
             delivery = signed_test_call(secret, CALLER, CALLED, now=now())
@@ -396,6 +401,7 @@ async def test_redis_outage_answers_503_then_recovers(
             assert "redis" in ready.json()["reason"].lower()
 
             await asyncio.to_thread(server.start)
+            # The first delivery after Redis is back succeeds: no ping or readyz first.
             again = sign_delivery(
                 secret, delivery.body, webhook_id=delivery.webhook_id, timestamp=now()
             )
@@ -408,9 +414,32 @@ async def test_redis_outage_answers_503_then_recovers(
             }
             assert upstream(fake, delivery.call_id) == [("accept", 200)]
             assert len(fake.requests) == 1
+            # Every pooled connection was closed by the restart; each recovers by itself.
+            after = [signed_test_call(secret, CALLER, CALLED, now=now()) for _ in range(6)]
+            answers = await post_all([service], after)
+            assert [a.status_code for a in answers] == [200] * 6
             assert (await client.get("/readyz")).status_code == 200
     finally:
         server.stop()
+
+
+async def test_redis_away_from_the_start_is_a_warning_and_its_503s_are_errors(
+    fake: FakeOpenAI, secret: str, start_services: StartServices
+) -> None:
+    (service,) = start_services(SIP_ROUTER_REDIS_URL=f"redis://127.0.0.1:{free_port()}/0")
+    delivery = signed_test_call(secret, CALLER, CALLED, now=now())
+    async with httpx.AsyncClient(timeout=10) as client:
+        answer = await client.post(
+            service.webhook_url, content=delivery.body, headers=delivery.headers
+        )
+    assert answer.status_code == 503
+    store_lines = [r for r in service.log_records() if r.get("logger") == "sip_router.store"]
+    assert [(r["level"], r["error"]) for r in store_lines] == [
+        ("warning", "redis is unavailable (ConnectionError)")
+    ]
+    [webhook] = service.webhook_records(delivery.call_id)
+    assert (webhook["level"], webhook["http_status"]) == ("error", 503)
+    assert fake.requests == []
 
 
 @pytest.mark.parametrize("store", ["memory", pytest.param("redis", marks=pytest.mark.redis)])

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import socket
 import subprocess
 import sys
@@ -26,6 +27,7 @@ from app.store import (
     MemoryStore,
     RedisStore,
     Store,
+    StoreAvailability,
     StoreUnavailable,
     open_store,
 )
@@ -411,6 +413,35 @@ async def test_stopped_redis_raises_store_unavailable_quickly_and_recovers(
 
 
 @pytest.mark.redis
+async def test_every_pooled_connection_recovers_on_its_first_command_after_a_restart(
+    tmp_path: Path,
+) -> None:
+    needs_redis_server()
+    server = RedisServer(tmp_path)
+    server.start()
+    store = RedisStore.from_url(server.url)
+    try:
+        # Concurrent claims leave several connections in the pool, all closed by the restart.
+        before = await asyncio.gather(
+            *(store.claim(f"msg_a{n}", f"rtc_a{n}", 30) for n in range(4))
+        )
+        assert results(before) == [ClaimResult.ACQUIRED] * 4
+        server.stop()
+        server.start()
+        # No ping first: the first commands on the stale connections must succeed by themselves.
+        after = await asyncio.gather(*(store.claim(f"msg_b{n}", f"rtc_b{n}", 30) for n in range(4)))
+        assert results(after) == [ClaimResult.ACQUIRED] * 4
+        server.stop()
+        server.start()
+        # The call log's transaction (a pipeline) recovers the same way.
+        await asyncio.gather(*(store.append(entry(n)) for n in range(4)))
+        assert len(await store.recent(10)) == 4
+    finally:
+        await store.aclose()
+        server.stop()
+
+
+@pytest.mark.redis
 async def test_silent_redis_raises_store_unavailable_after_the_timeouts() -> None:
     # Accepts connections (via the backlog) but never answers a command.
     with socket.socket() as listener:
@@ -484,6 +515,71 @@ def test_processes_claiming_the_same_ids_acquire_once_overall(redis_url: str, pr
     for n in range(calls):
         per_call = sorted(result for call_id, result in claims if call_id == f"rtc_{n}")
         assert per_call == ["acquired"] + ["in_flight"] * 29, f"rtc_{n}"
+
+
+# --- availability: what the log says while Redis is away ------------------------------
+
+
+def store_lines(caplog: pytest.LogCaptureFixture) -> list[tuple[int, str]]:
+    lines = [(r.levelno, r.getMessage()) for r in caplog.records if r.name == "sip_router.store"]
+    caplog.clear()
+    return lines
+
+
+def store_fields(caplog: pytest.LogCaptureFixture) -> list[dict[str, Any]]:
+    return [getattr(r, "fields", {}) for r in caplog.records if r.name == "sip_router.store"]
+
+
+@pytest.mark.redis
+async def test_availability_warns_once_when_down_again_after_repeat_s_and_tells_recovery(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    needs_redis_server()
+    caplog.set_level(logging.INFO, logger="sip_router.store")
+    server = RedisServer(tmp_path)
+    clock = FakeClock()
+    store = RedisStore.from_url(server.url)
+    availability = StoreAvailability(store, repeat_s=60, clock=clock)
+    try:
+        # Down from the start (nothing listens yet): one warning naming redis.
+        assert await availability.check() is False
+        assert not availability.answers
+        [fields] = store_fields(caplog)
+        assert fields["error"] == "redis is unavailable (ConnectionError)"
+        [(level, message)] = store_lines(caplog)
+        assert level == logging.WARNING
+        assert "does not answer" in message
+
+        # Still down: silent until repeat_s has passed since the last warning.
+        clock.now += 59
+        assert await availability.check() is False
+        assert store_lines(caplog) == []
+        clock.now += 1
+        assert await availability.check() is False
+        assert [level for level, _ in store_lines(caplog)] == [logging.WARNING]
+
+        server.start()
+        assert await availability.check() is True
+        assert availability.answers
+        assert store_lines(caplog) == [(logging.INFO, "the shared store answers again")]
+        assert await availability.check() is True
+        assert store_lines(caplog) == []
+
+        # Down again: warned at once, whatever the time since the previous outage's warning.
+        server.stop()
+        clock.now += 1
+        assert await availability.check() is False
+        assert [level for level, _ in store_lines(caplog)] == [logging.WARNING]
+    finally:
+        await store.aclose()
+        server.stop()
+
+
+async def test_availability_of_memory_is_silent(caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.INFO, logger="sip_router.store")
+    availability = StoreAvailability(MemoryStore())
+    assert await availability.check() is True
+    assert store_lines(caplog) == []
 
 
 # --- memory specifics and wiring ------------------------------------------------------

@@ -18,6 +18,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from app.http.services import Services, ServicesDep
 from app.rules.problems import RuleFileError
 from app.rules.simulation import decision_json, simulated_context
+from app.simulated_numbers import simulated_number_problem
 from app.store import StoreUnavailable
 from app.webhook_event import CallId
 
@@ -94,6 +95,10 @@ async def simulate(request: Request, services: AdminDep) -> JSONResponse:
     ruleset = services.rules.current
     if ruleset is None:
         return JSONResponse({"error": "routing rules are not loaded"}, status_code=503)
+    for name, number, caller in (("from", payload.from_, True), ("to", payload.to, False)):
+        problem = simulated_number_problem(number, ruleset.region, caller=caller)
+        if problem is not None:
+            return JSONResponse({"error": f"{name}: {problem}"}, status_code=422)
     at = payload.at or datetime.now(tz=UTC)
     ctx = simulated_context(ruleset, payload.from_, payload.to, at, payload.headers)
     return JSONResponse(decision_json(ruleset.decide(ctx, explain=True)))

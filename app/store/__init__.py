@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Protocol
 
+from app.store.availability import StoreAvailability
 from app.store.call_log import CALL_LOG_SIZE, CallLog
 from app.store.dedupe import DONE_KEEP_S, MAX_ID_LENGTH, Claim, ClaimResult, DedupeStore
 from app.store.errors import StoreUnavailable
@@ -21,6 +22,7 @@ __all__ = [
     "MemoryStore",
     "RedisStore",
     "Store",
+    "StoreAvailability",
     "StoreUnavailable",
     "open_store",
 ]

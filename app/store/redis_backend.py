@@ -10,9 +10,9 @@ from collections.abc import Iterator, Mapping
 from typing import Any
 
 from redis.asyncio import Redis
+from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 from redis.exceptions import RedisError
-from redis.retry import Retry
 
 from app.store.call_log import CALL_LOG_SIZE, check_limit
 from app.store.dedupe import (
@@ -87,7 +87,9 @@ class RedisStore:
             decode_responses=True,
             socket_connect_timeout=CONNECT_TIMEOUT_S,
             socket_timeout=COMMAND_TIMEOUT_S,
-            # One immediate retry replaces a pooled connection that Redis closed meanwhile.
+            # One immediate retry replaces a pooled connection that Redis closed meanwhile
+            # (a restart). It must be redis.asyncio's Retry: the synchronous one only wraps
+            # creating the coroutine, so an async command's error was never retried.
             retry=Retry(NoBackoff(), retries=1),
         )
         return cls(client, prefix=prefix)
