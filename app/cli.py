@@ -82,6 +82,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         return _fail(str(exc))
     if settings.openai_api_key is None and not settings.dry_run:
         return _fail("OPENAI_API_KEY: required (or run in dry-run: --dry-run)")
+    generated: str | None = None
     if not settings.openai_webhook_secret:
         if not settings.dry_run:
             return _fail("OPENAI_WEBHOOK_SECRET: required (the whsec_... secret of your webhook)")
@@ -90,15 +91,6 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
         generated = "whsec_" + base64.b64encode(secrets.token_bytes(32)).decode()
         os.environ["OPENAI_WEBHOOK_SECRET"] = generated
-        print(
-            "sip-router: dry-run without OPENAI_WEBHOOK_SECRET; generated one for this run:\n"
-            f"  {generated}\n"
-            f"  try: {_own_command()} send-test-call"
-            f" --url http://127.0.0.1:{args.port}/webhooks/openai"
-            f" --from +14155550123 --to +18005550100 --secret {generated}",
-            file=sys.stderr,
-            flush=True,
-        )
     if args.workers > 1 and settings.redis_url is None:
         return _fail(
             "--workers > 1 needs SIP_ROUTER_REDIS_URL: in-process dedupe cannot keep one action"
@@ -130,6 +122,17 @@ def cmd_serve(args: argparse.Namespace) -> int:
             metrics_listener = bind_listener(args.host, settings.metrics_port)
         except OSError as exc:
             return _fail(f"--metrics-port {settings.metrics_port}: {exc.strerror or exc}")
+    if generated is not None:
+        # Printed once every start-up check has passed: a failure stays one line.
+        print(
+            "sip-router: dry-run without OPENAI_WEBHOOK_SECRET; generated one for this run:\n"
+            f"  {generated}\n"
+            f"  try: {_own_command()} send-test-call"
+            f" --url http://127.0.0.1:{args.port}/webhooks/openai"
+            f" --from +14155550123 --to +18005550100 --secret {generated}",
+            file=sys.stderr,
+            flush=True,
+        )
     configure_logging(settings.log_format, settings.log_level)
     # uvicorn re-raises the stop signal after a graceful shutdown; a clean stop is exit 0.
     for stop_signal in (signal.SIGINT, signal.SIGTERM):

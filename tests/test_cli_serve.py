@@ -194,13 +194,22 @@ def test_serve_refuses_a_missing_rule_file_with_one_line(workdir: Path) -> None:
     )
 
 
-def test_serve_refuses_a_port_in_use_with_one_line_before_starting(workdir: Path) -> None:
-    env = clean_env(OPENAI_API_KEY=API_KEY, OPENAI_WEBHOOK_SECRET=SECRET)
+@pytest.mark.parametrize(
+    ("variables", "extra"),
+    [
+        pytest.param({"OPENAI_API_KEY": API_KEY, "OPENAI_WEBHOOK_SECRET": SECRET}, [], id="live"),
+        pytest.param({}, ["--dry-run"], id="dry-run-generating-a-secret"),
+    ],
+)
+def test_serve_refuses_a_port_in_use_with_one_line_before_starting(
+    workdir: Path, variables: dict[str, str], extra: list[str]
+) -> None:
+    env = clean_env(**variables)
     with socket.socket() as taken:
         taken.bind(("127.0.0.1", 0))
         taken.listen(1)
         port = taken.getsockname()[1]
-        result = run_cli(serve_args(port), env, workdir)
+        result = run_cli(serve_args(port, *extra), env, workdir)
     assert result.returncode == 2, result.stderr
     assert result.stderr == f"sip-router: port {port} on 127.0.0.1 is in use\n"
     assert result.stdout == ""
