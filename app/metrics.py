@@ -1,4 +1,4 @@
-"""Prometheus metrics of SPEC section 8, on a registry owned by one app instance.
+"""Prometheus metrics (README "Observing it"), on a registry owned by one app instance.
 
 Under `serve --workers N` each worker is its own process; when PROMETHEUS_MULTIPROC_DIR
 is set (the CLI sets it for N > 1) the values are written there and /metrics aggregates

@@ -40,7 +40,7 @@ def parse_webhook_secret(text: str) -> SecretStr:
 
 
 class Settings(BaseSettings):
-    """Every variable of SPEC section 2. Init keyword arguments beat the environment."""
+    """Every variable of the README's Configuration table; init keyword arguments beat the env."""
 
     model_config = SettingsConfigDict(
         env_file=".env",

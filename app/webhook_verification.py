@@ -85,7 +85,7 @@ def _required(headers: Mapping[str, str], name: str) -> str:
 
 
 def _well_formed_signatures(header: str) -> list[bytes]:
-    """The digests of the `v1,<base64>` entries; other entries are ignored (SPEC 7)."""
+    """The digests of the `v1,<base64>` entries; other entries are ignored."""
     digests = []
     for entry in header.split(" ")[:16]:
         version, comma, encoded = entry.partition(",")

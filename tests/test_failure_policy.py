@@ -1,4 +1,4 @@
-"""What the service does when the upstream or a template fails (SPEC sections 5, 6 and 7)."""
+"""What the service does when the upstream or a template fails."""
 
 from __future__ import annotations
 

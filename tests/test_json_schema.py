@@ -17,8 +17,8 @@ from app.rules.problems import RuleFileError
 
 REPO = Path(__file__).resolve().parent.parent
 
-# SPEC section 5, verbatim.
-SPEC_EXAMPLE = """\
+# The documented example rule file (rule language reference), verbatim.
+DOCUMENTED_EXAMPLE = """\
 # yaml-language-server: $schema=../rules.schema.json
 version: 1
 defaults:
@@ -352,7 +352,7 @@ def test_the_committed_schema_is_up_to_date() -> None:
 
 
 def test_the_spec_example_is_valid(validator: Draft202012Validator, tmp_path: Path) -> None:
-    document = yaml.safe_load(SPEC_EXAMPLE)
+    document = yaml.safe_load(DOCUMENTED_EXAMPLE)
     assert schema_errors(validator, document) == []
     assert loader_problems(document, tmp_path) == []
 
@@ -387,5 +387,5 @@ def test_the_schema_and_the_loader_agree(
 def test_the_schema_asks_for_the_canonical_spelling(
     validator: Draft202012Validator, document: dict[str, Any]
 ) -> None:
-    # The loader forgives these; editors point at the spelling the SPEC uses.
+    # The loader forgives these; editors point at the documented spelling.
     assert schema_errors(validator, document) != []

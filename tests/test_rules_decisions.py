@@ -636,7 +636,7 @@ def test_no_when_and_empty_when_always_hold(tmp_path: Path) -> None:
 
 # --- schedules ----------------------------------------------------------------------------
 
-SPEC_EXAMPLE = """\
+DOCUMENTED_EXAMPLE = """\
 # yaml-language-server: $schema=../rules.schema.json
 version: 1
 defaults:
@@ -691,7 +691,7 @@ tests:
      expect: {action: refer}}
 """
 
-SPEC_FILES = {
+DOCUMENTED_FILES = {
     "prompts/concierge.md": "You are the concierge of Example GmbH.\n",
     "lists/blocked.txt": "# robocallers\n+12025550199\n+1900*\n",
 }
@@ -699,7 +699,7 @@ SPEC_FILES = {
 
 @pytest.fixture
 def spec_example(tmp_path: Path) -> Ruleset:
-    return load(tmp_path, SPEC_EXAMPLE, SPEC_FILES)
+    return load(tmp_path, DOCUMENTED_EXAMPLE, DOCUMENTED_FILES)
 
 
 def test_spec_example_tests_pass(spec_example: Ruleset) -> None:
@@ -710,7 +710,7 @@ def test_spec_example_tests_pass(spec_example: Ruleset) -> None:
 @pytest.mark.parametrize(
     ("caller", "at", "rule"),
     [
-        # SPEC's own cases: Friday's overnight window, and Sunday after the DST change.
+        # The documented cases: Friday's overnight window, and Sunday after the DST change.
         ("+4915112345678", "2026-03-27T23:30:00+01:00", "dach-in-hours"),
         ("+12125550123", "2026-03-29T03:30:00+02:00", "us-after-hours"),
         # The overnight window belongs to Friday: open until Saturday 02:00, [from, to).

@@ -583,7 +583,7 @@ def test_no_weekly_windows_reason() -> None:
     )
 
 
-# --- the SPEC's example ---------------------------------------------------------------------
+# --- the documented example ------------------------------------------------------------------
 
 OFFICE = {
     "timezone": "Europe/Berlin",
