@@ -35,6 +35,7 @@ from tests.redis_server import REDIS_SERVER, RedisServer, delete_prefix
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 OUTCOME = {"action": "accept", "outcome": "ok", "status": 200, "rule": "office hours"}
+DECISION = {"action": "refer", "body": {"target_uri": "sip:desk@pbx.example.com"}, "rule": "x"}
 
 
 def needs_redis_server() -> None:
@@ -100,16 +101,20 @@ async def test_tokens_differ_between_owners(store: Store) -> None:
 
 
 @pytest.mark.parametrize(
-    ("webhook_id", "call_id", "expected"),
+    ("webhook_id", "call_id", "expected", "outcome"),
     [
-        ("msg_1", "rtc_1", ClaimResult.DUPLICATE_DONE),
-        ("msg_2", "rtc_1", ClaimResult.CALL_DONE),
-        # The delivery's own record wins, whatever call it names.
-        ("msg_1", "rtc_9", ClaimResult.DUPLICATE_DONE),
+        ("msg_1", "rtc_1", ClaimResult.DUPLICATE_DONE, OUTCOME),
+        ("msg_2", "rtc_1", ClaimResult.CALL_DONE, OUTCOME),
+        # The delivery's own record wins, whatever call it names; the outcome is the call's.
+        ("msg_1", "rtc_9", ClaimResult.DUPLICATE_DONE, None),
     ],
 )
 async def test_finished_claims_answer_with_the_outcome(
-    store: Store, webhook_id: str, call_id: str, expected: ClaimResult
+    store: Store,
+    webhook_id: str,
+    call_id: str,
+    expected: ClaimResult,
+    outcome: dict[str, Any] | None,
 ) -> None:
     claim = await store.claim("msg_1", "rtc_1", 30)
     assert await store.finish(claim, OUTCOME) is True
@@ -117,7 +122,7 @@ async def test_finished_claims_answer_with_the_outcome(
     again = await store.claim(webhook_id, call_id, 30)
 
     assert again.result is expected
-    assert again.outcome == OUTCOME
+    assert again.outcome == outcome
     assert again.token is None
 
 
@@ -322,16 +327,23 @@ async def test_redis_keys_and_their_expiry(
     store = RedisStore.from_url(redis_url, prefix=prefix)
     try:
         claim = await store.claim("msg_1", "rtc_1", 30)
-        for key in (f"{prefix}webhook:msg_1:lease", f"{prefix}call:rtc_1:lease"):
+        for key in (f"{prefix}wl:msg_1", f"{prefix}cl:rtc_1"):
             assert await raw_redis.get(key) == claim.token
             assert 29_000 < await raw_redis.pttl(key) <= 30_000
 
+        assert await store.record_decision(claim, DECISION) is True
+        assert json.loads(await raw_redis.get(f"{prefix}cd:rtc_1") or "null") == DECISION
+        assert DONE_KEEP_S - 60 < await raw_redis.ttl(f"{prefix}cd:rtc_1") <= DONE_KEEP_S
+
         await store.finish(claim, OUTCOME)
 
-        assert not await raw_redis.exists(f"{prefix}webhook:msg_1:lease")
-        assert not await raw_redis.exists(f"{prefix}call:rtc_1:lease")
-        for key in (f"{prefix}webhook:msg_1:done", f"{prefix}call:rtc_1:done"):
-            assert json.loads(await raw_redis.get(key) or "null") == OUTCOME
+        assert sorted(await raw_redis.keys(f"{prefix}*")) == [
+            f"{prefix}c:rtc_1",
+            f"{prefix}w:msg_1",
+        ]
+        assert await raw_redis.get(f"{prefix}w:msg_1") == "1"
+        assert json.loads(await raw_redis.get(f"{prefix}c:rtc_1") or "null") == OUTCOME
+        for key in (f"{prefix}w:msg_1", f"{prefix}c:rtc_1"):
             assert DONE_KEEP_S - 60 < await raw_redis.ttl(key) <= DONE_KEEP_S == 96 * 3600
 
         for n in range(CALL_LOG_SIZE + 5):
@@ -348,7 +360,7 @@ async def test_default_prefix_is_sip_router(redis_url: str) -> None:
     try:
         claim = await store.claim(f"msg_{uuid4().hex}", call_id, 5)
         async with redis.asyncio.Redis.from_url(redis_url, decode_responses=True) as client:
-            assert await client.get(f"sip-router:call:{call_id}:lease") == claim.token
+            assert await client.get(f"sip-router:cl:{call_id}") == claim.token
         await store.release(claim)
     finally:
         await store.aclose()
