@@ -302,3 +302,56 @@ async def test_a_drop_then_200_is_ok(
     result = await client(http, fake_time).perform("reject", CALL_ID, {"status_code": 603})
 
     assert (result.outcome, result.status, result.attempts) == ("ok", 200, 2)
+
+
+async def test_an_upstream_that_always_drops_gets_three_requests_then_unknown(
+    http: httpx.AsyncClient, fake_openai: FakeOpenAI, fake_time: FakeTime
+) -> None:
+    fake_openai.default = Drop()
+
+    result = await client(http, fake_time, deadline_s=60.0).perform("accept", CALL_ID, ACCEPT)
+
+    assert (result.outcome, result.status, result.attempts, result.sent) == ("unknown", None, 3, 3)
+    assert result.detail == (
+        "may have been applied: gave up after 3 requests in 3 attempts: "
+        "RemoteProtocolError after the request was sent"
+    )
+    assert [(r.verb, r.body) for r in fake_openai.requests] == [("accept", ACCEPT)] * 3
+
+
+async def test_connection_errors_before_sending_stop_after_ten_attempts(
+    refusing_port: int, fake_time: FakeTime
+) -> None:
+    async with httpx.AsyncClient() as real:
+        calls = client(
+            real, fake_time, deadline_s=60.0, base_url=f"http://127.0.0.1:{refusing_port}/v1"
+        )
+        result = await calls.perform("accept", CALL_ID, ACCEPT)
+
+    assert (result.outcome, result.attempts, result.sent) == ("failed", 10, 0)
+    assert result.detail.startswith("gave up after 0 requests in 10 attempts: ConnectError")
+
+
+@pytest.mark.parametrize("status", [400, 409])
+async def test_decision_already_made_is_duplicate_without_retry(
+    http: httpx.AsyncClient, fake_openai: FakeOpenAI, fake_time: FakeTime, status: int
+) -> None:
+    fake_openai.script(CALL_ID, Respond(status, code="decision_already_made"))
+
+    result = await client(http, fake_time).perform("reject", CALL_ID, {"status_code": 603})
+
+    assert (result.outcome, result.status, result.attempts) == ("duplicate", status, 1)
+    assert result.detail == f"HTTP {status} decision_already_made"
+    assert len(fake_openai.requests) == 1
+
+
+async def test_decision_already_made_after_a_drop_is_duplicate(
+    http: httpx.AsyncClient, fake_openai: FakeOpenAI, fake_time: FakeTime
+) -> None:
+    # The dropped accept was applied; its copy learns so from OpenAI.
+    fake_openai.script(CALL_ID, Drop(), Respond(409, code="decision_already_made"))
+
+    result = await client(http, fake_time).perform("accept", CALL_ID, ACCEPT)
+
+    assert (result.outcome, result.status, result.sent) == ("duplicate", 409, 2)
+    assert [r.body for r in fake_openai.requests] == [ACCEPT, ACCEPT]
