@@ -806,6 +806,7 @@ async def test_memory_store_stays_within_its_bound() -> None:
     finally:
         tracemalloc.stop()
 
-    # About 450 bytes per remembered call; 5000 more calls take the place of 1000.
+    # About 450 bytes per remembered call; 5000 more calls take the place of 1000 (without
+    # the bound they would add 2.2 MB; dict resizing leaves some slack).
     assert full < 1000 * 600, full
-    assert grown < 1000 * 60, grown
+    assert grown < 1000 * 150, grown
