@@ -18,10 +18,10 @@ import redis.asyncio
 from app.app_factory import create_app
 from app.recorded_decisions import decision_from_record, decision_record
 from app.rules.ruleset import Decision
-from app.store import DONE_KEEP_S, Claim, RedisStore
+from app.store import DONE_KEEP_S, Claim, MemoryStore, RedisStore
 from app.webhook_signing import signed_test_call
 from tests.conftest import ServiceFactory, app_settings, deliver, running
-from tests.fake_openai import FakeOpenAI, Respond
+from tests.fake_openai import Delay, FakeOpenAI, Respond
 from tests.redis_server import REDIS_SERVER, RedisServer, delete_prefix
 
 CALLER, CALLED = "+14155550123", "+14155550100"
@@ -222,3 +222,117 @@ def test_a_recorded_decision_reads_back_as_the_same_request() -> None:
 def test_a_record_that_is_not_a_decision_is_refused(record: dict[str, Any]) -> None:
     with pytest.raises(ValueError, match="not a recorded decision"):
         decision_from_record(record)
+
+
+# --- a recorded decision found by a delivery, in process memory -----------------------
+
+REFER = {"action": "refer", "body": {"target_uri": "sip:night@pbx.example.com"}, "rule": "night"}
+
+
+async def abandoned_decision(store: MemoryStore, call_id: str, decision: dict[str, Any]) -> None:
+    """A decision recorded by an owner that then vanished; its lease has expired."""
+    claim = await store.claim("msg_vanished", call_id, 0.01)
+    assert await store.record_decision(claim, decision)
+    await asyncio.sleep(0.02)
+
+
+async def test_a_found_decision_is_sent_instead_of_deciding(
+    service_factory: ServiceFactory,
+) -> None:
+    store = MemoryStore()
+    async with service_factory(rules_text=ACCEPT_RULES, store=store) as service:
+        call_id = new_call_id()
+        await abandoned_decision(store, call_id, REFER)
+
+        sent = await service.send(CALLER, CALLED, call_id=call_id)
+
+        assert sent.answer == {"status": "processed", "call_id": call_id, "action": "refer"}
+        assert [(r.verb, r.body) for r in service.fake.requests_for(call_id)] == [
+            ("refer", REFER["body"])
+        ]
+
+
+async def test_a_found_decision_answered_only_5xx_is_kept_for_the_next_delivery(
+    service_factory: ServiceFactory,
+) -> None:
+    store = MemoryStore()
+    async with service_factory(rules_text=ACCEPT_RULES, store=store) as service:
+        call_id = new_call_id()
+        await abandoned_decision(store, call_id, REFER)
+        service.behaviours["refer"] = Respond(503)
+
+        first = await service.send(CALLER, CALLED, call_id=call_id)
+        service.behaviours.clear()
+        second = await service.deliver(first.delivery)
+
+        assert first.status_code == 503
+        assert second.answer == {"status": "processed", "call_id": call_id, "action": "refer"}
+        # Never on_error, never the rules' accept: the recorded refer, until it got through.
+        assert [(r.verb, r.status) for r in service.fake.requests_for(call_id)] == [
+            ("refer", 503)
+        ] * 3 + [("refer", 200)]
+
+
+async def test_a_found_decision_refused_by_openai_is_unknown_not_on_error(
+    service_factory: ServiceFactory,
+) -> None:
+    store = MemoryStore()
+    async with service_factory(rules_text=ACCEPT_RULES, store=store) as service:
+        call_id = new_call_id()
+        await abandoned_decision(store, call_id, REFER)
+        # The earlier copy may have been applied: this refusal says nothing about it.
+        service.fake.script(call_id, Respond(400, code="invalid_state"))
+
+        sent = await service.send(CALLER, CALLED, call_id=call_id)
+
+        assert sent.status_code == 200
+        assert sent.answer == {"status": "unknown", "call_id": call_id, "action": "refer"}
+        assert service.fake.verbs_for(call_id) == ["refer"]
+
+
+class LeaseLostBeforeRecording(ShortLeases):
+    """Another owner took the call between the claim and the recording of the decision."""
+
+    async def record_decision(self, claim: Claim, decision: Mapping[str, Any]) -> bool:
+        return False
+
+
+async def test_a_delivery_that_lost_its_lease_sends_nothing(
+    service_factory: ServiceFactory,
+) -> None:
+    store = LeaseLostBeforeRecording(MemoryStore())
+    async with service_factory(store=store) as service:
+        sent = await service.send(CALLER, CALLED)
+
+    assert sent.status_code == 409
+    assert sent.answer["status"] == "in_flight"
+    assert service.fake.requests == []
+
+
+async def test_a_delivery_cancelled_mid_action_leaves_its_decision_for_the_next(
+    service_factory: ServiceFactory,
+) -> None:
+    store = MemoryStore()
+    async with service_factory(rules_text=ACCEPT_RULES, store=store) as service:
+        call_id = new_call_id()
+        service.fake.script(call_id, Delay(30))
+        delivery = signed_test_call(
+            service.secret, CALLER, CALLED, now=int(time.time()), call_id=call_id
+        )
+        task = asyncio.create_task(service.deliver(delivery))
+        while not service.fake.requests_for(call_id):
+            await asyncio.sleep(0.01)
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        (accept,) = sent_requests(service.fake, call_id)
+
+        # The rules change; the call's decision does not.
+        service.settings.rules.write_text(REJECT_RULES, encoding="utf-8")
+        await service.app.state.services.rules.reload("test")
+        again = await service.deliver(delivery)
+
+    assert again.answer == {"status": "processed", "call_id": call_id, "action": "accept"}
+    assert [(verb, body) for verb, body, _ in sent_requests(service.fake, call_id)] == [
+        accept[:2]
+    ] * 2
