@@ -1,8 +1,10 @@
 """One webhook delivery from raw bytes to an answer (SPEC sections 1, 6 and 7).
 
 raw body -> verify -> parse -> stale? -> claim (webhook-id, call_id) -> identity ->
-decide at `created_at` -> act (deadline, retries, on_error) -> record -> answer.
-The webhook is answered after the action, so a crash leads to a redelivery.
+decide at `created_at` -> record the decision -> act (deadline, retries, on_error) ->
+record the outcome -> answer. The webhook is answered after the action, so a crash leads
+to a redelivery; a claim that finds a recorded decision without an outcome sends that
+same request again instead of deciding (app.recorded_decisions).
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ from app.errors import DeliveryError, ServiceUnavailable, StoreDown
 from app.metrics import Metrics
 from app.openai_calls import ActionResult, OpenAICallsClient
 from app.phone_numbers import mask_number
+from app.recorded_decisions import decision_from_record, decision_record, resent_outcome
 from app.rules.call_context import CallContext
 from app.rules.ruleset import Decision, Ruleset
 from app.rules_reloading import RulesHolder
@@ -58,6 +61,10 @@ class _Record:
     failed_action: str | None = None
     failure: str | None = None
     store_down: bool = False
+
+
+class _LeaseLost(Exception):
+    """Another delivery owns the call now: this one must send nothing."""
 
 
 @dataclass(frozen=True)
@@ -178,48 +185,104 @@ class CallProcessor:
         self, claim: Claim, event: IncomingCall, ruleset: Ruleset, record: _Record
     ) -> WebhookAnswer:
         try:
-            status, decision, result = await self._decide_and_act(event, ruleset, record)
-        except BaseException:
-            # Nothing was recorded: let the sender's retry try again.
-            await self._release_quietly(claim)
-            raise
-        if status == "failed":
-            await self._release_quietly(claim)
+            if claim.decision is not None:
+                status, decision, result = await self._send_recorded(
+                    claim.decision, event, ruleset, record
+                )
+            else:
+                status, decision, result = await self._decide_and_act(claim, event, ruleset, record)
+        except _LeaseLost:
+            record.outcome = "in_flight"
             return WebhookAnswer(
-                503, {"status": "failed", "call_id": event.call_id, "action": decision.action}
+                409, {"status": "in_flight", "call_id": event.call_id, "action": None}
             )
-        outcome = {"action": decision.action, "rule": decision.rule, "status": status}
+        except BaseException:
+            # A request may be on its way: the next owner sends the recorded one again.
+            await self._release_quietly(claim, keep_decision=True)
+            raise
+        action = decision.action if decision is not None else None
+        if status in ("failed", "retry"):
+            # No effect upstream: a redelivery decides again, or (`retry`) sends the
+            # recorded request again.
+            await self._release_quietly(claim, keep_decision=status == "retry")
+            return WebhookAnswer(
+                503, {"status": "failed", "call_id": event.call_id, "action": action}
+            )
+        outcome = {"action": action, "status": status}
         try:
             await self._store.finish(claim, outcome)
         except StoreUnavailable:
-            # The action happened; a redelivery will find the call lease still held until
-            # it expires, and the call itself already has its action.
+            # The action happened; a redelivery after the lease expired finds the recorded
+            # decision and sends that same request again, which OpenAI answers as decided.
             log.error("could not record a finished call in the shared store")
-        if status == "ok" and decision.max_duration_s and result is not None:
+        if status == "ok" and decision and decision.max_duration_s and result is not None:
             self._schedule_hangup(event.call_id, decision.max_duration_s)
         return WebhookAnswer(
             200,
             {
                 "status": "dry_run" if self._options.dry_run else status_text(status),
                 "call_id": event.call_id,
-                "action": decision.action,
+                "action": action,
             },
         )
 
-    async def _decide_and_act(
-        self, event: IncomingCall, ruleset: Ruleset, record: _Record
-    ) -> tuple[str, Decision, ActionResult | None]:
+    def _context(self, event: IncomingCall, ruleset: Ruleset, record: _Record) -> CallContext:
         headers = SipHeaders.from_pairs(event.sip_headers)
         parties = parse_parties(headers, ruleset.region or "ZZ")
         record.caller = self._shown(parties.caller)
         record.called = self._shown(parties.called)
-        record.ruleset = ruleset.version
-        ctx = CallContext(
+        return CallContext(
             call_id=event.call_id,
             parties=parties,
             headers=headers,
             at=datetime.fromtimestamp(event.created_at, tz=UTC),
         )
+
+    async def _send(self, claim: Claim, call_id: str, decision: Decision) -> ActionResult:
+        """Record the decision under the call's lease, then send its request."""
+        try:
+            recorded = await self._store.record_decision(claim, decision_record(decision))
+        except StoreUnavailable:
+            raise ServiceUnavailable("the shared store does not answer") from None
+        if not recorded:
+            raise _LeaseLost
+        return await self._calls.perform(decision.action, call_id, decision.body)
+
+    async def _send_recorded(
+        self, recorded: dict[str, Any], event: IncomingCall, ruleset: Ruleset, record: _Record
+    ) -> tuple[str, Decision | None, ActionResult | None]:
+        """Send again exactly the request an earlier delivery recorded; decide nothing."""
+        self._context(event, ruleset, record)
+        record.detail = "sent again the request recorded by an earlier delivery"
+        try:
+            decision = decision_from_record(recorded)
+        except ValueError:
+            # What was sent cannot be known: nothing may contradict it.
+            record.outcome, record.failure = "unknown", "unreadable recorded decision"
+            return "unknown", None, None
+        record.ruleset = decision.ruleset
+        self._note(record, decision)
+        if self._options.dry_run:
+            record.outcome = "dry_run"
+            return "ok", decision, None
+        result = await self._calls.perform(decision.action, event.call_id, decision.body)
+        record.upstream_status = result.status
+        status = resent_outcome(result)
+        if status is None:
+            record.outcome, record.failure = "failed", result.detail
+            return "retry", decision, result
+        if status == "ok" and decision.error is not None:
+            status = "on_error"
+        if status != "ok":
+            record.failure = result.detail
+        record.outcome = status_text(status)
+        return status, decision, result
+
+    async def _decide_and_act(
+        self, claim: Claim, event: IncomingCall, ruleset: Ruleset, record: _Record
+    ) -> tuple[str, Decision, ActionResult | None]:
+        ctx = self._context(event, ruleset, record)
+        record.ruleset = ruleset.version
         decision = ruleset.decide(ctx)
         if decision.error is not None:
             # The chosen action could not be rendered; the decision is already on_error's.
@@ -232,13 +295,13 @@ class CallProcessor:
         if self._options.dry_run:
             record.outcome = "dry_run"
             return "ok", decision, None
-        result = await self._calls.perform(decision.action, event.call_id, decision.body)
+        result = await self._send(claim, event.call_id, decision)
         record.upstream_status = result.status
         if result.outcome != "failed":
             # A decision that already is `on_error` (its action could not be rendered) says so.
             status = "on_error" if result.outcome == "ok" and decision.error else result.outcome
             record.outcome = status_text(status)
-            if result.outcome in ("unknown", "gone"):
+            if result.outcome in ("unknown", "gone", "duplicate"):
                 record.failure = result.detail
             return status, decision, result
         # The action had no effect upstream: run on_error (SPEC 6).
@@ -248,7 +311,7 @@ class CallProcessor:
         )
         record.fallback = fallback.action
         self._note(record, fallback)
-        second = await self._calls.perform(fallback.action, event.call_id, fallback.body)
+        second = await self._send(claim, event.call_id, fallback)
         record.upstream_status = second.status
         if second.outcome == "failed":
             record.outcome = "failed"
@@ -270,9 +333,9 @@ class CallProcessor:
             return "anonymous"
         return mask_number(party.e164) if self._options.mask_numbers else party.e164
 
-    async def _release_quietly(self, claim: Claim) -> None:
+    async def _release_quietly(self, claim: Claim, *, keep_decision: bool = False) -> None:
         try:
-            await self._store.release(claim)
+            await self._store.release(claim, keep_decision=keep_decision)
         except StoreUnavailable:
             log.error("could not release a lease; it expires by itself")
 

@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import secrets
 import time
 
 import pytest
 
 from tests.conftest import DEFAULT_RULES, Service, ServiceFactory
-from tests.fake_openai import Delay, Respond
+from tests.fake_openai import Delay, Drop, Respond
 
 CALLER = "+14155550123"
 MAIN_LINE = "+14155550100"
@@ -143,6 +144,48 @@ async def test_a_slow_upstream_past_the_deadline_is_unknown_and_not_contradicted
         again = await service.deliver(sent.delivery)
         assert again.answer["status"] == "duplicate"
         assert service.fake.verbs_for(call_id) == ["accept"]
+
+
+async def test_an_upstream_that_always_drops_gets_three_identical_requests_per_call(
+    service_factory: ServiceFactory,
+) -> None:
+    async with service_factory(action_deadline_s=5.0) as service:
+        service.fake.default = Drop()
+        call_ids = [new_call_id() for _ in range(20)]
+
+        sent = await asyncio.gather(
+            *(service.send(CALLER, MAIN_LINE, call_id=call_id) for call_id in call_ids)
+        )
+        again = await asyncio.gather(*(service.deliver(s.delivery) for s in sent))
+
+        assert [s.status_code for s in sent] == [200] * 20
+        assert [s.answer for s in sent] == [
+            {"status": "unknown", "call_id": c, "action": "accept"} for c in call_ids
+        ]
+        assert [a.answer["status"] for a in again] == ["duplicate"] * 20
+        # 3 requests per call (it was 11 to 17 before attempts were bounded), all the same.
+        assert len(service.fake.requests) == 60
+        for call_id in call_ids:
+            requests = service.fake.requests_for(call_id)
+            assert [(r.verb, r.status) for r in requests] == [("accept", None)] * 3
+            assert len({json.dumps(r.body, sort_keys=True) for r in requests}) == 1
+
+
+@pytest.mark.parametrize("status", [400, 409])
+async def test_decision_already_made_is_a_duplicate_without_on_error(
+    service_factory: ServiceFactory, status: int
+) -> None:
+    async with service_factory(action_deadline_s=DEADLINE_S) as service:
+        call_id = new_call_id()
+        service.fake.script(call_id, Respond(status, code="decision_already_made"))
+
+        sent = await service.send(CALLER, MAIN_LINE, call_id=call_id)
+        again = await service.deliver(sent.delivery)
+
+        assert sent.status_code == 200
+        assert sent.answer == {"status": "duplicate", "call_id": call_id, "action": "accept"}
+        assert again.answer == {"status": "duplicate", "call_id": call_id, "action": "accept"}
+        assert upstream(service, call_id) == [("accept", status)]
 
 
 async def test_404_is_gone_without_on_error(service_factory: ServiceFactory) -> None:

@@ -85,7 +85,7 @@ async def test_a_2xx_is_ok_and_the_exact_body_is_sent(
 
     result = await client(http, answered=answered).perform(verb, CALL_ID, body)
 
-    assert result == ActionResult("ok", 200, 1, "ok")
+    assert result == ActionResult("ok", 200, 1, "ok", sent=1)
     [request] = fake_openai.requests
     assert (request.verb, request.call_id, request.body, request.valid) == (
         verb,
@@ -121,7 +121,7 @@ async def test_hangup_sends_no_body(http: httpx.AsyncClient, fake_openai: FakeOp
 
     result = await calls.perform("hangup", CALL_ID, None)
 
-    assert result == ActionResult("ok", 200, 1, "ok")
+    assert result == ActionResult("ok", 200, 1, "ok", sent=1)
     request = fake_openai.requests[-1]
     assert (request.verb, request.body, request.valid) == ("hangup", None, True)
     assert request.headers.get("content-length", "0") == "0"
@@ -145,7 +145,7 @@ async def test_a_503_then_200_is_ok_after_two_attempts(
 
     result = await client(http, fake_time).perform("accept", CALL_ID, ACCEPT)
 
-    assert result == ActionResult("ok", 200, 2, "ok")
+    assert result == ActionResult("ok", 200, 2, "ok", sent=2)
     assert [r.status for r in fake_openai.requests] == [503, 200]
     assert fake_time.sleeps == [0.05]
 
@@ -162,18 +162,30 @@ async def test_retryable_statuses_are_retried(
     assert fake_time.sleeps == [0.05, 0.1]
 
 
-async def test_5xx_until_the_deadline_fails(
+async def test_5xx_are_retried_up_to_three_requests(
     http: httpx.AsyncClient, fake_openai: FakeOpenAI, fake_time: FakeTime
 ) -> None:
     fake_openai.default = Respond(503)
 
-    result = await client(http, fake_time, deadline_s=1.0).perform("accept", CALL_ID, ACCEPT)
+    result = await client(http, fake_time, deadline_s=5.0).perform("accept", CALL_ID, ACCEPT)
 
-    # Backoff windows 0.05, 0.1, 0.2, 0.4 fit in 1 s; the next (0.8) does not.
-    assert (result.outcome, result.status, result.attempts) == ("failed", 503, 5)
+    assert (result.outcome, result.status, result.attempts, result.sent) == ("failed", 503, 3, 3)
+    assert result.detail == "gave up after 3 requests in 3 attempts: HTTP 503"
+    assert fake_time.sleeps == [0.05, 0.1]
+    assert len(fake_openai.requests) == 3
+
+
+async def test_5xx_until_the_deadline_fails(
+    http: httpx.AsyncClient, fake_openai: FakeOpenAI, fake_time: FakeTime
+) -> None:
+    fake_openai.default = Respond(503, headers={"Retry-After": "1"})
+
+    result = await client(http, fake_time, deadline_s=1.5).perform("accept", CALL_ID, ACCEPT)
+
+    # One Retry-After of 1 s fits in 1.5 s; a second does not.
+    assert (result.outcome, result.status, result.attempts) == ("failed", 503, 2)
     assert result.detail == "deadline reached: HTTP 503"
-    assert fake_time.sleeps == [0.05, 0.1, 0.2, 0.4]
-    assert sum(fake_time.sleeps) < 1.0
+    assert fake_time.sleeps == [1.0]
 
 
 async def test_retry_after_is_honoured_when_it_fits(
@@ -290,3 +302,56 @@ async def test_a_drop_then_200_is_ok(
     result = await client(http, fake_time).perform("reject", CALL_ID, {"status_code": 603})
 
     assert (result.outcome, result.status, result.attempts) == ("ok", 200, 2)
+
+
+async def test_an_upstream_that_always_drops_gets_three_requests_then_unknown(
+    http: httpx.AsyncClient, fake_openai: FakeOpenAI, fake_time: FakeTime
+) -> None:
+    fake_openai.default = Drop()
+
+    result = await client(http, fake_time, deadline_s=60.0).perform("accept", CALL_ID, ACCEPT)
+
+    assert (result.outcome, result.status, result.attempts, result.sent) == ("unknown", None, 3, 3)
+    assert result.detail == (
+        "may have been applied: gave up after 3 requests in 3 attempts: "
+        "RemoteProtocolError after the request was sent"
+    )
+    assert [(r.verb, r.body) for r in fake_openai.requests] == [("accept", ACCEPT)] * 3
+
+
+async def test_connection_errors_before_sending_stop_after_ten_attempts(
+    refusing_port: int, fake_time: FakeTime
+) -> None:
+    async with httpx.AsyncClient() as real:
+        calls = client(
+            real, fake_time, deadline_s=60.0, base_url=f"http://127.0.0.1:{refusing_port}/v1"
+        )
+        result = await calls.perform("accept", CALL_ID, ACCEPT)
+
+    assert (result.outcome, result.attempts, result.sent) == ("failed", 10, 0)
+    assert result.detail.startswith("gave up after 0 requests in 10 attempts: ConnectError")
+
+
+@pytest.mark.parametrize("status", [400, 409])
+async def test_decision_already_made_is_duplicate_without_retry(
+    http: httpx.AsyncClient, fake_openai: FakeOpenAI, fake_time: FakeTime, status: int
+) -> None:
+    fake_openai.script(CALL_ID, Respond(status, code="decision_already_made"))
+
+    result = await client(http, fake_time).perform("reject", CALL_ID, {"status_code": 603})
+
+    assert (result.outcome, result.status, result.attempts) == ("duplicate", status, 1)
+    assert result.detail == f"HTTP {status} decision_already_made"
+    assert len(fake_openai.requests) == 1
+
+
+async def test_decision_already_made_after_a_drop_is_duplicate(
+    http: httpx.AsyncClient, fake_openai: FakeOpenAI, fake_time: FakeTime
+) -> None:
+    # The dropped accept was applied; its copy learns so from OpenAI.
+    fake_openai.script(CALL_ID, Drop(), Respond(409, code="decision_already_made"))
+
+    result = await client(http, fake_time).perform("accept", CALL_ID, ACCEPT)
+
+    assert (result.outcome, result.status, result.sent) == ("duplicate", 409, 2)
+    assert [r.body for r in fake_openai.requests] == [ACCEPT, ACCEPT]

@@ -9,6 +9,7 @@ import socket
 import subprocess
 import sys
 import time
+import tracemalloc
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import Any
@@ -35,6 +36,7 @@ from tests.redis_server import REDIS_SERVER, RedisServer, delete_prefix
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 OUTCOME = {"action": "accept", "outcome": "ok", "status": 200, "rule": "office hours"}
+DECISION = {"action": "refer", "body": {"target_uri": "sip:desk@pbx.example.com"}, "rule": "x"}
 
 
 def needs_redis_server() -> None:
@@ -100,16 +102,20 @@ async def test_tokens_differ_between_owners(store: Store) -> None:
 
 
 @pytest.mark.parametrize(
-    ("webhook_id", "call_id", "expected"),
+    ("webhook_id", "call_id", "expected", "outcome"),
     [
-        ("msg_1", "rtc_1", ClaimResult.DUPLICATE_DONE),
-        ("msg_2", "rtc_1", ClaimResult.CALL_DONE),
-        # The delivery's own record wins, whatever call it names.
-        ("msg_1", "rtc_9", ClaimResult.DUPLICATE_DONE),
+        ("msg_1", "rtc_1", ClaimResult.DUPLICATE_DONE, OUTCOME),
+        ("msg_2", "rtc_1", ClaimResult.CALL_DONE, OUTCOME),
+        # The delivery's own record wins, whatever call it names; the outcome is the call's.
+        ("msg_1", "rtc_9", ClaimResult.DUPLICATE_DONE, None),
     ],
 )
 async def test_finished_claims_answer_with_the_outcome(
-    store: Store, webhook_id: str, call_id: str, expected: ClaimResult
+    store: Store,
+    webhook_id: str,
+    call_id: str,
+    expected: ClaimResult,
+    outcome: dict[str, Any] | None,
 ) -> None:
     claim = await store.claim("msg_1", "rtc_1", 30)
     assert await store.finish(claim, OUTCOME) is True
@@ -117,7 +123,7 @@ async def test_finished_claims_answer_with_the_outcome(
     again = await store.claim(webhook_id, call_id, 30)
 
     assert again.result is expected
-    assert again.outcome == OUTCOME
+    assert again.outcome == outcome
     assert again.token is None
 
 
@@ -209,6 +215,88 @@ async def test_outcome_is_returned_as_a_fresh_copy(store: Store) -> None:
 
     second = await store.claim("msg_1", "rtc_1", 30)
     assert second.outcome == {"action": "refer", "upstream": {"status": 200, "tries": [1, 2]}}
+
+
+# --- recorded decisions ---------------------------------------------------------------
+
+
+async def test_a_fresh_claim_finds_no_decision(store: Store) -> None:
+    claim = await store.claim("msg_1", "rtc_1", 30)
+
+    assert claim.decision is None
+
+
+async def test_a_decision_recorded_then_abandoned_is_found_by_the_next_owner(
+    store: Store,
+) -> None:
+    first = await store.claim("msg_1", "rtc_1", 0.3)
+    assert await store.record_decision(first, DECISION) is True
+    await asyncio.sleep(0.45)
+
+    # Another delivery for the call, after the first owner's lease expired.
+    second = await store.claim("msg_2", "rtc_1", 30)
+
+    assert second.result is ClaimResult.ACQUIRED
+    assert second.decision == DECISION
+    # The first owner cannot record anything any more.
+    assert await store.record_decision(first, {**DECISION, "action": "reject"}) is False
+    assert (await store.release(second, keep_decision=True)) is True
+    assert (await store.claim("msg_1", "rtc_1", 30)).decision == DECISION
+
+
+async def test_a_decision_is_recorded_only_under_the_owned_lease(store: Store) -> None:
+    stale = await store.claim("msg_1", "rtc_1", 0.3)
+    await asyncio.sleep(0.45)
+    owner = await store.claim("msg_1", "rtc_1", 30)
+
+    assert await store.record_decision(stale, DECISION) is False
+    assert await store.release(owner) is True
+    assert (await store.claim("msg_1", "rtc_1", 30)).decision is None
+
+
+async def test_release_forgets_the_decision_unless_kept(store: Store) -> None:
+    first = await store.claim("msg_1", "rtc_1", 30)
+    await store.record_decision(first, DECISION)
+    await store.release(first, keep_decision=True)
+    second = await store.claim("msg_1", "rtc_1", 30)
+    assert second.decision == DECISION
+
+    await store.release(second)
+
+    assert (await store.claim("msg_1", "rtc_1", 30)).decision is None
+
+
+async def test_a_stale_release_keeps_the_decision(store: Store) -> None:
+    stale = await store.claim("msg_1", "rtc_1", 0.3)
+    await store.record_decision(stale, DECISION)
+    await asyncio.sleep(0.45)
+    owner = await store.claim("msg_2", "rtc_1", 30)
+
+    assert await store.release(stale) is False
+    assert await store.release(owner, keep_decision=True) is True
+
+    assert (await store.claim("msg_3", "rtc_1", 30)).decision == DECISION
+
+
+async def test_finish_drops_the_decision(store: Store) -> None:
+    claim = await store.claim("msg_1", "rtc_1", 30)
+    await store.record_decision(claim, DECISION)
+
+    await store.finish(claim, OUTCOME, keep_s=1)
+    await asyncio.sleep(1.1)
+
+    assert (await store.claim("msg_1", "rtc_1", 30)).decision is None
+
+
+async def test_a_recorded_decision_outlives_the_lease_for_keep_s(store: Store) -> None:
+    claim = await store.claim("msg_1", "rtc_1", 0.3)
+    await store.record_decision(claim, DECISION, keep_s=1)
+    await asyncio.sleep(0.45)
+    assert (await store.claim("msg_2", "rtc_1", 0.3)).decision == DECISION
+
+    await asyncio.sleep(1.0)
+
+    assert (await store.claim("msg_3", "rtc_1", 30)).decision is None
 
 
 @pytest.mark.parametrize(
@@ -322,16 +410,23 @@ async def test_redis_keys_and_their_expiry(
     store = RedisStore.from_url(redis_url, prefix=prefix)
     try:
         claim = await store.claim("msg_1", "rtc_1", 30)
-        for key in (f"{prefix}webhook:msg_1:lease", f"{prefix}call:rtc_1:lease"):
+        for key in (f"{prefix}wl:msg_1", f"{prefix}cl:rtc_1"):
             assert await raw_redis.get(key) == claim.token
             assert 29_000 < await raw_redis.pttl(key) <= 30_000
 
+        assert await store.record_decision(claim, DECISION) is True
+        assert json.loads(await raw_redis.get(f"{prefix}cd:rtc_1") or "null") == DECISION
+        assert DONE_KEEP_S - 60 < await raw_redis.ttl(f"{prefix}cd:rtc_1") <= DONE_KEEP_S
+
         await store.finish(claim, OUTCOME)
 
-        assert not await raw_redis.exists(f"{prefix}webhook:msg_1:lease")
-        assert not await raw_redis.exists(f"{prefix}call:rtc_1:lease")
-        for key in (f"{prefix}webhook:msg_1:done", f"{prefix}call:rtc_1:done"):
-            assert json.loads(await raw_redis.get(key) or "null") == OUTCOME
+        assert sorted(await raw_redis.keys(f"{prefix}*")) == [
+            f"{prefix}c:rtc_1",
+            f"{prefix}w:msg_1",
+        ]
+        assert await raw_redis.get(f"{prefix}w:msg_1") == "1"
+        assert json.loads(await raw_redis.get(f"{prefix}c:rtc_1") or "null") == OUTCOME
+        for key in (f"{prefix}w:msg_1", f"{prefix}c:rtc_1"):
             assert DONE_KEEP_S - 60 < await raw_redis.ttl(key) <= DONE_KEEP_S == 96 * 3600
 
         for n in range(CALL_LOG_SIZE + 5):
@@ -348,7 +443,7 @@ async def test_default_prefix_is_sip_router(redis_url: str) -> None:
     try:
         claim = await store.claim(f"msg_{uuid4().hex}", call_id, 5)
         async with redis.asyncio.Redis.from_url(redis_url, decode_responses=True) as client:
-            assert await client.get(f"sip-router:call:{call_id}:lease") == claim.token
+            assert await client.get(f"sip-router:cl:{call_id}") == claim.token
         await store.release(claim)
     finally:
         await store.aclose()
@@ -637,3 +732,81 @@ async def test_open_store_picks_the_backend() -> None:
     remote = open_store("redis://127.0.0.1:1/0")
     assert isinstance(remote, RedisStore)
     await remote.aclose()
+
+
+async def finish_calls(store: MemoryStore, first: int, count: int) -> None:
+    for n in range(first, first + count):
+        await store.finish(await store.claim(f"msg_{n}", f"rtc_{n}", 30), OUTCOME)
+
+
+async def test_memory_store_forgets_the_oldest_completed_calls_beyond_its_bound(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    clock = FakeClock()
+    store = MemoryStore(clock=clock, max_done_calls=3)
+
+    with caplog.at_level("WARNING", logger="sip_router.store"):
+        await finish_calls(store, 0, 3)
+        assert caplog.records == []
+        await finish_calls(store, 3, 2)
+
+    for n in (0, 1):
+        assert (await store.claim(f"msg_{n}", f"rtc_{n}", 30)).result is ClaimResult.ACQUIRED
+    for n in (2, 3, 4):
+        assert (await store.claim(f"msg_{n}", f"rtc_{n}", 30)).result is (
+            ClaimResult.DUPLICATE_DONE
+        )
+    (line,) = caplog.records
+    assert line.getMessage().startswith("in-memory store is full: forgetting the oldest")
+    assert line.fields == {"max_done_calls": 3, "records_forgotten": 2}  # type: ignore[attr-defined]
+
+
+async def test_memory_store_logs_forgetting_at_most_once_a_minute(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    clock = FakeClock()
+    store = MemoryStore(clock=clock, max_done_calls=1)
+
+    with caplog.at_level("WARNING", logger="sip_router.store"):
+        await finish_calls(store, 0, 10)
+        clock.now += 59
+        await finish_calls(store, 10, 10)
+        assert len(caplog.records) == 1
+        clock.now += 1
+        await finish_calls(store, 20, 1)
+
+    first, second = caplog.records
+    assert first.fields["records_forgotten"] == 2  # type: ignore[attr-defined]
+    # Every record forgotten since the first line: 19 calls' two records.
+    assert second.fields["records_forgotten"] == 38  # type: ignore[attr-defined]
+
+
+async def test_memory_store_never_forgets_leases_or_recorded_decisions() -> None:
+    store = MemoryStore(max_done_calls=1)
+    held = await store.claim("msg_held", "rtc_held", 30)
+    await store.record_decision(held, DECISION)
+    abandoned = await store.claim("msg_gone", "rtc_gone", 0.01)
+    await store.record_decision(abandoned, DECISION)
+
+    await finish_calls(store, 0, 100)
+
+    assert (await store.claim("msg_other", "rtc_held", 30)).result is ClaimResult.IN_FLIGHT
+    await asyncio.sleep(0.02)
+    assert (await store.claim("msg_other", "rtc_gone", 30)).decision == DECISION
+
+
+async def test_memory_store_stays_within_its_bound() -> None:
+    store = MemoryStore(max_done_calls=1000)
+    tracemalloc.start()
+    try:
+        await finish_calls(store, 0, 1000)
+        full = tracemalloc.get_traced_memory()[0]
+        await finish_calls(store, 1000, 5000)
+        grown = tracemalloc.get_traced_memory()[0] - full
+    finally:
+        tracemalloc.stop()
+
+    # About 450 bytes per remembered call; 5000 more calls take the place of 1000 (without
+    # the bound they would add 2.2 MB; dict resizing leaves some slack).
+    assert full < 1000 * 600, full
+    assert grown < 1000 * 150, grown

@@ -24,13 +24,19 @@ class ClaimResult(enum.Enum):
 
 @dataclass(frozen=True, slots=True)
 class Claim:
-    """The answer to one claim; `token` is set when ACQUIRED, `outcome` when *_DONE."""
+    """The answer to one claim; `token` is set when ACQUIRED, `outcome` when *_DONE.
+
+    `decision`, when ACQUIRED, is the request an earlier owner of the call recorded before
+    sending it and never saw through (it crashed, or its lease expired): the new owner
+    sends exactly that request again instead of deciding.
+    """
 
     result: ClaimResult
     webhook_id: str
     call_id: str
     token: str | None = None
     outcome: dict[str, Any] | None = None
+    decision: dict[str, Any] | None = None
 
     def lease_token(self) -> str:
         """The owner token of an acquired claim; ValueError for any other result."""
@@ -46,17 +52,34 @@ class DedupeStore(Protocol):
         """Atomically check the done records and leases of both ids and lease both if free."""
         ...
 
-    async def finish(
-        self, claim: Claim, outcome: Mapping[str, Any], keep_s: int = DONE_KEEP_S
+    async def record_decision(
+        self, claim: Claim, decision: Mapping[str, Any], keep_s: int = DONE_KEEP_S
     ) -> bool:
-        """Record the outcome for both ids and drop the leases this claim still owns.
+        """Record the request about to be sent for the call, kept for keep_s.
 
-        Returns whether both leases were still owned (False: a lease expired first).
+        Atomic, and only while this claim still owns the call's lease: False means another
+        owner has the call now, and nothing may be sent.
         """
         ...
 
-    async def release(self, claim: Claim) -> bool:
-        """Drop the leases this claim still owns so a redelivery can try again."""
+    async def finish(
+        self, claim: Claim, outcome: Mapping[str, Any], keep_s: int = DONE_KEEP_S
+    ) -> bool:
+        """Record the outcome for both ids, drop the call's recorded decision and the leases
+        this claim still owns.
+
+        The webhook id's record only marks the delivery as processed; a claim that finds it
+        gets the outcome recorded for the call it names. Returns whether both leases were
+        still owned (False: a lease expired first).
+        """
+        ...
+
+    async def release(self, claim: Claim, *, keep_decision: bool = False) -> bool:
+        """Drop the leases this claim still owns so a redelivery can try again.
+
+        The decision this claim recorded is dropped too (the action certainly had no
+        effect), unless `keep_decision`: then the next owner sends that request again.
+        """
         ...
 
 

@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-import heapq
 import json
+import logging
 import secrets
 import time
 from collections import deque
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from itertools import islice
 from typing import Any
 
@@ -20,23 +20,83 @@ from app.store.dedupe import (
     check_keep_s,
 )
 
-# A table maps a key to (value, expires_at on the store's clock).
-_Table = dict[str, tuple[str, float]]
+log = logging.getLogger("sip_router.store")
+
+# Completed calls kept at most; beyond, the oldest are forgotten (about 450 bytes each).
+MAX_DONE_CALLS = 100_000
+# After the first, at most one "forgetting" log line per this many seconds.
+FORGET_LOG_INTERVAL_S = 60.0
+# The value of a webhook id's record: the outcome is the one recorded for its call.
+_PROCESSED = ""
+
+
+class _ExpiringTable:
+    """Keys with a value and an expiry; kept in the order they were last written.
+
+    An expired entry is gone for `get`; `sweep` frees expired entries from the oldest on
+    and stops at the first one still alive, so an entry kept longer than the ones written
+    after it only delays their freeing, never their expiry.
+    """
+
+    def __init__(self) -> None:
+        self._entries: dict[str, tuple[str, float]] = {}
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    def get(self, key: str, now: float) -> str | None:
+        entry = self._entries.get(key)
+        if entry is None or entry[1] <= now:
+            return None
+        return entry[0]
+
+    def put(self, key: str, value: str, expires_at: float) -> None:
+        # Written again, the key moves to the newest end.
+        self._entries.pop(key, None)
+        self._entries[key] = (value, expires_at)
+
+    def delete(self, key: str) -> None:
+        self._entries.pop(key, None)
+
+    def sweep(self, now: float) -> None:
+        for key in list(self._oldest_expired(now)):
+            del self._entries[key]
+
+    def drop_oldest(self) -> None:
+        del self._entries[next(iter(self._entries))]
+
+    def _oldest_expired(self, now: float) -> Iterator[str]:
+        for key, (_, expires_at) in self._entries.items():
+            if expires_at > now:
+                return
+            yield key
 
 
 class MemoryStore:
     """DedupeStore and CallLog over dicts with expiry on a monotonic clock.
 
     No method awaits between its checks and its writes, so each one is atomic within an
-    event loop; it cannot protect several processes (use RedisStore for that).
+    event loop; it cannot protect several processes (use RedisStore for that). At most
+    `max_done_calls` completed calls are remembered: beyond that the oldest are forgotten
+    (logged), and a redelivery of a forgotten call would be acted on again. Leases and
+    recorded decisions are never forgotten before they expire.
     """
 
-    def __init__(self, *, clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(
+        self,
+        *,
+        clock: Callable[[], float] = time.monotonic,
+        max_done_calls: int = MAX_DONE_CALLS,
+    ) -> None:
+        if max_done_calls < 1:
+            raise ValueError("max_done_calls must be at least 1")
         self._clock = clock
-        self._leases: _Table = {}
-        self._done: _Table = {}
-        # Expiry times to sweep dead entries without scanning; stale heap items are skipped.
-        self._expiries: list[tuple[float, bool, str]] = []
+        self._max_done = 2 * max_done_calls  # a record for the call and one for its webhook id
+        self._leases = _ExpiringTable()
+        self._decisions = _ExpiringTable()
+        self._done = _ExpiringTable()
+        self._forgotten = 0
+        self._forget_logged_at: float | None = None
         self._calls: deque[str] = deque(maxlen=CALL_LOG_SIZE)
 
     async def claim(self, webhook_id: str, call_id: str, lease_s: float) -> Claim:
@@ -44,19 +104,39 @@ class MemoryStore:
         check_claim_args(webhook_id, call_id, lease_s)
         now = self._sweep()
         webhook_key, call_key = _keys(webhook_id, call_id)
-        for key, result in (
-            (webhook_key, ClaimResult.DUPLICATE_DONE),
-            (call_key, ClaimResult.CALL_DONE),
-        ):
-            done = self._done.get(key)
-            if done is not None:
-                return Claim(result, webhook_id, call_id, outcome=json.loads(done[0]))
-        if webhook_key in self._leases or call_key in self._leases:
+        outcome = self._done.get(call_key, now)
+        if self._done.get(webhook_key, now) is not None:
+            done = None if outcome is None else json.loads(outcome)
+            return Claim(ClaimResult.DUPLICATE_DONE, webhook_id, call_id, outcome=done)
+        if outcome is not None:
+            return Claim(ClaimResult.CALL_DONE, webhook_id, call_id, outcome=json.loads(outcome))
+        if self._leases.get(webhook_key, now) or self._leases.get(call_key, now):
             return Claim(ClaimResult.IN_FLIGHT, webhook_id, call_id)
         token = secrets.token_hex(16)
         for key in (webhook_key, call_key):
-            self._put(self._leases, key, token, now + lease_s)
-        return Claim(ClaimResult.ACQUIRED, webhook_id, call_id, token=token)
+            self._leases.put(key, token, now + lease_s)
+        decision = self._decisions.get(call_key, now)
+        return Claim(
+            ClaimResult.ACQUIRED,
+            webhook_id,
+            call_id,
+            token=token,
+            decision=None if decision is None else json.loads(decision),
+        )
+
+    async def record_decision(
+        self, claim: Claim, decision: Mapping[str, Any], keep_s: int = DONE_KEEP_S
+    ) -> bool:
+        """Record the request about to be sent, if this claim still owns the call's lease."""
+        token = claim.lease_token()
+        check_keep_s(keep_s)
+        text = json.dumps(dict(decision), separators=(",", ":"))
+        now = self._sweep()
+        call_key = _keys(claim.webhook_id, claim.call_id)[1]
+        if self._leases.get(call_key, now) != token:
+            return False
+        self._decisions.put(call_key, text, now + keep_s)
+        return True
 
     async def finish(
         self, claim: Claim, outcome: Mapping[str, Any], keep_s: int = DONE_KEEP_S
@@ -66,16 +146,21 @@ class MemoryStore:
         check_keep_s(keep_s)
         text = json.dumps(dict(outcome), separators=(",", ":"))
         now = self._sweep()
-        keys = _keys(claim.webhook_id, claim.call_id)
-        for key in keys:
-            self._put(self._done, key, text, now + keep_s)
-        return self._drop_leases(keys, token)
+        webhook_key, call_key = keys = _keys(claim.webhook_id, claim.call_id)
+        self._done.put(webhook_key, _PROCESSED, now + keep_s)
+        self._done.put(call_key, text, now + keep_s)
+        self._decisions.delete(call_key)
+        self._forget_beyond_bound(now)
+        return self._drop_leases(keys, token, now)
 
-    async def release(self, claim: Claim) -> bool:
-        """Drop the leases still owned by this claim; another owner's lease stays."""
+    async def release(self, claim: Claim, *, keep_decision: bool = False) -> bool:
+        """Drop the leases still owned by this claim (and its decision unless kept)."""
         token = claim.lease_token()
-        self._sweep()
-        return self._drop_leases(_keys(claim.webhook_id, claim.call_id), token)
+        now = self._sweep()
+        keys = _keys(claim.webhook_id, claim.call_id)
+        if not keep_decision and self._leases.get(keys[1], now) == token:
+            self._decisions.delete(keys[1])
+        return self._drop_leases(keys, token, now)
 
     async def append(self, entry: Mapping[str, Any]) -> None:
         """Add one call log entry, dropping the oldest beyond CALL_LOG_SIZE."""
@@ -92,30 +177,40 @@ class MemoryStore:
     async def aclose(self) -> None:
         """Nothing to close."""
 
-    def _put(self, table: _Table, key: str, value: str, expires_at: float) -> None:
-        table[key] = (value, expires_at)
-        heapq.heappush(self._expiries, (expires_at, table is self._done, key))
-
-    def _drop_leases(self, keys: tuple[str, str], token: str) -> bool:
+    def _drop_leases(self, keys: tuple[str, str], token: str, now: float) -> bool:
         owned = 0
         for key in keys:
-            lease = self._leases.get(key)
-            if lease is not None and lease[0] == token:
-                del self._leases[key]
+            if self._leases.get(key, now) == token:
+                self._leases.delete(key)
                 owned += 1
         return owned == len(keys)
 
+    def _forget_beyond_bound(self, now: float) -> None:
+        while len(self._done) > self._max_done:
+            self._done.drop_oldest()
+            self._forgotten += 1
+        if self._forgotten and (
+            self._forget_logged_at is None or now - self._forget_logged_at >= FORGET_LOG_INTERVAL_S
+        ):
+            log.warning(
+                "in-memory store is full: forgetting the oldest completed calls; a redelivery"
+                " of a forgotten call is acted on again (use Redis to keep them 96 hours)",
+                extra={
+                    "fields": {
+                        "max_done_calls": self._max_done // 2,
+                        "records_forgotten": self._forgotten,
+                    }
+                },
+            )
+            self._forget_logged_at = now
+            self._forgotten = 0
+
     def _sweep(self) -> float:
         now = self._clock()
-        while self._expiries and self._expiries[0][0] <= now:
-            _, is_done, key = heapq.heappop(self._expiries)
-            table = self._done if is_done else self._leases
-            entry = table.get(key)
-            # The key may have been written again since with a later expiry.
-            if entry is not None and entry[1] <= now:
-                del table[key]
+        for table in (self._leases, self._decisions, self._done):
+            table.sweep(now)
         return now
 
 
 def _keys(webhook_id: str, call_id: str) -> tuple[str, str]:
-    return f"webhook:{webhook_id}", f"call:{call_id}"
+    return f"w:{webhook_id}", f"c:{call_id}"

@@ -28,24 +28,39 @@ KEY_PREFIX = "sip-router:"
 CONNECT_TIMEOUT_S = 1.0
 COMMAND_TIMEOUT_S = 1.0
 
-# KEYS: webhook done, call done, webhook lease, call lease. ARGV: token, lease ms.
+# Keys, after the prefix: w:<webhook_id> and c:<call_id> hold the completed records ("1"
+# for a webhook id, the outcome JSON for a call), wl:/cl: the leases (owner token), cd: the
+# decision recorded for a call before its request was sent, until the call is finished.
+
+# KEYS: webhook done, call done, webhook lease, call lease, call decision.
+# ARGV: token, lease ms. Returns {result, outcome or decision}.
 _CLAIM = """
-local done = redis.call('GET', KEYS[1])
-if done then return {1, done} end
-done = redis.call('GET', KEYS[2])
-if done then return {2, done} end
+local outcome = redis.call('GET', KEYS[2])
+if redis.call('EXISTS', KEYS[1]) == 1 then return {1, outcome} end
+if outcome then return {2, outcome} end
 if redis.call('EXISTS', KEYS[3], KEYS[4]) > 0 then return {3} end
 redis.call('SET', KEYS[3], ARGV[1], 'PX', ARGV[2])
 redis.call('SET', KEYS[4], ARGV[1], 'PX', ARGV[2])
-return {0}
+return {0, redis.call('GET', KEYS[5])}
 """
 
-# KEYS: webhook lease, call lease, then optionally webhook done, call done.
-# ARGV: token, then optionally outcome JSON and keep seconds. Returns leases dropped.
+# KEYS: call lease, call decision. ARGV: token, decision JSON, keep seconds.
+_RECORD_DECISION = """
+if redis.call('GET', KEYS[1]) ~= ARGV[1] then return 0 end
+redis.call('SET', KEYS[2], ARGV[2], 'EX', ARGV[3])
+return 1
+"""
+
+# KEYS: webhook lease, call lease, call decision, then optionally webhook done, call done.
+# ARGV: token, "forget" or "keep" (the decision), then optionally outcome JSON and keep
+# seconds. Returns how many leases were dropped.
 _FINISH = """
-if #KEYS == 4 then
-  redis.call('SET', KEYS[3], ARGV[2], 'EX', ARGV[3])
-  redis.call('SET', KEYS[4], ARGV[2], 'EX', ARGV[3])
+if #KEYS == 5 then
+  redis.call('SET', KEYS[4], '1', 'EX', ARGV[4])
+  redis.call('SET', KEYS[5], ARGV[3], 'EX', ARGV[4])
+  redis.call('DEL', KEYS[3])
+elseif ARGV[2] == 'forget' and redis.call('GET', KEYS[2]) == ARGV[1] then
+  redis.call('DEL', KEYS[3])
 end
 local dropped = 0
 for i = 1, 2 do
@@ -77,6 +92,7 @@ class RedisStore:
         self._redis = client
         self._prefix = prefix
         self._claim = client.register_script(_CLAIM)
+        self._record_decision = client.register_script(_RECORD_DECISION)
         self._finish = client.register_script(_FINISH)
 
     @classmethod
@@ -98,14 +114,33 @@ class RedisStore:
         """Check both done records, then both leases, and lease both ids if free."""
         check_claim_args(webhook_id, call_id, lease_s)
         token = secrets.token_hex(16)
-        keys = [*self._done_keys(webhook_id, call_id), *self._lease_keys(webhook_id, call_id)]
+        keys = [
+            *self._done_keys(webhook_id, call_id),
+            *self._lease_keys(webhook_id, call_id),
+            self._decision_key(call_id),
+        ]
         with _unavailable():
             reply = await self._claim(keys=keys, args=[token, math.ceil(lease_s * 1000)])
         result = _CLAIM_RESULTS[int(reply[0])]
+        found = json.loads(reply[1]) if len(reply) > 1 and reply[1] is not None else None
         if result is ClaimResult.ACQUIRED:
-            return Claim(result, webhook_id, call_id, token=token)
-        outcome = json.loads(reply[1]) if len(reply) > 1 else None
-        return Claim(result, webhook_id, call_id, outcome=outcome)
+            return Claim(result, webhook_id, call_id, token=token, decision=found)
+        return Claim(result, webhook_id, call_id, outcome=found)
+
+    async def record_decision(
+        self, claim: Claim, decision: Mapping[str, Any], keep_s: int = DONE_KEEP_S
+    ) -> bool:
+        """Record the request about to be sent, if this claim still owns the call's lease."""
+        token = claim.lease_token()
+        check_keep_s(keep_s)
+        text = json.dumps(dict(decision), separators=(",", ":"))
+        keys = [
+            self._lease_keys(claim.webhook_id, claim.call_id)[1],
+            self._decision_key(claim.call_id),
+        ]
+        with _unavailable():
+            recorded = await self._record_decision(keys=keys, args=[token, text, keep_s])
+        return int(recorded) == 1
 
     async def finish(
         self, claim: Claim, outcome: Mapping[str, Any], keep_s: int = DONE_KEEP_S
@@ -116,18 +151,24 @@ class RedisStore:
         text = json.dumps(dict(outcome), separators=(",", ":"))
         keys = [
             *self._lease_keys(claim.webhook_id, claim.call_id),
+            self._decision_key(claim.call_id),
             *self._done_keys(claim.webhook_id, claim.call_id),
         ]
         with _unavailable():
-            dropped = await self._finish(keys=keys, args=[token, text, keep_s])
+            dropped = await self._finish(keys=keys, args=[token, "forget", text, keep_s])
         return int(dropped) == 2
 
-    async def release(self, claim: Claim) -> bool:
-        """Drop the leases still owned by this claim; another owner's lease stays."""
+    async def release(self, claim: Claim, *, keep_decision: bool = False) -> bool:
+        """Drop the leases still owned by this claim (and its decision unless kept)."""
         token = claim.lease_token()
-        keys = self._lease_keys(claim.webhook_id, claim.call_id)
+        keys = [
+            *self._lease_keys(claim.webhook_id, claim.call_id),
+            self._decision_key(claim.call_id),
+        ]
         with _unavailable():
-            dropped = await self._finish(keys=keys, args=[token])
+            dropped = await self._finish(
+                keys=keys, args=[token, "keep" if keep_decision else "forget"]
+            )
         return int(dropped) == 2
 
     async def append(self, entry: Mapping[str, Any]) -> None:
@@ -159,16 +200,13 @@ class RedisStore:
         await self._redis.aclose()
 
     def _lease_keys(self, webhook_id: str, call_id: str) -> list[str]:
-        return [
-            f"{self._prefix}webhook:{webhook_id}:lease",
-            f"{self._prefix}call:{call_id}:lease",
-        ]
+        return [f"{self._prefix}wl:{webhook_id}", f"{self._prefix}cl:{call_id}"]
 
     def _done_keys(self, webhook_id: str, call_id: str) -> list[str]:
-        return [
-            f"{self._prefix}webhook:{webhook_id}:done",
-            f"{self._prefix}call:{call_id}:done",
-        ]
+        return [f"{self._prefix}w:{webhook_id}", f"{self._prefix}c:{call_id}"]
+
+    def _decision_key(self, call_id: str) -> str:
+        return f"{self._prefix}cd:{call_id}"
 
     def _calls_key(self) -> str:
         return f"{self._prefix}calls"
