@@ -40,7 +40,7 @@ def create_app(
     rules = RulesHolder(settings.rules, metrics)
     if store is None:
         redis_url = settings.redis_url.get_secret_value() if settings.redis_url else None
-        store = open_store(redis_url)
+        store = open_store(redis_url, memory_max_calls=settings.memory_max_calls)
     http = httpx.AsyncClient(
         transport=transport,
         limits=httpx.Limits(max_connections=200, max_keepalive_connections=50),

@@ -75,6 +75,7 @@ class Settings(BaseSettings):
         default=10.0, gt=0, le=300, alias="SIP_ROUTER_REQUEST_TIMEOUT_S"
     )
     metrics_port: int | None = Field(default=None, ge=1, le=65535, alias="SIP_ROUTER_METRICS_PORT")
+    memory_max_calls: int = Field(default=100_000, ge=1, alias="SIP_ROUTER_MEMORY_MAX_CALLS")
 
     @field_validator("openai_api_key", "admin_token", "redis_url", mode="before")
     @classmethod

@@ -725,11 +725,11 @@ async def test_memory_record_written_again_keeps_its_later_expiry() -> None:
 
 
 async def test_open_store_picks_the_backend() -> None:
-    memory = open_store(None)
+    memory = open_store(None, memory_max_calls=10)
     assert isinstance(memory, MemoryStore)
     await memory.ping()
 
-    remote = open_store("redis://127.0.0.1:1/0")
+    remote = open_store("redis://127.0.0.1:1/0", memory_max_calls=10)
     assert isinstance(remote, RedisStore)
     await remote.aclose()
 

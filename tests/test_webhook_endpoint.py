@@ -387,6 +387,23 @@ async def test_an_event_from_the_future_is_processed(service: Service) -> None:
 # --- at most one action per call -------------------------------------------------------
 
 
+async def test_the_in_memory_bound_is_the_memory_max_calls_setting(
+    service_factory: ServiceFactory,
+) -> None:
+    """Beyond SIP_ROUTER_MEMORY_MAX_CALLS finished calls, the oldest is forgotten: its
+    redelivery is acted on again, as the README says."""
+    async with service_factory(memory_max_calls=2) as service:
+        first = await service.send(CALLER, MAIN_LINE)
+        await service.send(CALLER, MAIN_LINE)
+        assert (await service.deliver(first.delivery)).answer["status"] == "duplicate"
+        await service.send(CALLER, MAIN_LINE)
+
+        again = await service.deliver(first.delivery)
+
+    assert again.answer["status"] == "processed"
+    assert service.fake.verbs_for(first.call_id) == ["accept", "accept"]
+
+
 async def test_the_same_delivery_twice_acts_once(service: Service) -> None:
     first = await service.send(CALLER, MAIN_LINE)
     second = await service.deliver(first.delivery)

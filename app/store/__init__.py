@@ -40,6 +40,8 @@ class Store(DedupeStore, CallLog, Protocol):
         ...
 
 
-def open_store(redis_url: str | None) -> Store:
-    """A RedisStore for `redis_url` (connecting lazily), else a MemoryStore."""
-    return RedisStore.from_url(redis_url) if redis_url else MemoryStore()
+def open_store(redis_url: str | None, *, memory_max_calls: int) -> Store:
+    """A RedisStore for `redis_url` (connecting lazily), else a bounded MemoryStore."""
+    if redis_url:
+        return RedisStore.from_url(redis_url)
+    return MemoryStore(max_done_calls=memory_max_calls)
