@@ -43,6 +43,13 @@ condition = st.one_of(
 )
 
 
+class _PlainDumper(yaml.SafeDumper):
+    """Writes a value used twice out twice: rule files may not hold anchors and aliases."""
+
+    def ignore_aliases(self, data: object) -> bool:
+        return True
+
+
 def _write_rules(tmp: Path, conditions: list[dict[str, object]]) -> Path:
     doc = {
         "version": 1,
@@ -54,7 +61,7 @@ def _write_rules(tmp: Path, conditions: list[dict[str, object]]) -> Path:
         "default": {"reject": {"status_code": 603}},
     }
     path = tmp / "rules.yaml"
-    path.write_text(yaml.safe_dump(doc))
+    path.write_text(yaml.dump(doc, Dumper=_PlainDumper))
     return path
 
 

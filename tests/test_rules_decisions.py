@@ -509,6 +509,70 @@ def test_hostile_header_values_never_crash_and_match_as_written(
     assert traced.trace[-1].matched
 
 
+# A rule file may come from a shared ConfigMap: its regexes are matched by RE2, in time
+# linear in the value. Each pattern below takes exponential time in a backtracking engine
+# on a value of this size (a 30-character header took 23.5 s).
+@pytest.mark.parametrize(
+    ("regex", "value", "rule"),
+    [
+        (r"(a|a|ab)*c", "a" * 30, None),
+        (r"(a|a|ab)*c", "ab" * 15 + "c", "partner"),
+        (r"(a+)+b", "a" * 30, None),
+        (r"(\w+\s?)*x", "a" * 30, None),
+        (r"([A-Za-z0-9]{1,15}){1,15}-x", "a" * 30, None),
+        (r"([A-Za-z0-9]{1,15}){1,15}-x", "a" * 30 + "-x", "partner"),
+    ],
+)
+def test_backtracking_bombs_in_header_regexes_decide_correctly(
+    tmp_path: Path, regex: str, value: str, rule: str | None
+) -> None:
+    assert len(value) in (30, 31, 32)
+    ruleset = load(
+        tmp_path,
+        f"""\
+        version: 1
+        rules:
+          - name: partner
+            when: {{header: {{X-Partner-Id: {{regex: '{regex}'}}}}}}
+            reject: {{}}
+        default: {{reject: {{status_code: 486}}}}
+        tests:
+          - {{from: "+14155550123", to: "+14155550100", headers: {{X-Partner-Id: "{value}"}},
+             expect: {rule or "default"}}}
+        """,
+    )
+    assert decide_headers(ruleset, [*CALLER, ("X-Partner-Id", value)]).rule == rule
+    assert [r.passed for r in run_rule_tests(ruleset, AT)] == [True]
+
+
+@pytest.mark.parametrize(
+    ("regex", "caller", "rule"),
+    [
+        # 11 digits: minutes for a backtracking engine with nested, overlapping repetition.
+        (r"\+((([0-9]|[0-9])+)+)+x", "+14155550123", None),
+        (r"\+((([0-9]|[0-9])+)+)+", "+14155550123", "regex"),
+        (r"\+((1|[0-9]|[0-9]{2})+)+0", "+14155550123", None),
+        (r"\+((1|[0-9]|[0-9]{2})+)+3", "+14155550123", "regex"),
+    ],
+)
+def test_backtracking_bombs_in_number_regexes_decide_correctly(
+    tmp_path: Path, regex: str, caller: str, rule: str | None
+) -> None:
+    assert len(caller.lstrip("+")) == 11
+    ruleset = load(
+        tmp_path,
+        f"""\
+        version: 1
+        rules:
+          - name: regex
+            when: {{caller: {{regex: '{regex}'}}}}
+            reject: {{}}
+        default: {{reject: {{status_code: 486}}}}
+        """,
+    )
+    assert rule_for(ruleset, caller) == rule
+
+
 def test_hostile_identity_headers_never_crash(tmp_path: Path) -> None:
     ruleset = load(tmp_path, ANONYMITY_RULES)
     hostile = [

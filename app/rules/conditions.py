@@ -1,17 +1,17 @@
 """Compiled `when` conditions: each answers `matches(ctx)` fast and `explain(ctx)` for traces.
 
 Number conditions compare E.164 strings against sets, prefix tables and precompiled
-regexes, so their cost does not depend on the size of the lists they reference.
+RE2 regexes, so their cost does not depend on the size of the lists they reference.
 """
 
 from __future__ import annotations
 
-import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Literal, Protocol
 
 from app.rules.call_context import CallContext
+from app.rules.linear_regex import Regex
 from app.rules.number_set import NumberSet
 from app.rules.schedule import CompiledSchedule
 from app.sip_identity import Party
@@ -65,9 +65,9 @@ class NumberPrefix:
 
 @dataclass(frozen=True, slots=True)
 class NumberRegex:
-    """`pattern` and `regex` terms, both compiled to a full-match regex at load."""
+    """`pattern` and `regex` terms, both compiled to a full-match RE2 regex at load."""
 
-    regex: re.Pattern[str]
+    regex: Regex
     description: str
 
     def test(self, party: Party) -> bool:
@@ -127,7 +127,7 @@ class HeaderCondition:
 
     name: str
     kind: Literal["equals", "regex", "present"]
-    value: str | re.Pattern[str] | bool
+    value: str | Regex | bool
     description: str
 
     def matches(self, ctx: CallContext) -> bool:
@@ -136,8 +136,8 @@ class HeaderCondition:
             return bool(values) is self.value
         if self.kind == "equals":
             return any(v == self.value for v in values)
-        assert isinstance(self.value, re.Pattern)
         regex = self.value
+        assert not isinstance(regex, str | bool)
         return any(regex.fullmatch(v) is not None for v in values)
 
     def explain(self, ctx: CallContext) -> tuple[bool, str]:

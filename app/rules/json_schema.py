@@ -230,7 +230,11 @@ def _number_term() -> Schema:
                 text_or_digits,
                 "Digits plus X (0-9), Z (1-9), N (2-9) and classes like [1-5].",
             ),
-            "regex": _described(text_or_digits, "A regular expression matching the whole E.164."),
+            "regex": _described(
+                text_or_digits,
+                "A regular expression (RE2: no back-references or look-around)"
+                " matching the whole E.164.",
+            ),
             "in": {
                 "anyOf": [_ref("Name"), {"type": "integer"}],
                 "description": "The name of a list under `lists`.",
@@ -273,7 +277,11 @@ def _condition_defs() -> Schema:
             _one_key_of(
                 {
                     "equals": {"type": "string", "description": "The exact value."},
-                    "regex": {"type": "string", "description": "A regular expression."},
+                    "regex": {
+                        "type": "string",
+                        "description": "A regular expression (RE2: no back-references or"
+                        " look-around) matching the whole value.",
+                    },
                     "present": {
                         "type": "boolean",
                         "description": "true: the header is there; false: it is not.",

@@ -4,8 +4,8 @@ Every problem is collected as `file:line: message`; a file with any error never 
 Ruleset. One load reports every problem in one run: a value YAML refuses, a part the models
 reject and a name that does not resolve are all found, because each stage goes on with what
 the earlier ones accepted, and stays quiet about what they already reported. Reading files
-is the only I/O here, and it goes through `read_text` so tests and reloads can see exactly
-which files a ruleset came from.
+is the only I/O here, and it goes through `RuleFolder`, which keeps it inside the rule
+file's folder and within size caps, and records which files a ruleset came from.
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ import hashlib
 import json
 import posixpath
 import re
-from collections.abc import Callable, Collection, Iterable, Mapping
+from collections.abc import Collection, Iterable, Mapping
 from copy import deepcopy
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -55,6 +55,12 @@ from app.rules.file_model import (
     RuleSpec,
     WhenSpec,
 )
+from app.rules.file_reading import (
+    MAX_INSTRUCTIONS_FILE_BYTES,
+    MAX_LIST_FILE_BYTES,
+    FileRefused,
+    RuleFolder,
+)
 from app.rules.file_shape import (
     FileParts,
     Finding,
@@ -63,9 +69,9 @@ from app.rules.file_shape import (
     validation_findings,
     written,
 )
+from app.rules.linear_regex import Regex, RegexError, compile_regex
 from app.rules.number_set import NumberListError, NumberSet
 from app.rules.problems import Problem, RuleFileError
-from app.rules.regex_safety import nested_unbounded_repeat
 from app.rules.ruleset import (
     AcceptAction,
     Action,
@@ -92,12 +98,6 @@ _DEFAULT_ON_ERROR = RejectAction(503)
 # Keys of a profile that are not accept fields: sip-router reads them itself.
 _PROFILE_OWN_KEYS = ("extends", "instructions_file", "max_duration_s")
 
-ReadText = Callable[[Path], str]
-
-
-def _read_text(path: Path) -> str:
-    return path.read_text(encoding="utf-8")
-
 
 @dataclass
 class _Context:
@@ -107,7 +107,7 @@ class _Context:
     data: Any
     lines: LineIndex
     base_dir: Path
-    read: ReadText
+    folder: RuleFolder
     region: str = "ZZ"
     # `defaults.region` was written but is not usable: numbers in national form cannot be
     # judged, and saying they are wrong would only repeat the region's problem.
@@ -189,16 +189,15 @@ class _Context:
         names = {_rule_name(self.data, i) for i in range(len(written))}
         return None if None in names else {n for n in names if n is not None}
 
-    def read_referenced(self, path: DataPath, relative: str) -> tuple[str, str] | None:
+    def read_referenced(self, path: DataPath, relative: str, limit: int) -> tuple[str, str] | None:
         """Read a file named in the rule file; None (and an error) when it cannot be read."""
-        target = (self.base_dir / relative).resolve()
         shown = str(self.base_dir / relative)
-        self.attempted.append(shown)
+        if not Path(relative).is_absolute():
+            self.attempted.append(shown)
         try:
-            text = self.read(target)
-        except (OSError, UnicodeDecodeError) as exc:
-            reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
-            self.error(path, f"cannot read {shown}: {reason}")
+            text = self.folder.read_named(relative, limit)
+        except FileRefused as exc:
+            self.error(path, f"cannot read {shown}: {exc}")
             return None
         self.files[shown] = text
         self.sources[posixpath.normpath(relative)] = text
@@ -214,15 +213,15 @@ def _rule_name(data: Any, index: int) -> str | None:
     return None
 
 
-def load_ruleset(path: Path | str, *, read_text: ReadText = _read_text) -> Ruleset:
+def load_ruleset(path: Path | str) -> Ruleset:
     """Load, validate and compile the rule file at `path`; raise RuleFileError listing problems."""
     main_path = Path(path)
     shown = str(main_path)
+    folder = RuleFolder(main_path)
     try:
-        text = read_text(main_path)
-    except (OSError, UnicodeDecodeError) as exc:
-        reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
-        problem = Problem(shown, 0, f"cannot read the rule file: {reason}")
+        text = folder.read_main()
+    except FileRefused as exc:
+        problem = Problem(shown, 0, f"cannot read the rule file: {exc}")
         raise RuleFileError([problem], (shown,)) from None
     try:
         document = load_yaml(text, shown)
@@ -233,7 +232,7 @@ def load_ruleset(path: Path | str, *, read_text: ReadText = _read_text) -> Rules
         document.data,
         document.lines,
         main_path.parent,
-        read_text,
+        folder,
         refused=document.refused,
         incomplete=document.incomplete,
         problems=list(document.problems),
@@ -341,7 +340,7 @@ def _compile_lists(parts: FileParts, ctx: _Context) -> dict[str, NumberSet]:
                     ctx.error((*path, exc.index), f"lists.{name}[{exc.index}]: {exc.message}")
             continue
         assert list_spec.file is not None
-        read = ctx.read_referenced((*path, "file"), list_spec.file)
+        read = ctx.read_referenced((*path, "file"), list_spec.file, MAX_LIST_FILE_BYTES)
         if read is None:
             continue
         shown, text = read
@@ -405,7 +404,9 @@ def _resolve_profiles(parts: FileParts, ctx: _Context) -> dict[str, _Profile]:
             elif not isinstance(instructions_file, str):
                 ctx.error((*path, "instructions_file"), "instructions_file must be a path")
             else:
-                read = ctx.read_referenced((*path, "instructions_file"), instructions_file)
+                read = ctx.read_referenced(
+                    (*path, "instructions_file"), instructions_file, MAX_INSTRUCTIONS_FILE_BYTES
+                )
                 if read is not None:
                     shown, text = read
                     body["instructions"] = text
@@ -634,8 +635,8 @@ class _RuleCompiler:
             return test
         if term.regex is not None:
             try:
-                compiled = re.compile(term.regex, re.ASCII)
-            except re.error as exc:
+                compiled = compile_regex(term.regex)
+            except RegexError as exc:
                 self.ctx.error(path, f"{self.ctx.describe(path)}: invalid regex: {exc}")
                 return None
             test = NumberRegex(compiled, f"regex {term.regex}")
@@ -675,17 +676,9 @@ class _RuleCompiler:
             return HeaderCondition(name.lower(), "present", test.present, f"{name} is {state}")
         if test.regex is not None:
             try:
-                regex = re.compile(test.regex)
-            except re.error as exc:
+                regex = compile_regex(test.regex)
+            except RegexError as exc:
                 self.ctx.error(path, f"{self.ctx.describe(path)}: invalid regex: {exc}")
-                return ALWAYS
-            if nested_unbounded_repeat(test.regex):
-                self.ctx.error(
-                    path,
-                    f"{self.ctx.describe(path)}: regex repeats a group that itself repeats without"
-                    " bound (like (a+)+); on a hostile header value it can take exponential"
-                    " time. Rewrite it without the nested repetition",
-                )
                 return ALWAYS
             return HeaderCondition(name.lower(), "regex", regex, f"{name} matches {test.regex}")
         assert test.equals is not None
@@ -748,7 +741,7 @@ class _RuleCompiler:
         )
 
 
-def _pattern_regex(pattern: str) -> re.Pattern[str] | None:
+def _pattern_regex(pattern: str) -> Regex | None:
     text = pattern.removeprefix("+")
     out = [r"\+"]
     pos = 0
@@ -762,8 +755,8 @@ def _pattern_regex(pattern: str) -> re.Pattern[str] | None:
     if not text:
         return None
     try:
-        return re.compile("".join(out), re.ASCII)
-    except re.error:  # a class like [5-1]
+        return compile_regex("".join(out))
+    except RegexError:  # a class like [5-1]
         return None
 
 

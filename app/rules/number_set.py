@@ -11,6 +11,10 @@ __all__ = ["NumberListError", "NumberSet"]
 
 _PREFIX_MARK: Final = "*"
 _COMMENT_MARK: Final = "#"
+# What a problem in a list file shows of the line: a list file may be any file the rule
+# file names, and its lines are not echoed into logs and admin answers.
+_EXCERPT_CHARS: Final = 4
+_QUOTED_CHARS: Final = 40  # as app.phone_numbers quotes an entry in its messages
 
 
 class NumberListError(ValueError):
@@ -55,14 +59,21 @@ class NumberSet:
 
     @classmethod
     def parse_file_text(cls, text: str, region: str) -> NumberSet:
-        """Compile a list file: one number or prefix a line, blank lines and `#` comments."""
+        """Compile a list file: one number or prefix a line, blank lines and `#` comments.
+
+        A problem names the line and quotes only its first few characters.
+        """
         lines = text.removeprefix("\ufeff").split("\n")
-        numbered = (
+        numbered = [
             (line_number, entry)
             for line_number, line in enumerate(lines, start=1)
             if (entry := line.partition(_COMMENT_MARK)[0].strip())
-        )
-        return cls._compile(numbered, region)
+        ]
+        try:
+            return cls._compile(numbered, region)
+        except NumberListError as exc:
+            entry = dict(numbered)[exc.index]
+            raise NumberListError(exc.index, _without_entry(exc.message, entry)) from None
 
     @classmethod
     def _compile(cls, entries: Iterable[tuple[int, str]], region: str) -> NumberSet:
@@ -114,3 +125,16 @@ class NumberSet:
 
     def __delattr__(self, name: str) -> None:
         raise AttributeError("NumberSet is immutable")
+
+
+def _without_entry(message: str, entry: str) -> str:
+    """`message` with the quoted entry replaced by a marked excerpt of its start."""
+    shown = entry.strip()
+    quoted = repr(shown[:_QUOTED_CHARS] + "..." if len(shown) > _QUOTED_CHARS else shown)
+    if len(shown) > _EXCERPT_CHARS:
+        marked = f"the line starting {shown[:_EXCERPT_CHARS] + '…'!r}"
+    else:
+        marked = f"the line {shown!r}"
+    if quoted in message:
+        return message.replace(quoted, marked)
+    return f"{marked} is not a phone number or prefix"

@@ -24,6 +24,9 @@ _SEXAGESIMAL = re.compile(r"[-+]?[0-9][0-9_]*(?::[0-5]?[0-9])+(?:\.[0-9_]*)?")
 _OCTAL_LOOKING = re.compile(r"0[0-9_]+")
 _PLUS_NUMBER = re.compile(r"\+[0-9][0-9_]*")
 _MAX_DEPTH = 64
+# An alias is a reference: nine of them nine levels deep stand for 9**9 values. So a
+# value is built at most once, and every alias is refused.
+_ALIAS_MESSAGE = "YAML anchors and aliases (&, *) are not supported; write the value out"
 # libyaml's parser when PyYAML was built with it: same nodes and marks, far faster.
 _LOADER: Any = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
 
@@ -74,6 +77,8 @@ def load_yaml(text: str, filename: str) -> YamlDocument:
         return YamlDocument(None, LineIndex({(): 1}))
     builder = _Builder(filename)
     data = builder.build(node, (), 0)
+    if builder.aliased:
+        builder.problems.extend(_alias_problems(text, filename))
     return YamlDocument(
         data,
         LineIndex(builder.lines),
@@ -81,6 +86,18 @@ def load_yaml(text: str, filename: str) -> YamlDocument:
         frozenset(builder.refused),
         frozenset(builder.incomplete),
     )
+
+
+def _alias_problems(text: str, filename: str) -> list[Problem]:
+    """One problem at each line that uses an alias (read again only when there is one)."""
+    lines = sorted(
+        {
+            event.start_mark.line + 1
+            for event in yaml.parse(text, Loader=_LOADER)
+            if isinstance(event, yaml.AliasEvent) and event.start_mark is not None
+        }
+    )
+    return [Problem(filename, line, _ALIAS_MESSAGE) for line in lines]
 
 
 _UNCLOSED = {
@@ -131,9 +148,16 @@ class _Builder:
         self.refused: set[Path] = set()
         self.incomplete: set[Path] = set()
         self._constructor = yaml.SafeLoader("")
+        self._built: set[int] = set()
+        self.aliased = False
 
     def build(self, node: yaml.Node, path: Path, depth: int) -> Any:
         self.lines.setdefault(path, node.start_mark.line + 1)
+        if id(node) in self._built:  # an alias of a value already built
+            self.aliased = True
+            self.refused.add(path)
+            return None
+        self._built.add(id(node))
         if depth > _MAX_DEPTH:
             self._problem(node, "nesting is too deep")
             self.refused.add(path)
