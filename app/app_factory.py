@@ -19,7 +19,7 @@ from app.http.services import Services
 from app.metrics import Metrics
 from app.openai_calls import OpenAICallsClient
 from app.rules.problems import RuleFileError
-from app.rules_reloading import RulesHolder
+from app.rules_reloading import RulesHolder, start_load_server
 from app.settings import Settings
 from app.store import Store, StoreAvailability, open_store
 from app.webhook_verification import WebhookVerifier
@@ -97,6 +97,7 @@ def create_app(
         availability = StoreAvailability(store)
         await availability.check()
         store_watch = asyncio.create_task(availability.watch())
+        start_load_server()  # in the background; reloads fork from it
         watcher = asyncio.create_task(rules.watch(watch_interval_s)) if watch_interval_s else None
         if handle_signals:
             _on_sighup(rules)

@@ -20,8 +20,8 @@ import pytest
 from app.app_factory import create_app
 from app.metrics import Metrics
 from app.rules.problems import RuleFileError
-from app.rules.simulation import simulated_context
-from app.rules_reloading import RulesHolder, load_checked_ruleset
+from app.rules.simulation import run_rule_tests, simulated_context
+from app.rules_reloading import RulesHolder, load_checked_ruleset, load_in_process
 from app.settings import Settings
 from app.webhook_signing import signed_test_call
 from tests.fake_openai import MOCK_BASE_URL, FakeOpenAI
@@ -366,3 +366,92 @@ async def test_admin_reload_and_decisions_carry_the_ruleset_version(
         if r.name == "sip_router.webhook" and "call_id" in getattr(r, "fields", {})
     }
     assert logged == by_call
+
+
+# --- the load runs in its own process, with a time and a memory limit ------------------------
+
+
+def test_a_reload_in_its_own_process_gives_the_same_ruleset() -> None:
+    """Compiled parts (templates, regexes, lists, holiday calendars) survive the trip back."""
+    path = Path("routing_rules/rules.yaml")
+    here = load_checked_ruleset(path, NOW)
+    there = load_in_process(path, NOW)
+    assert there.version == here.version
+    assert there.files == here.files
+    assert [r.name for r in there.rules] == [r.name for r in here.rules]
+    assert all(result.passed for result in run_rule_tests(there, NOW))
+    for caller in ("+12025550199", "+14155550123", "anonymous"):
+        ctx = simulated_context(here, caller, "+14155550100", NOW)
+        assert there.decide(ctx).rule == here.decide(ctx).rule
+        assert there.decide(ctx).body == here.decide(ctx).body
+
+
+async def test_a_load_over_its_time_limit_is_a_counted_reload_error_not_retried(
+    tmp_path: Path,
+) -> None:
+    path = rules_dir(tmp_path)
+    metrics = Metrics()
+    holder = RulesHolder(path, metrics, wall_clock=lambda: WALL_CLOCK, load_timeout_s=0.001)
+    holder.load_now()
+    first = holder.status().version
+    watcher = asyncio.create_task(holder.watch(interval_s=0.05))
+    try:
+        rewrite(path, RULES.replace("486", "480"))
+        await wait_for(lambda: reloads(metrics, "error") == 1)
+        await asyncio.sleep(0.3)  # several ticks: unchanged files are not loaded again
+        assert reloads(metrics, "error") == 1
+    finally:
+        watcher.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await watcher
+    status = holder.status()
+    assert status.version == first
+    assert status.last_error == f"{path}: loading took longer than 0.001 s; stopped"
+    assert decided_status(holder, "+14155550123") == 486
+
+
+async def test_a_load_over_its_memory_limit_is_a_counted_reload_error(tmp_path: Path) -> None:
+    # 2,000,000 numbers fit the size caps (27 MB) but not 256 MiB of address space.
+    numbers = "".join(f"+1202{n:07d}\n" for n in range(2_000_000))
+    path = rules_dir(tmp_path)
+    metrics = Metrics()
+    holder = RulesHolder(
+        path, metrics, wall_clock=lambda: WALL_CLOCK, load_memory_bytes=256 * 1024**2
+    )
+    holder.load_now()
+    rewrite(tmp_path / "lists" / "blocked.txt", numbers)
+    with pytest.raises(RuleFileError) as caught:
+        await holder.reload("file changed")
+    assert reloads(metrics, "error") == 1
+    assert holder.status().last_error == str(caught.value)
+    assert str(caught.value) in (
+        f"{path}: loading needs more than 256 MiB of memory; stopped",
+        # Memory can run out where no answer can be sent any more.
+        f"{path}: the loading process ended without an answer (exit code 1)",
+    )
+    assert decided_status(holder, "+12025550199") == 603
+
+
+async def test_dev_zero_as_instructions_file_is_a_reported_reload_error(tmp_path: Path) -> None:
+    path = rules_dir(tmp_path)
+    fake = FakeOpenAI("sk-test")
+    async with running_app(path, fake) as client:
+        (tmp_path / "prompt.md").symlink_to("/dev/zero")
+        rewrite(
+            path,
+            RULES.replace(
+                "default: {reject: {status_code: 486}}",
+                "profiles:\n  desk: {model: gpt-realtime, instructions_file: prompt.md}\n"
+                "default: {accept: {profile: desk}}",
+            ).replace(
+                'tests:\n  - {from: "+12025550199", to: "+14155550100", expect: blocked}\n', ""
+            ),
+        )
+        refused = await client.post("/admin/reload", headers=ADMIN)
+        assert refused.status_code == 422
+        expected = f"{path}:10: cannot read {tmp_path}/prompt.md: outside the rule file's folder"
+        assert refused.json()["errors"] == [expected]
+        rules = (await client.get("/admin/rules", headers=ADMIN)).json()
+        assert rules["last_error"] == expected
+        metrics_text = (await client.get("/metrics")).text
+        assert 'sip_router_rules_reloads_total{result="error"} 1.0' in metrics_text

@@ -120,6 +120,9 @@ class NumberSet:
     def __repr__(self) -> str:
         return f"NumberSet({len(self._exact)} numbers, {len(self._prefixes)} prefixes)"
 
+    def __reduce__(self) -> tuple[type[NumberSet], tuple[frozenset[str], frozenset[str]]]:
+        return type(self), (self._exact, self._prefixes)
+
     def __setattr__(self, name: str, value: object) -> None:
         raise AttributeError("NumberSet is immutable")
 

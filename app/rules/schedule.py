@@ -370,6 +370,10 @@ class _HolidayCalendar:
         # Filling a year twice under concurrency yields equal values, so no lock is needed.
         self._years: dict[int, Mapping[date, str]] = {}
 
+    def __reduce__(self) -> tuple[type[_HolidayCalendar], tuple[HolidaySpec]]:
+        # The years are filled again where it is unpickled, from the shared cache.
+        return type(self), (self._spec,)
+
     def name_on(self, day: date) -> str | None:
         names = self._years.get(day.year)
         if names is None:

@@ -89,6 +89,11 @@ class Template:
 
     source: str
     compiled: jinja2.Template | None
+    context: TemplateContext = "text"
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        # Compiled Jinja code does not pickle; a reload's worker process sends the source.
+        return compile_template, (self.source, self.context)
 
     @property
     def is_static(self) -> bool:
@@ -139,7 +144,7 @@ def compile_template(source: str, context: TemplateContext = "text") -> Template
                 f"unknown field '{target.name}.{node.attr}' (known: {fields})", node.lineno
             )
     env = _URI_ENV if context == "uri" else _ENV
-    return Template(source, env.from_string(source))
+    return Template(source, env.from_string(source), context)
 
 
 def template_variables(
