@@ -54,7 +54,8 @@ def _load_context() -> Any:
     context = multiprocessing.get_context("forkserver")
     # Loads fork from a server that has imported the loader (and the holiday calendars'
     # modules, the slowest part of a first load) already: a reload starts in milliseconds.
-    context.set_forkserver_preload([__name__, "holidays.countries"])
+    # With `__main__` imported there once, a load does not import the program again.
+    context.set_forkserver_preload(["__main__", __name__, "holidays.countries"])
     return context
 
 

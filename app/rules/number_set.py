@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
-from typing import Final
+from typing import Any, Final
 
 from app.phone_numbers import NumberFormatError, normalize_number, normalize_prefix
 
@@ -120,8 +120,10 @@ class NumberSet:
     def __repr__(self) -> str:
         return f"NumberSet({len(self._exact)} numbers, {len(self._prefixes)} prefixes)"
 
-    def __reduce__(self) -> tuple[type[NumberSet], tuple[frozenset[str], frozenset[str]]]:
-        return type(self), (self._exact, self._prefixes)
+    def __reduce__(self) -> tuple[Any, tuple[tuple[str, ...], tuple[str, ...]]]:
+        # A reload's worker process sends lists as text in chunks: the service rebuilds a
+        # million numbers chunk by chunk, so its event loop gets turns in between.
+        return _unpickled, (_chunks(self._exact), _chunks(self._prefixes))
 
     def __setattr__(self, name: str, value: object) -> None:
         raise AttributeError("NumberSet is immutable")
@@ -141,3 +143,23 @@ def _without_entry(message: str, entry: str) -> str:
     if quoted in message:
         return message.replace(quoted, marked)
     return f"{marked} is not a phone number or prefix"
+
+
+_CHUNK_ENTRIES: Final = 10_000
+
+
+def _chunks(entries: frozenset[str]) -> tuple[str, ...]:
+    ordered = list(entries)
+    return tuple(
+        "\n".join(ordered[i : i + _CHUNK_ENTRIES]) for i in range(0, len(ordered), _CHUNK_ENTRIES)
+    )
+
+
+def _unpickled(exact: tuple[str, ...], prefixes: tuple[str, ...]) -> NumberSet:
+    def entries(chunks: tuple[str, ...]) -> set[str]:
+        found: set[str] = set()
+        for chunk in chunks:
+            found.update(chunk.split("\n"))
+        return found
+
+    return NumberSet(entries(exact), entries(prefixes))
