@@ -37,7 +37,12 @@ def create_app(
 ) -> FastAPI:
     """Build the service. `transport` replaces the network (tests); signals only under serve."""
     metrics = Metrics()
-    rules = RulesHolder(settings.rules, metrics)
+    rules = RulesHolder(
+        settings.rules,
+        metrics,
+        load_timeout_s=settings.reload_timeout_s,
+        load_memory_bytes=settings.reload_memory_mb * 1024**2,
+    )
     if store is None:
         redis_url = settings.redis_url.get_secret_value() if settings.redis_url else None
         store = open_store(redis_url, memory_max_calls=settings.memory_max_calls)

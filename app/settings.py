@@ -76,6 +76,10 @@ class Settings(BaseSettings):
     )
     metrics_port: int | None = Field(default=None, ge=1, le=65535, alias="SIP_ROUTER_METRICS_PORT")
     memory_max_calls: int = Field(default=100_000, ge=1, alias="SIP_ROUTER_MEMORY_MAX_CALLS")
+    reload_timeout_s: float = Field(
+        default=120.0, gt=0, le=3600, alias="SIP_ROUTER_RELOAD_TIMEOUT_S"
+    )
+    reload_memory_mb: int = Field(default=2048, ge=64, alias="SIP_ROUTER_RELOAD_MEMORY_MB")
 
     @field_validator("openai_api_key", "admin_token", "redis_url", mode="before")
     @classmethod

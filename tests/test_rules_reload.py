@@ -285,9 +285,12 @@ ADMIN = {"authorization": "Bearer admin-token"}
 
 
 @contextlib.asynccontextmanager
-async def running_app(rules: Path, fake: FakeOpenAI) -> AsyncIterator[httpx.AsyncClient]:
+async def running_app(
+    rules: Path, fake: FakeOpenAI, **fields: Any
+) -> AsyncIterator[httpx.AsyncClient]:
     settings = Settings(
         _env_file=None,
+        **fields,
         openai_api_key="sk-test",
         openai_webhook_secret=SECRET,
         openai_base_url=MOCK_BASE_URL,
@@ -408,6 +411,19 @@ async def test_a_load_over_its_time_limit_is_a_counted_reload_error_not_retried(
     assert status.version == first
     assert status.last_error == f"{path}: loading took longer than 0.001 s; stopped"
     assert decided_status(holder, "+14155550123") == 486
+
+
+async def test_the_reload_limits_are_settings(tmp_path: Path) -> None:
+    path = rules_dir(tmp_path)
+    async with running_app(
+        path, FakeOpenAI("sk-test"), reload_timeout_s=0.001, reload_memory_mb=100
+    ) as client:
+        rewrite(path, RULES.replace("486", "480"))
+        response = await client.post(
+            "/admin/reload", headers={"Authorization": "Bearer admin-token"}
+        )
+    assert response.status_code == 422
+    assert response.json()["errors"] == [f"{path}: loading took longer than 0.001 s; stopped"]
 
 
 async def test_a_load_over_its_memory_limit_is_a_counted_reload_error(tmp_path: Path) -> None:
