@@ -1,4 +1,4 @@
-"""One webhook delivery from raw bytes to an answer (SPEC sections 1, 6 and 7).
+"""One webhook delivery from raw bytes to an answer: verify, claim, decide, act, record.
 
 raw body -> verify -> parse -> stale? -> claim (webhook-id, call_id) -> identity ->
 decide at `created_at` -> record the decision -> act (deadline, retries, on_error) ->
@@ -304,7 +304,7 @@ class CallProcessor:
             if result.outcome in ("unknown", "gone", "duplicate"):
                 record.failure = result.detail
             return status, decision, result
-        # The action had no effect upstream: run on_error (SPEC 6).
+        # The action had no effect upstream: run on_error.
         record.failed_action, record.failure = decision.action, result.detail
         fallback = ruleset.fallback(
             ctx, decision.rule, f"{decision.action} failed: {result.detail}"

@@ -1,4 +1,4 @@
-"""The client of OpenAI's call endpoints: accept, refer, reject, hangup (SPEC section 6).
+"""The client of OpenAI's call endpoints: accept, refer, reject, hangup, with deadline and retries.
 
 One action runs under a total deadline, retries included, and sends its request at most
 MAX_REQUESTS_PER_ACTION times. Retries happen on connection errors, 408, 429 and 5xx, and

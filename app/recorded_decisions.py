@@ -1,4 +1,4 @@
-"""The decision recorded for a call before its request is sent (SPEC sections 6 and 7).
+"""The decision recorded for a call before its request is sent, and how a re-send ends.
 
 A delivery records its decision (verb, exact body, rule, ruleset version) under the call's
 lease, then sends it. Whoever later finds that record without a result (a redelivery after

@@ -1,4 +1,4 @@
-"""The shape of a rule file, as frozen pydantic models (SPEC section 5).
+"""The shape of a rule file, as frozen pydantic models (README "Routing rules").
 
 Shorthands (`caller: "+1415*"`, `expect: rule-name`, `vip: [..]`) are expanded by
 `mode="before"` validators into one canonical form, so the compiler sees no unions.

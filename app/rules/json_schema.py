@@ -1,4 +1,4 @@
-"""The JSON Schema of rule files (SPEC section 5), for editor completion, hover help and checks.
+"""The JSON Schema of rule files, for editor completion, hover help and checks.
 
 The rule-file language is described by hand, because the loader expands shorthands before
 its models see them; profiles and overrides reuse the accept body's schema from pydantic.

@@ -49,7 +49,7 @@ def simulated_context(
 
 
 def decision_json(decision: Decision, call_id: str = SIMULATED_CALL_ID) -> dict[str, Any]:
-    """The `simulate --json` object of SPEC section 4."""
+    """The `simulate --json` object (README "Command line")."""
     result: dict[str, Any] = {
         "rule": decision.rule,
         "action": decision.action,

@@ -156,7 +156,7 @@ def template_variables(
     headers: Mapping[str, str],
     now: datetime,
 ) -> dict[str, Any]:
-    """The variables SPEC section 5 lists, with untrusted values cleaned."""
+    """The template variables of the rule language, with untrusted values cleaned."""
     return {
         "caller": dict(caller),
         "called": dict(called),
