@@ -91,6 +91,33 @@ class Metrics:
             multiprocess_mode="liveall",
         )
 
+        # --- calls sip-router stays with after the accept (SPEC section 10) ---------------
+        self.active_calls = Gauge(
+            "sip_router_active_calls",
+            "Calls with a live sideband, by API.",
+            ["api"],
+            registry=self.registry,
+            multiprocess_mode="livesum",
+        )
+        self.sideband_connections = Counter(
+            "sip_router_sideband_connections_total",
+            "Sideband WebSocket connection attempts and ends, by API and outcome.",
+            ["api", "outcome"],
+            registry=self.registry,
+        )
+        self.function_calls = Counter(
+            "sip_router_function_calls_total",
+            "Function calls answered on a call's sideband, by function and outcome.",
+            ["function", "outcome"],
+            registry=self.registry,
+        )
+        self.transfers = Counter(
+            "sip_router_transfers_total",
+            "Refers carried out on live calls, by outcome.",
+            ["outcome"],
+            registry=self.registry,
+        )
+
     def set_ruleset(self, version: str) -> None:
         if self._ruleset is not None and self._ruleset != version:
             # Multiprocess files keep every label ever written: mark the old one inactive.

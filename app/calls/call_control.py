@@ -1,0 +1,88 @@
+"""What sip-router does on a call after accepting it: the profile's call-control keys.
+
+Filled from the rule file (greeting, transfer targets, end_call, functions, transcript, an
+after-accept refer); the call's state machine and its accept-body tools read it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from types import MappingProxyType
+from typing import Any
+
+TRANSFER_CALL = "transfer_call"
+END_CALL = "end_call"
+BUILT_IN_FUNCTIONS = frozenset({TRANSFER_CALL, END_CALL})
+# SPEC section 10: a function's `timeout_s` defaults to 5 and may not exceed 30.
+DEFAULT_FUNCTION_TIMEOUT_S = 5.0
+MAX_FUNCTION_TIMEOUT_S = 30.0
+
+
+@dataclass(frozen=True, slots=True)
+class TransferTarget:
+    """Where `transfer_call` may send the caller: a rendered SIP/tel URI and what it is for."""
+
+    target_uri: str
+    description: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class CompanyFunction:
+    """A function the agent may call, answered by the company's service at `url` (section 13)."""
+
+    name: str
+    url: str
+    description: str = ""
+    parameters: Mapping[str, Any] = field(
+        default_factory=lambda: MappingProxyType({"type": "object", "properties": {}})
+    )
+    timeout_s: float = DEFAULT_FUNCTION_TIMEOUT_S
+
+    def __post_init__(self) -> None:
+        if not 0 < self.timeout_s <= MAX_FUNCTION_TIMEOUT_S:
+            raise ValueError(
+                f"timeout_s of function {self.name!r} must be above 0 and at most"
+                f" {MAX_FUNCTION_TIMEOUT_S:g}"
+            )
+        if self.name in BUILT_IN_FUNCTIONS:
+            raise ValueError(f"{self.name!r} is a built-in function name")
+
+
+@dataclass(frozen=True, slots=True)
+class ReferAfterAccept:
+    """A refer rule carried out on the live call: say `announce` (if any), then refer."""
+
+    target_uri: str
+    announce: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class CallControl:
+    """The call-control keys of one call's profile, already rendered for this call."""
+
+    greeting: str | None = None
+    transfer_targets: Mapping[str, TransferTarget] = field(
+        default_factory=lambda: MappingProxyType({})
+    )
+    end_call: bool = False
+    functions: Mapping[str, CompanyFunction] = field(default_factory=lambda: MappingProxyType({}))
+    transcript: bool = False
+    refer: ReferAfterAccept | None = None
+
+    @property
+    def transfer(self) -> bool:
+        """Whether the agent is offered `transfer_call`."""
+        return bool(self.transfer_targets)
+
+    @property
+    def needs_sideband(self) -> bool:
+        """Whether sip-router must stay with the call after the accept."""
+        return bool(
+            self.greeting
+            or self.transfer
+            or self.end_call
+            or self.functions
+            or self.transcript
+            or self.refer is not None
+        )

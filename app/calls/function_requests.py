@@ -1,0 +1,160 @@
+"""Requests to the company's own functions (SPEC section 13): signed, capped, timed out.
+
+The answer body (JSON or text) becomes the function call's output; everything that is not
+a usable answer (timeout, non-2xx, a redirect, connection error, over 16 KiB, undecodable)
+becomes an error text the agent can talk about. Never raises for the service's trouble.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ipaddress
+import json
+import secrets
+from collections.abc import Mapping
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+from urllib.parse import urlsplit
+
+import httpx
+from standardwebhooks import Webhook
+
+from app.calls.call_control import CompanyFunction
+
+# SPEC section 10: the function call output is at most 16 KiB.
+MAX_ANSWER_BYTES = 16 * 1024
+USER_AGENT = "sip-router"
+
+
+@dataclass(frozen=True, slots=True)
+class CallFacts:
+    """What a function request says about the call besides the function call itself."""
+
+    call_id: str
+    caller: Mapping[str, Any]
+    called: Mapping[str, Any]
+    rule: str
+    profile: str
+
+
+@dataclass(frozen=True, slots=True)
+class FunctionResult:
+    """`output` on success, else `error` (a short text for the agent and the log)."""
+
+    output: str | None = None
+    error: str | None = None
+
+
+def function_url_problem(url: str) -> str | None:
+    """Why sip-router will not post to `url`, or None: https, or http to loopback/private only."""
+    try:
+        parts = urlsplit(url)
+        host = parts.hostname
+    except ValueError:
+        return "not a URL"
+    if parts.scheme == "https" and host:
+        return None
+    if parts.scheme != "http" or not host:
+        return "must be an https:// URL (http:// only to loopback or private addresses)"
+    if host == "localhost" or host.endswith(".localhost"):
+        return None
+    try:
+        address = ipaddress.ip_address(host)
+    except ValueError:
+        return "http:// is allowed only to a loopback or private IP address; use https://"
+    if address.is_loopback or address.is_private:
+        return None
+    return "http:// is allowed only to a loopback or private IP address; use https://"
+
+
+class FunctionRequester:
+    """Posts function calls through one shared `httpx.AsyncClient` (redirects not followed)."""
+
+    def __init__(self, http: httpx.AsyncClient, *, secret: str | None) -> None:
+        self._http = http
+        self._signer = Webhook(secret) if secret else None
+
+    async def call(
+        self, function: CompanyFunction, facts: CallFacts, arguments: Mapping[str, Any]
+    ) -> FunctionResult:
+        """Ask `function` and turn whatever happens into a FunctionResult."""
+        problem = function_url_problem(function.url)
+        if problem is not None:
+            return FunctionResult(error=f"the function's URL is refused: {problem}")
+        body = json.dumps(
+            {
+                "call_id": facts.call_id,
+                "function": function.name,
+                "arguments": dict(arguments),
+                "caller": dict(facts.caller),
+                "called": dict(facts.called),
+                "rule": facts.rule,
+                "profile": facts.profile,
+            },
+            separators=(",", ":"),
+            ensure_ascii=False,
+        )
+        headers = {"content-type": "application/json", "user-agent": USER_AGENT}
+        headers.update(self._signature(body))
+        try:
+            return await self._post(function, body, headers)
+        except (httpx.TimeoutException, TimeoutError):
+            return FunctionResult(
+                error=f"the function did not answer within {function.timeout_s:g} s"
+            )
+        except httpx.HTTPError as exc:
+            return FunctionResult(error=f"the function could not be reached ({type(exc).__name__})")
+
+    async def _post(
+        self, function: CompanyFunction, body: str, headers: dict[str, str]
+    ) -> FunctionResult:
+        request = self._http.build_request(
+            "POST",
+            function.url,
+            content=body.encode(),
+            headers=headers,
+            timeout=httpx.Timeout(function.timeout_s),
+        )
+        # The whole exchange, body included, shares the function's timeout.
+        async with asyncio.timeout(function.timeout_s):
+            response = await self._http.send(request, stream=True, follow_redirects=False)
+            try:
+                if not 200 <= response.status_code < 300:
+                    return FunctionResult(
+                        error=f"the function answered HTTP {response.status_code}"
+                    )
+                content = bytearray()
+                async for chunk in response.aiter_bytes():
+                    content += chunk
+                    if len(content) > MAX_ANSWER_BYTES:
+                        return FunctionResult(
+                            error=f"the function's answer is over {MAX_ANSWER_BYTES} bytes"
+                        )
+            finally:
+                await response.aclose()
+        return _result_from(bytes(content), response.headers.get("content-type", ""))
+
+    def _signature(self, body: str) -> dict[str, str]:
+        if self._signer is None:
+            return {}
+        message_id = "msg_" + secrets.token_hex(16)
+        now = datetime.now(tz=UTC)
+        return {
+            "webhook-id": message_id,
+            "webhook-timestamp": str(int(now.timestamp())),
+            "webhook-signature": self._signer.sign(message_id, now, body),
+        }
+
+
+def _result_from(content: bytes, content_type: str) -> FunctionResult:
+    try:
+        text = content.decode("utf-8")
+    except UnicodeDecodeError:
+        return FunctionResult(error="the function's answer is not UTF-8 text")
+    if "json" in content_type.lower():
+        try:
+            json.loads(text)
+        except ValueError:
+            return FunctionResult(error="the function's answer is not valid JSON")
+    return FunctionResult(output=text)

@@ -1,0 +1,356 @@
+"""The thin driver of one call: owns its sideband WebSocket and carries out its commands.
+
+It feeds what the sideband, the call endpoints, the company's functions and its timers say
+to the call's `CallSession`, one event at a time, and does what the session asks. The
+socket reconnects with backoff (`async for ws in connect(...)`) while the call may still be
+active; every task of the call lives in the call's own task group (SPEC section 10).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import time
+from collections import deque
+from collections.abc import Callable, Collection, Coroutine, Generator, Mapping
+from dataclasses import dataclass
+from typing import Any, Protocol
+from urllib.parse import quote, urlsplit, urlunsplit
+
+from websockets.asyncio.client import ClientConnection, connect
+from websockets.client import backoff
+from websockets.exceptions import ConnectionClosed, InvalidStatus
+
+from app.calls.call_control import CallControl
+from app.calls.call_session import (
+    ActionFinished,
+    CallFunction,
+    CallSession,
+    CancelTimer,
+    Command,
+    Event,
+    Finish,
+    FunctionAnswered,
+    Note,
+    PerformAction,
+    SendEvent,
+    SetTimer,
+    SidebandClosed,
+    SidebandMessage,
+    SidebandOpened,
+    TimerFired,
+    TransferRecord,
+    Turn,
+)
+from app.calls.function_requests import CallFacts, FunctionRequester, FunctionResult
+from app.metrics import Metrics
+from app.openai_calls import ActionResult, Verb
+
+log = logging.getLogger("sip_router.sideband")
+
+# A call may be active for `max_duration_s`, else for 2 hours (SPEC section 10).
+DEFAULT_ACTIVE_FOR_S = 2 * 3600.0
+MAX_MESSAGE_BYTES = 1024 * 1024
+MAX_UNSENT_EVENTS = 100
+INBOX_SIZE = 256
+OPEN_TIMEOUT_S = 10.0
+API = "realtime"
+
+
+def sideband_url(base_url: str, call_id: str) -> str:
+    """`OPENAI_BASE_URL` with https->wss, http->ws, then `/realtime?call_id={call_id}`."""
+    parts = urlsplit(base_url.rstrip("/"))
+    scheme = {"https": "wss", "http": "ws"}.get(parts.scheme)
+    if scheme is None:
+        raise ValueError("the base URL must be http:// or https://")
+    query = "call_id=" + quote(call_id, safe="")
+    return urlunsplit((scheme, parts.netloc, parts.path + "/realtime", query, ""))
+
+
+class CallActions(Protocol):
+    """The call endpoints (app/openai_calls.py's OpenAICallsClient)."""
+
+    async def perform(
+        self, verb: Verb, call_id: str, body: Mapping[str, Any] | None
+    ) -> ActionResult: ...
+
+
+@dataclass(frozen=True, slots=True)
+class CallOutcome:
+    """How sip-router's time with a call ended, for the call log."""
+
+    call_id: str
+    end_reason: str
+    ended_at: float
+    duration_s: float
+    transfer: TransferRecord | None
+    transcript: tuple[Turn, ...]
+    answered: frozenset[str]
+    refer_rule_failed: bool
+
+
+@dataclass(frozen=True, slots=True)
+class _Connected:
+    ws: ClientConnection
+    at: float
+
+
+@dataclass(frozen=True, slots=True)
+class _Disconnected:
+    at: float
+
+
+_Inbound = Event | _Connected | _Disconnected
+
+
+class SidebandDriver:
+    """Drives one accepted call until the server closes its sideband or sip-router ends it."""
+
+    def __init__(
+        self,
+        *,
+        facts: CallFacts,
+        control: CallControl,
+        url: str,
+        api_key: str,
+        actions: CallActions,
+        functions: FunctionRequester,
+        metrics: Metrics | None = None,
+        active_for_s: float = DEFAULT_ACTIVE_FOR_S,
+        answered: Collection[str] = (),
+        greeted: bool = False,
+        clock: Callable[[], float] = time.monotonic,
+        wall_clock: Callable[[], float] = time.time,
+        reconnect_delays: Callable[[], Generator[float]] = backoff,
+        max_message_bytes: int = MAX_MESSAGE_BYTES,
+        open_timeout_s: float = OPEN_TIMEOUT_S,
+    ) -> None:
+        self.facts = facts
+        self.session = CallSession(facts.call_id, control, answered=answered, greeted=greeted)
+        self._url = url
+        self._api_key = api_key
+        self._actions = actions
+        self._functions = functions
+        self._metrics = metrics
+        self._active_for_s = active_for_s
+        self._clock = clock
+        self._wall_clock = wall_clock
+        self._reconnect_delays = reconnect_delays
+        self._max_message_bytes = max_message_bytes
+        self._open_timeout_s = open_timeout_s
+        self._inbox: asyncio.Queue[_Inbound] = asyncio.Queue(INBOX_SIZE)
+        self._ws: ClientConnection | None = None
+        self._unsent: deque[str] = deque()
+        self._timers: dict[str, asyncio.Task[None]] = {}
+        self._work: set[asyncio.Task[None]] = set()
+        self._refer_rule_failed = False
+        self._started = 0.0
+
+    async def run(self) -> CallOutcome:
+        """Attach, drive the call to its end, and say how it ended."""
+        self._started = self._clock()
+        started_wall = self._wall_clock()
+        async with asyncio.TaskGroup() as group:
+            self._group = group
+            reader = group.create_task(self._connection_loop())
+            try:
+                while not self.session.ended:
+                    await self._step(await self._inbox.get())
+            finally:
+                for task in (reader, *self._timers.values(), *self._work):
+                    task.cancel()
+                if self._ws is not None:
+                    await self._ws.close()
+        ended_at = self.session.ended_at if self.session.ended_at is not None else self._clock()
+        return CallOutcome(
+            call_id=self.facts.call_id,
+            end_reason=self.session.end_reason or "unknown",
+            ended_at=started_wall + (ended_at - self._started),
+            duration_s=round(ended_at - self._started, 3),
+            transfer=self.session.transfer,
+            transcript=tuple(self.session.transcript),
+            answered=frozenset(self.session.answered),
+            refer_rule_failed=self._refer_rule_failed,
+        )
+
+    # --- the main loop: one event at a time ----------------------------------------------
+
+    async def _step(self, item: _Inbound) -> None:
+        if isinstance(item, _Connected):
+            self._ws = item.ws
+            await self._flush_unsent()
+            item_event: Event = SidebandOpened(item.at)
+        elif isinstance(item, _Disconnected):
+            self._ws = None
+            return
+        else:
+            item_event = item
+        for command in self.session.handle(item_event):
+            await self._execute(command)
+
+    async def _execute(self, command: Command) -> None:
+        if isinstance(command, SendEvent):
+            await self._send(json.dumps(command.event, separators=(",", ":")))
+        elif isinstance(command, PerformAction):
+            self._spawn(self._perform(command))
+        elif isinstance(command, CallFunction):
+            self._spawn(self._call_function(command))
+        elif isinstance(command, SetTimer):
+            self._cancel_timer(command.key)
+            self._timers[command.key] = self._group.create_task(self._timer(command))
+        elif isinstance(command, CancelTimer):
+            self._cancel_timer(command.key)
+        elif isinstance(command, Note):
+            self._note(command)
+        elif isinstance(command, Finish):
+            self._log(logging.INFO, "call_ended", {"end_reason": command.end_reason})
+
+    async def _send(self, text: str) -> None:
+        if self._ws is not None:
+            try:
+                await self._ws.send(text)
+            except ConnectionClosed:
+                pass
+            else:
+                return
+        # Sent again once the sideband is back; the oldest are dropped past the cap.
+        if len(self._unsent) >= MAX_UNSENT_EVENTS:
+            self._unsent.popleft()
+        self._unsent.append(text)
+
+    async def _flush_unsent(self) -> None:
+        while self._unsent and self._ws is not None:
+            text = self._unsent.popleft()
+            try:
+                await self._ws.send(text)
+            except ConnectionClosed:
+                self._unsent.appendleft(text)
+                return
+
+    # --- work on the side: actions, functions, timers ------------------------------------
+
+    def _spawn(self, work: Coroutine[Any, Any, None]) -> None:
+        task: asyncio.Task[None] = self._group.create_task(work)
+        self._work.add(task)
+        task.add_done_callback(self._work.discard)
+
+    async def _perform(self, command: PerformAction) -> None:
+        try:
+            result = await self._actions.perform(command.verb, self.facts.call_id, command.body)
+            outcome, detail = result.outcome, result.detail
+        except Exception:  # the client never raises for upstream trouble; this is a bug
+            log.exception("a call action crashed", extra={"fields": self._fields()})
+            outcome, detail = "failed", "internal error"
+        await self._inbox.put(ActionFinished(command.verb, outcome, self._clock(), detail))
+
+    async def _call_function(self, command: CallFunction) -> None:
+        function = self.session.control.functions[command.name]
+        try:
+            # The requester keeps to timeout_s itself; this is the backstop.
+            async with asyncio.timeout(function.timeout_s + 1.0):
+                result = await self._functions.call(function, self.facts, command.arguments)
+        except TimeoutError:
+            result = FunctionResult(
+                error=f"the function did not answer within {function.timeout_s:g} s"
+            )
+        except Exception:
+            log.exception("a function call crashed", extra={"fields": self._fields()})
+            result = FunctionResult(error="the function call failed inside sip-router")
+        await self._inbox.put(
+            FunctionAnswered(command.call_id, self._clock(), result.output, result.error)
+        )
+
+    async def _timer(self, command: SetTimer) -> None:
+        await asyncio.sleep(max(0.0, command.at - self._clock()))
+        self._timers.pop(command.key, None)
+        await self._inbox.put(TimerFired(command.key, self._clock()))
+
+    def _cancel_timer(self, key: str) -> None:
+        timer = self._timers.pop(key, None)
+        if timer is not None:
+            timer.cancel()
+
+    # --- the socket ----------------------------------------------------------------------
+
+    async def _connection_loop(self) -> None:
+        """Connect, read, and reconnect after a drop while the call may still be active."""
+        reason = "sideband_lost"
+        try:
+            async for ws in connect(
+                self._url,
+                additional_headers={"Authorization": f"Bearer {self._api_key}"},
+                user_agent_header="sip-router",
+                max_size=self._max_message_bytes,
+                open_timeout=self._open_timeout_s,
+                reconnect_delays=self._reconnect_delays,
+                process_exception=self._retry_or_give_up,
+            ):
+                self._count_connection("connected")
+                await self._inbox.put(_Connected(ws, self._clock()))
+                with contextlib.suppress(ConnectionClosed):
+                    async for message in ws:
+                        await self._inbox.put(SidebandMessage(message, self._clock()))
+                await self._inbox.put(_Disconnected(self._clock()))
+                received = ws.protocol.close_rcvd
+                if received is not None and received.code == 1000:
+                    # OpenAI closes the sideband when the call ends.
+                    self._count_connection("closed")
+                    reason = "caller_hung_up"
+                    break
+                self._count_connection("dropped")
+                if self._call_may_be_over():
+                    break
+                self._log(logging.WARNING, "sideband_dropped", {"close_code": ws.close_code})
+        except InvalidStatus as exc:
+            status = exc.response.status_code
+            self._count_connection("refused")
+            reason = "caller_hung_up" if status == 404 else f"sideband_refused_{status}"
+        except Exception as exc:
+            self._count_connection("failed")
+            self._log(logging.WARNING, "sideband_failed", {"error": type(exc).__name__})
+        await self._inbox.put(SidebandClosed(reason, self._clock()))
+
+    def _retry_or_give_up(self, exc: Exception) -> Exception | None:
+        if self._call_may_be_over():
+            return exc
+        self._count_connection("retry")
+        if isinstance(exc, (OSError, TimeoutError)):
+            return None
+        if isinstance(exc, InvalidStatus) and exc.response.status_code in (429, 500, 502, 503, 504):
+            return None
+        return exc
+
+    def _call_may_be_over(self) -> bool:
+        return self._clock() - self._started >= self._active_for_s
+
+    # --- logs and metrics ----------------------------------------------------------------
+
+    def _note(self, note: Note) -> None:
+        level = {"debug": logging.DEBUG, "info": logging.INFO, "warning": logging.WARNING}
+        self._log(level[note.level], note.what, dict(note.fields))
+        if note.what == "refer_rule_failed":
+            self._refer_rule_failed = True
+        if self._metrics is None:
+            return
+        if note.what == "function_call":
+            self._metrics.function_calls.labels(
+                function=str(note.fields.get("function")), outcome=str(note.fields.get("outcome"))
+            ).inc()
+        elif note.what == "transfer":
+            self._metrics.transfers.labels(outcome=str(note.fields.get("outcome"))).inc()
+
+    def _count_connection(self, outcome: str) -> None:
+        if self._metrics is not None:
+            self._metrics.sideband_connections.labels(api=API, outcome=outcome).inc()
+
+    def _log(self, level: int, what: str, fields: dict[str, Any]) -> None:
+        log.log(level, what, extra={"fields": {**self._fields(), **fields}})
+
+    def _fields(self) -> dict[str, Any]:
+        return {
+            "call_id": self.facts.call_id,
+            "rule": self.facts.rule,
+            "profile": self.facts.profile,
+        }
