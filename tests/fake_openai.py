@@ -2,6 +2,9 @@
 
 One core checks, records and answers every request; it is served in process through
 `FakeOpenAI.mock_transport()` and over real sockets through `FakeOpenAI.serve_on_loopback()`.
+Served on loopback it also has the call's sideband WebSocket (`/v1/realtime?call_id=`):
+it validates every client event against OpenAI's published event schemas and acts like
+the agent as scripted per call (`FakeOpenAI.script_sideband`).
 `python -m tests.fake_openai --port 9001 --record-file PATH` serves it for benchmarks.
 """
 
@@ -550,6 +553,74 @@ class Delay:
 Behaviour = Respond | Delay | Drop
 
 
+# --- the sideband: what the agent does, and what the client sent ---------------------------
+
+
+@dataclass(frozen=True)
+class Emit:
+    """Send one server event; a string is sent as it is (malformed events, for tests)."""
+
+    event: dict[str, Any] | str
+
+
+@dataclass(frozen=True)
+class AgentCallsFunction:
+    """The agent calls a function: `response.function_call_arguments.done`, then
+    `response.done` with the function call item; a string `arguments` is sent unchanged."""
+
+    name: str
+    arguments: dict[str, Any] | str = field(default_factory=dict)
+    call_id: str = field(default_factory=lambda: "call_" + secrets.token_hex(8))
+
+
+@dataclass(frozen=True)
+class Pause:
+    seconds: float
+
+
+@dataclass(frozen=True)
+class AwaitClient:
+    """Wait until the client has sent `count` events of `type` on this call (any connection)."""
+
+    type: str
+    count: int = 1
+    timeout_s: float = 5.0
+
+
+@dataclass(frozen=True)
+class HangUp:
+    """The caller hangs up: the call ends and the server closes the socket (code 1000)."""
+
+
+@dataclass(frozen=True)
+class DropConnection:
+    """The connection is lost without a close frame; the call goes on."""
+
+
+AgentStep = Emit | AgentCallsFunction | Pause | AwaitClient | HangUp | DropConnection
+
+
+@dataclass(frozen=True)
+class ClientEvent:
+    """One message a client sent on a sideband, with the verdict of the schema check."""
+
+    call_id: str
+    connection: int
+    text: str
+    event: dict[str, Any] | None
+    problems: list[str]
+    received_at: float
+
+
+@dataclass(frozen=True)
+class SidebandAttempt:
+    """One connection attempt: `status` 101 (accepted) or the HTTP status it was refused with."""
+
+    call_id: str
+    status: int
+    authorization: str | None
+
+
 @dataclass(frozen=True)
 class RecordedRequest:
     """One request as the fake received it, with the verdict of its checks.
@@ -602,6 +673,12 @@ class FakeOpenAI:
         self._scripts: dict[str, deque[Behaviour]] = {}
         self._any_script: deque[Behaviour] = deque()
         self._calls: dict[str, str] = {}
+        self._sideband_scripts: dict[str, deque[Sequence[AgentStep]]] = {}
+        self._client_events: list[ClientEvent] = []
+        self._sideband_attempts: list[SidebandAttempt] = []
+        self._script_errors: list[str] = []
+        # Seconds the agent "speaks" for each response.create before its audio stops.
+        self.audio_s = 0.05
 
     @property
     def requests(self) -> list[RecordedRequest]:
@@ -644,6 +721,63 @@ class FakeOpenAI:
             self._scripts.clear()
             self._any_script.clear()
             self._calls.clear()
+            self._sideband_scripts.clear()
+            self._client_events.clear()
+            self._sideband_attempts.clear()
+            self._script_errors.clear()
+
+    def script_sideband(self, call_id: str, *connections: Sequence[AgentStep]) -> None:
+        """What the agent does on each sideband connection of `call_id`, one list each.
+
+        Without a script (or once it has run out) a connection answers `response.create`
+        like the agent (created, audio started, then stopped after `audio_s`) until the
+        client or the call ends it.
+        """
+        with self._lock:
+            self._sideband_scripts.setdefault(call_id, deque()).extend(connections)
+
+    @property
+    def client_events(self) -> list[ClientEvent]:
+        """Every event received on any sideband, oldest first."""
+        with self._lock:
+            return list(self._client_events)
+
+    def client_events_for(self, call_id: str) -> list[dict[str, Any]]:
+        """The events (parsed) the client sent on `call_id`'s sideband, in order."""
+        return [e.event for e in self.client_events if e.call_id == call_id and e.event is not None]
+
+    @property
+    def sideband_problems(self) -> list[str]:
+        """Why each invalid client event was invalid, and scripts that failed (keep it empty)."""
+        with self._lock:
+            script_errors = list(self._script_errors)
+        return [f"{e.call_id}: {p}" for e in self.client_events for p in e.problems] + script_errors
+
+    def sideband_attempts_for(self, call_id: str) -> list[SidebandAttempt]:
+        with self._lock:
+            return [a for a in self._sideband_attempts if a.call_id == call_id]
+
+    def activate(self, call_id: str) -> None:
+        """Make `call_id` an active call, as a successful accept would."""
+        with self._lock:
+            self._calls[call_id] = "active"
+
+    def _next_sideband_script(self, call_id: str) -> Sequence[AgentStep]:
+        with self._lock:
+            queue = self._sideband_scripts.get(call_id)
+            return queue.popleft() if queue else ()
+
+    def _record_client_event(self, event: ClientEvent) -> None:
+        with self._lock:
+            self._client_events.append(event)
+
+    def _record_script_error(self, problem: str) -> None:
+        with self._lock:
+            self._script_errors.append(problem)
+
+    def _record_attempt(self, attempt: SidebandAttempt) -> None:
+        with self._lock:
+            self._sideband_attempts.append(attempt)
 
     def write_record_file(self, path: Path) -> None:
         """Write every recorded request as a JSON line, with wall-clock arrival times."""
@@ -1048,6 +1182,9 @@ class _AsgiApp:
         self._transports = transports
 
     async def __call__(self, scope: MutableMapping[str, Any], receive: Receive, send: Send) -> None:
+        if scope["type"] == "websocket":
+            await _FakeSideband(self._fake, self._transports, scope, receive, send).serve()
+            return
         if scope["type"] != "http":
             return
         chunks: list[bytes] = []
@@ -1097,6 +1234,304 @@ async def _disconnected_within(receive: Receive, seconds: float) -> bool:
         watcher.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await watcher
+
+
+# --- the sideband WebSocket ------------------------------------------------------------
+
+SIDEBAND_PATH = "/v1/realtime"
+EVENTS_SCHEMA_FILE = Path(__file__).parent / "data" / "openai-realtime-events.json"
+
+
+def _closed_objects(node: Any) -> Any:
+    """Objects that list their properties refuse any other key (a misspelt key is an error)."""
+    if isinstance(node, list):
+        return [_closed_objects(item) for item in node]
+    if not isinstance(node, dict):
+        return node
+    closed = {key: _closed_objects(value) for key, value in node.items()}
+    if "properties" in closed and "additionalProperties" not in closed:
+        closed["additionalProperties"] = False
+    return closed
+
+
+def _client_event_validators() -> dict[str, jsonschema.Draft202012Validator]:
+    """One validator per client event type, from OpenAI's published event schemas."""
+    defs = _closed_objects(json.loads(EVENTS_SCHEMA_FILE.read_text(encoding="utf-8"))["$defs"])
+    validators: dict[str, jsonschema.Draft202012Validator] = {}
+    for branch in defs["RealtimeClientEvent"]["anyOf"]:
+        name = branch["$ref"].rsplit("/", 1)[1]
+        event_type = defs[name]["properties"]["type"]["enum"][0]
+        validators[event_type] = jsonschema.Draft202012Validator(
+            {"$defs": defs, "$ref": f"#/$defs/{name}"}
+        )
+    return validators
+
+
+_CLIENT_EVENT_VALIDATORS = _client_event_validators()
+
+
+def client_event_problems(text: str) -> tuple[dict[str, Any] | None, list[str]]:
+    """The event parsed from `text` and why it is not a valid client event (empty: valid)."""
+    try:
+        event = json.loads(text, object_pairs_hook=_object_without_duplicate_keys)
+    except ValueError as exc:
+        return None, [f"not JSON: {exc}"]
+    if not isinstance(event, dict):
+        return None, ["not a JSON object"]
+    validator = _CLIENT_EVENT_VALIDATORS.get(event.get("type"))  # type: ignore[arg-type]
+    if validator is None:
+        return event, [f"unknown client event type {event.get('type')!r}"]
+    problems = [
+        f"{_dotted(list(error.absolute_path)) or '(event)'}: {error.message}"
+        for error in validator.iter_errors(event)
+    ]
+    return event, problems
+
+
+class _FakeSideband:
+    """One sideband connection: checks the handshake, then plays the agent."""
+
+    def __init__(
+        self,
+        fake: FakeOpenAI,
+        transports: dict[_Peer, asyncio.BaseTransport],
+        scope: MutableMapping[str, Any],
+        receive: Receive,
+        send: Send,
+    ) -> None:
+        self._fake = fake
+        self._transports = transports
+        self._scope = scope
+        self._receive = receive
+        self._send_raw = send
+        self._send_lock = asyncio.Lock()
+        self._closed = False
+        self._background: set[asyncio.Future[None]] = set()
+        self.call_id = ""
+
+    async def serve(self) -> None:
+        headers = {
+            k.decode("latin-1").lower(): v.decode("latin-1") for k, v in self._scope["headers"]
+        }
+        query = dict(
+            part.split("=", 1)
+            for part in self._scope.get("query_string", b"").decode().split("&")
+            if "=" in part
+        )
+        self.call_id = call_id = query.get("call_id", "")
+        authorization = headers.get("authorization")
+        status = 101
+        if self._scope["path"] != SIDEBAND_PATH or not call_id:
+            status = 404
+        elif authorization != f"Bearer {self._fake.api_key}":
+            status = 401
+        elif self._fake.call_state(call_id) != "active":
+            status = 404
+        message = await self._receive()
+        if message["type"] != "websocket.connect":
+            return
+        self._fake._record_attempt(SidebandAttempt(call_id, status, authorization))
+        if status != 101:
+            await self._deny(status)
+            return
+        await self._send_raw({"type": "websocket.accept"})
+        connection = len(self._fake.sideband_attempts_for(call_id))
+        await self._emit({"type": "session.created", "event_id": _event_id(), "session": {}})
+        script = self._fake._next_sideband_script(call_id)
+        tasks = [
+            asyncio.ensure_future(self._read(connection)),
+            asyncio.ensure_future(self._play(script)),
+            asyncio.ensure_future(self._watch_call_end()),
+        ]
+        try:
+            await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            tasks += self._background
+            for task in tasks:
+                task.cancel()
+            for task in tasks:
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
+
+    async def _deny(self, status: int) -> None:
+        code = "call_id_not_found" if status == 404 else "invalid_api_key"
+        body = json.dumps({"error": {"type": "invalid_request_error", "code": code}}).encode()
+        await self._send_raw(
+            {
+                "type": "websocket.http.response.start",
+                "status": status,
+                "headers": [(b"content-type", b"application/json")],
+            }
+        )
+        await self._send_raw({"type": "websocket.http.response.body", "body": body})
+
+    async def _read(self, connection: int) -> None:
+        while True:
+            message = await self._receive()
+            if message["type"] == "websocket.disconnect":
+                self._closed = True
+                return
+            text = message.get("text")
+            if text is None:
+                text = (message.get("bytes") or b"").decode("utf-8", "replace")
+            event, problems = client_event_problems(text)
+            self._fake._record_client_event(
+                ClientEvent(self.call_id, connection, text, event, problems, time.monotonic())
+            )
+            if problems:
+                # What OpenAI does with an invalid event: an error event, the session goes on.
+                await self._emit(
+                    {
+                        "type": "error",
+                        "event_id": _event_id(),
+                        "error": {
+                            "type": "invalid_request_error",
+                            "code": "invalid_event",
+                            "message": "; ".join(problems)[:500],
+                            "param": None,
+                            "event_id": (event or {}).get("event_id"),
+                        },
+                    }
+                )
+            elif event is not None and event["type"] == "response.create":
+                responder = asyncio.ensure_future(self._respond(event))
+                self._background.add(responder)
+                responder.add_done_callback(self._background.discard)
+
+    async def _respond(self, event: dict[str, Any]) -> None:
+        """Answer a response.create like the agent: created, audio started, then stopped."""
+        response_id = f"resp_{secrets.token_hex(6)}"
+        metadata = (event.get("response") or {}).get("metadata")
+        response = {
+            "id": response_id,
+            "object": "realtime.response",
+            "status": "in_progress",
+            "output": [],
+            "metadata": metadata,
+        }
+        await self._emit(
+            {"type": "response.created", "event_id": _event_id(), "response": response}
+        )
+        await self._emit(
+            {
+                "type": "output_audio_buffer.started",
+                "event_id": _event_id(),
+                "response_id": response_id,
+            }
+        )
+        await asyncio.sleep(self._fake.audio_s)
+        done = {**response, "status": "completed"}
+        await self._emit({"type": "response.done", "event_id": _event_id(), "response": done})
+        await self._emit(
+            {
+                "type": "output_audio_buffer.stopped",
+                "event_id": _event_id(),
+                "response_id": response_id,
+            }
+        )
+
+    async def _play(self, script: Sequence[AgentStep]) -> None:
+        try:
+            await self._play_steps(script)
+        except Exception as exc:
+            self._fake._record_script_error(f"{self.call_id}: script failed: {exc}")
+            raise
+
+    async def _play_steps(self, script: Sequence[AgentStep]) -> None:
+        for step in script:
+            if isinstance(step, Emit):
+                await self._emit(step.event)
+            elif isinstance(step, AgentCallsFunction):
+                await self._function_call(step)
+            elif isinstance(step, Pause):
+                await asyncio.sleep(step.seconds)
+            elif isinstance(step, AwaitClient):
+                await self._await_client(step)
+            elif isinstance(step, HangUp):
+                with self._fake._lock:
+                    self._fake._calls[self.call_id] = "ended"
+                await self._close(1000)
+                return
+            elif isinstance(step, DropConnection):
+                transport = self._transports.get(tuple(self._scope["client"]))
+                if transport is None:
+                    raise RuntimeError("DropConnection needs serve_on_loopback's registry")
+                transport.abort()
+                self._closed = True
+                return
+        # Out of script: keep answering until the client or the call ends the connection.
+        await asyncio.Event().wait()
+
+    async def _function_call(self, step: AgentCallsFunction) -> None:
+        response_id = f"resp_{secrets.token_hex(6)}"
+        arguments = (
+            step.arguments if isinstance(step.arguments, str) else json.dumps(step.arguments)
+        )
+        item = {
+            "id": f"item_{secrets.token_hex(6)}",
+            "object": "realtime.item",
+            "type": "function_call",
+            "status": "completed",
+            "call_id": step.call_id,
+            "name": step.name,
+            "arguments": arguments,
+        }
+        await self._emit(
+            {
+                "type": "response.function_call_arguments.done",
+                "event_id": _event_id(),
+                "response_id": response_id,
+                "item_id": item["id"],
+                "output_index": 0,
+                "call_id": step.call_id,
+                "name": step.name,
+                "arguments": arguments,
+            }
+        )
+        response = {
+            "id": response_id,
+            "object": "realtime.response",
+            "status": "completed",
+            "output": [item],
+        }
+        await self._emit({"type": "response.done", "event_id": _event_id(), "response": response})
+
+    async def _await_client(self, step: AwaitClient) -> None:
+        deadline = time.monotonic() + step.timeout_s
+        while time.monotonic() < deadline:
+            seen = [
+                e for e in self._fake.client_events_for(self.call_id) if e.get("type") == step.type
+            ]
+            if len(seen) >= step.count:
+                return
+            await asyncio.sleep(0.01)
+        raise AssertionError(f"the client did not send {step.count} {step.type} in time")
+
+    async def _watch_call_end(self) -> None:
+        """A refer or hangup that took effect ends the call: the server closes the socket."""
+        while self._fake.call_state(self.call_id) == "active":
+            await asyncio.sleep(0.02)
+        await self._close(1000)
+
+    async def _emit(self, event: dict[str, Any] | str) -> None:
+        text = event if isinstance(event, str) else json.dumps(event)
+        async with self._send_lock:
+            if self._closed:
+                return
+            with contextlib.suppress(Exception):
+                await self._send_raw({"type": "websocket.send", "text": text})
+
+    async def _close(self, code: int) -> None:
+        async with self._send_lock:
+            if self._closed:
+                return
+            self._closed = True
+            with contextlib.suppress(Exception):
+                await self._send_raw({"type": "websocket.close", "code": code})
+
+
+def _event_id() -> str:
+    return f"event_{secrets.token_hex(8)}"
 
 
 def _tracking_protocol(transports: dict[_Peer, asyncio.BaseTransport]) -> type[asyncio.Protocol]:
