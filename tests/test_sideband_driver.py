@@ -162,6 +162,7 @@ async def drive(
     api_key: str | None = None,
     metrics: Metrics | None = None,
     secret: str | None = SECRET,
+    max_message_bytes: int = 1024 * 1024,
 ) -> CallOutcome:
     calls = (
         await accept(fake, http, call_id)
@@ -179,6 +180,7 @@ async def drive(
         functions=FunctionRequester(http, secret=secret),
         metrics=metrics,
         reconnect_delays=fast_reconnects,
+        max_message_bytes=max_message_bytes,
     )
     return await asyncio.wait_for(driver.run(), 15)
 
@@ -444,6 +446,21 @@ async def test_malformed_and_unexpected_events_never_crash_the_call(
         "error": "there is no function named 'delete_records'"
     }
     assert json.loads(outputs["call_badargs"]) == {"error": "the arguments are not a JSON object"}
+    assert outcome.end_reason == "hangup"
+
+
+async def test_a_message_over_the_size_cap_costs_the_connection_not_the_call(
+    fake: FakeOpenAI, http: httpx.AsyncClient
+) -> None:
+    huge = {"type": "response.output_audio_transcript.done", "transcript": "x" * 8192}
+    fake.script_sideband(
+        "rtc_big",
+        [AwaitClient("response.create"), Emit(huge), Pause(5)],
+        [AgentCallsFunction("end_call", {}, "call_e")],
+    )
+    outcome = await drive(fake, http, "rtc_big", control(transcript=True), max_message_bytes=4096)
+    assert [a.status for a in fake.sideband_attempts_for("rtc_big")] == [101, 101]
+    assert outcome.transcript == ()
     assert outcome.end_reason == "hangup"
 
 
