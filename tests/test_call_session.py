@@ -523,3 +523,27 @@ def test_an_unexpected_action_answer_is_ignored() -> None:
     session = opened()
     assert sent(session.handle(ActionFinished("hangup", "ok", 1.0))) == []
     assert not session.ended
+
+
+@pytest.mark.parametrize(
+    ("function", "verb", "outcome", "end_reason"),
+    [
+        ("end_call", "hangup", "ok", "hangup"),
+        ("transfer_call", "refer", "ok", "transferred"),
+        ("transfer_call", "refer", "failed", "caller_hung_up"),
+    ],
+)
+def test_a_close_before_the_action_answer_waits_for_it(
+    function: str, verb: Any, outcome: Any, end_reason: str
+) -> None:
+    session = opened()
+    session.handle(function_call(function, {"target": "front_desk"}))
+    session.handle(TimerFired(AUDIO_TIMER, 20.0))
+    # The server closes the socket because of the action before its HTTP answer is in.
+    assert not any(
+        isinstance(c, Finish) for c in session.handle(SidebandClosed("caller_hung_up", 21.0))
+    )
+    assert not session.ended
+    commands = session.handle(ActionFinished(verb, outcome, 21.5))
+    assert Finish(end_reason, 21.5) in commands
+    assert session.end_reason == end_reason

@@ -9,7 +9,6 @@ from __future__ import annotations
 import asyncio
 import json
 from collections.abc import AsyncIterator, Awaitable, Callable, Generator, Iterator
-from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Any
 
@@ -33,6 +32,7 @@ from tests.fake_openai import (
     Pause,
     Respond,
 )
+from tests.function_service import FunctionService, function_services, json_answer
 
 SECRET = "whsec_" + "c2lwLXJvdXRlci1vdXRib3VuZC10ZXN0"
 FRONT_DESK = "sip:frontdesk@pbx.clinic.example"
@@ -43,66 +43,10 @@ def fast_reconnects() -> Generator[float]:
         yield 0.05
 
 
-# --- a company's function service on loopback ----------------------------------------------
-
-
-@dataclass
-class FunctionService:
-    """A loopback HTTP service; `answer` decides (status, headers, body, delay) per request."""
-
-    answer: Callable[[dict[str, Any]], tuple[int, dict[str, str], bytes, float]]
-    requests: list[tuple[dict[str, str], bytes]] = field(default_factory=list)
-    url: str = ""
-
-    async def handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        try:
-            head = await reader.readuntil(b"\r\n\r\n")
-            lines = head.decode("latin-1").split("\r\n")
-            headers = {
-                name.strip().lower(): value.strip()
-                for name, value in (line.split(":", 1) for line in lines[1:] if ":" in line)
-            }
-            body = await reader.readexactly(int(headers.get("content-length", "0")))
-            self.requests.append((headers, body))
-            status, extra, content, delay = self.answer(json.loads(body))
-            await asyncio.sleep(delay)
-            response_headers = {"content-length": str(len(content)), "connection": "close", **extra}
-            writer.write(
-                f"HTTP/1.1 {status} X\r\n".encode()
-                + b"".join(f"{k}: {v}\r\n".encode() for k, v in response_headers.items())
-                + b"\r\n"
-                + content
-            )
-            await writer.drain()
-        except (ConnectionError, asyncio.IncompleteReadError):
-            pass
-        finally:
-            writer.close()
-
-
 @pytest.fixture
 async def function_service() -> AsyncIterator[Callable[..., Awaitable[FunctionService]]]:
-    servers: list[asyncio.Server] = []
-
-    async def start(
-        answer: Callable[[dict[str, Any]], tuple[int, dict[str, str], bytes, float]],
-    ) -> FunctionService:
-        service = FunctionService(answer)
-        server = await asyncio.start_server(service.handle, "127.0.0.1", 0)
-        servers.append(server)
-        port = server.sockets[0].getsockname()[1]
-        service.url = f"http://127.0.0.1:{port}/functions"
-        return service
-
-    yield start
-    for server in servers:
-        server.close()
-        await server.wait_closed()
-
-
-def json_answer(body: dict[str, Any], delay: float = 0.0) -> Callable[..., Any]:
-    content = json.dumps(body).encode()
-    return lambda _request: (200, {"content-type": "application/json"}, content, delay)
+    async with function_services() as start:
+        yield start
 
 
 # --- the fake OpenAI and the driver --------------------------------------------------------

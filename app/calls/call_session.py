@@ -215,6 +215,7 @@ class CallSession:
         self._wait: _AudioWait | None = None
         self._action_in_flight: _AudioWait | None = None
         self._hung_up = False
+        self._closed_by_server: SidebandClosed | None = None
         self._tags = 0
 
     @property
@@ -235,7 +236,7 @@ class CallSession:
             return self._action_finished(event)
         if isinstance(event, TimerFired):
             return self._timer(event)
-        return self._finish(self._end_reason(event.reason), event.at)
+        return self._closed(event)
 
     # --- the sideband opens --------------------------------------------------------------
 
@@ -491,6 +492,13 @@ class CallSession:
         return [*cancel, PerformAction("hangup", None)]
 
     def _action_finished(self, event: ActionFinished) -> list[Command]:
+        commands = self._action_result(event)
+        closed = self._closed_by_server
+        if closed is None or self.ended or self._action_in_flight is not None:
+            return commands
+        return [*commands, *self._finish(self._end_reason(closed.reason), event.at)]
+
+    def _action_result(self, event: ActionFinished) -> list[Command]:
         wait = self._action_in_flight
         if wait is None or wait.verb != event.verb:
             return [Note("action_answer_unexpected", "debug", {"verb": event.verb})]
@@ -526,6 +534,14 @@ class CallSession:
         return [note, *self._answer(wait.function_call_id, {"error": error})]
 
     # --- the end -------------------------------------------------------------------------
+
+    def _closed(self, event: SidebandClosed) -> list[Command]:
+        if self._action_in_flight is not None:
+            # The refer or hangup just sent is likely why the socket closed: its answer
+            # decides how the call ended.
+            self._closed_by_server = event
+            return [CancelTimer(AUDIO_TIMER)]
+        return self._finish(self._end_reason(event.reason), event.at)
 
     def _end_reason(self, closed_reason: str) -> str:
         if self.transfer is not None and self.transfer.status == "ok":

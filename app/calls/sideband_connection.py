@@ -77,6 +77,14 @@ class CallActions(Protocol):
     ) -> ActionResult: ...
 
 
+class CallMemoryWriter(Protocol):
+    """Where a call's memory is kept for a replica that takes it over (call_ownership.py)."""
+
+    async def record_answered(self, call_id: str, function_call_id: str) -> None: ...
+
+    async def mark_greeted(self, call_id: str) -> None: ...
+
+
 @dataclass(frozen=True, slots=True)
 class CallOutcome:
     """How sip-router's time with a call ended, for the call log."""
@@ -118,6 +126,7 @@ class SidebandDriver:
         actions: CallActions,
         functions: FunctionRequester,
         metrics: Metrics | None = None,
+        memory: CallMemoryWriter | None = None,
         active_for_s: float = DEFAULT_ACTIVE_FOR_S,
         answered: Collection[str] = (),
         greeted: bool = False,
@@ -134,6 +143,9 @@ class SidebandDriver:
         self._actions = actions
         self._functions = functions
         self._metrics = metrics
+        self._memory = memory
+        self._remembered: set[str] = set(answered)
+        self._remembered_greeting = greeted
         self._active_for_s = active_for_s
         self._clock = clock
         self._wall_clock = wall_clock
@@ -187,8 +199,25 @@ class SidebandDriver:
             return
         else:
             item_event = item
-        for command in self.session.handle(item_event):
+        commands = self.session.handle(item_event)
+        # Remembered before anything is sent: a replica taking over never answers twice.
+        await self._remember()
+        for command in commands:
             await self._execute(command)
+
+    async def _remember(self) -> None:
+        if self._memory is None:
+            return
+        try:
+            for function_call_id in self.session.answered - self._remembered:
+                await self._memory.record_answered(self.facts.call_id, function_call_id)
+                self._remembered.add(function_call_id)
+            if self.session.greeted and not self._remembered_greeting:
+                await self._memory.mark_greeted(self.facts.call_id)
+                self._remembered_greeting = True
+        except Exception:
+            # The call goes on; only a takeover could then repeat an answer.
+            log.exception("could not remember the call's answers", extra={"fields": self._fields()})
 
     async def _execute(self, command: Command) -> None:
         if isinstance(command, SendEvent):

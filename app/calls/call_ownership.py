@@ -1,0 +1,359 @@
+"""Which replica drives a call: a lease per call, renewed while driving, taken over when lost.
+
+A call is driven by one replica at a time. The owner renews its lease; when the owner dies
+the lease expires and another replica takes the call over (within 15 s: a 10 s lease and
+a scan every 2 s), together with what the call remembers (the function calls already
+answered, whether it was greeted) so nothing is answered or said twice. On shutdown a
+replica releases its leases so others take over at once (SPEC section 10).
+
+In process memory (one replica) or in Redis (several), with the same behaviour.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import asdict, dataclass, field
+from typing import Any, Protocol
+
+from redis.asyncio import Redis
+from redis.exceptions import RedisError
+
+log = logging.getLogger("sip_router.sideband")
+
+LEASE_TTL_S = 10.0
+RENEW_EVERY_S = 3.0
+TAKEOVER_SCAN_S = 2.0
+KEY_PREFIX = "sip-router:sideband:"
+MAX_TAKEOVERS_PER_SCAN = 100
+
+
+@dataclass(frozen=True, slots=True)
+class CallTicket:
+    """What another replica needs to drive a call it takes over (the profile names the rest)."""
+
+    call_id: str
+    rule: str
+    profile: str
+    caller: dict[str, Any] = field(default_factory=dict)
+    called: dict[str, Any] = field(default_factory=dict)
+    # Wall-clock time after which the call cannot be active any more.
+    active_until: float = 0.0
+
+
+@dataclass(frozen=True, slots=True)
+class CallMemory:
+    """What a call remembers across owners."""
+
+    answered: frozenset[str] = frozenset()
+    greeted: bool = False
+
+
+class CallOwnership(Protocol):
+    async def register(self, ticket: CallTicket, owner: str, ttl_s: float) -> bool:
+        """Record the call as active and take its lease; False if someone else holds it."""
+        ...
+
+    async def renew(self, call_id: str, owner: str, ttl_s: float) -> bool:
+        """Extend `owner`'s lease; False if `owner` no longer holds it."""
+        ...
+
+    async def release(self, call_id: str, owner: str) -> None:
+        """Give the lease up (hand-over); the call stays active for another replica."""
+        ...
+
+    async def finish(self, call_id: str, owner: str) -> None:
+        """The call is over: forget it and its memory."""
+        ...
+
+    async def take_over(
+        self, owner: str, ttl_s: float, now: float
+    ) -> list[tuple[CallTicket, CallMemory]]:
+        """Take the lease of every active call that has no owner; with its memory."""
+        ...
+
+    async def record_answered(self, call_id: str, function_call_id: str) -> None: ...
+
+    async def mark_greeted(self, call_id: str) -> None: ...
+
+    async def memory(self, call_id: str) -> CallMemory: ...
+
+
+# --- in process memory -----------------------------------------------------------------------
+
+
+@dataclass
+class _MemoryCall:
+    ticket: CallTicket
+    owner: str | None = None
+    lease_until: float = 0.0
+    answered: set[str] = field(default_factory=set)
+    greeted: bool = False
+
+
+class MemoryCallOwnership:
+    """Leases in this process (one replica); `clock` is monotonic seconds for the leases."""
+
+    def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
+        self._clock = clock
+        self._calls: dict[str, _MemoryCall] = {}
+
+    def _holder(self, call: _MemoryCall) -> str | None:
+        return call.owner if call.owner is not None and call.lease_until > self._clock() else None
+
+    async def register(self, ticket: CallTicket, owner: str, ttl_s: float) -> bool:
+        call = self._calls.setdefault(ticket.call_id, _MemoryCall(ticket))
+        if self._holder(call) not in (None, owner):
+            return False
+        call.owner, call.lease_until = owner, self._clock() + ttl_s
+        return True
+
+    async def renew(self, call_id: str, owner: str, ttl_s: float) -> bool:
+        call = self._calls.get(call_id)
+        if call is None or self._holder(call) != owner:
+            return False
+        call.lease_until = self._clock() + ttl_s
+        return True
+
+    async def release(self, call_id: str, owner: str) -> None:
+        call = self._calls.get(call_id)
+        if call is not None and call.owner == owner:
+            call.owner = None
+
+    async def finish(self, call_id: str, owner: str) -> None:
+        call = self._calls.get(call_id)
+        if call is not None and self._holder(call) in (None, owner):
+            del self._calls[call_id]
+
+    async def take_over(
+        self, owner: str, ttl_s: float, now: float
+    ) -> list[tuple[CallTicket, CallMemory]]:
+        taken: list[tuple[CallTicket, CallMemory]] = []
+        for call_id, call in list(self._calls.items()):
+            if call.ticket.active_until <= now:
+                del self._calls[call_id]
+            elif self._holder(call) is None and len(taken) < MAX_TAKEOVERS_PER_SCAN:
+                call.owner, call.lease_until = owner, self._clock() + ttl_s
+                taken.append((call.ticket, CallMemory(frozenset(call.answered), call.greeted)))
+        return taken
+
+    async def record_answered(self, call_id: str, function_call_id: str) -> None:
+        call = self._calls.get(call_id)
+        if call is not None:
+            call.answered.add(function_call_id)
+
+    async def mark_greeted(self, call_id: str) -> None:
+        call = self._calls.get(call_id)
+        if call is not None:
+            call.greeted = True
+
+    async def memory(self, call_id: str) -> CallMemory:
+        call = self._calls.get(call_id)
+        if call is None:
+            return CallMemory()
+        return CallMemory(frozenset(call.answered), call.greeted)
+
+
+# --- in Redis --------------------------------------------------------------------------------
+
+# KEYS: owner. ARGV: owner, ttl ms. 1 if `owner` holds the lease now.
+_TAKE_LEASE = """
+local holder = redis.call('GET', KEYS[1])
+if holder and holder ~= ARGV[1] then return 0 end
+redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
+return 1
+"""
+_RENEW = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then
+  redis.call('PEXPIRE', KEYS[1], ARGV[2])
+  return 1
+end
+return 0
+"""
+_RELEASE = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then redis.call('DEL', KEYS[1]) end
+return 0
+"""
+# KEYS: owner, ticket, answered, greeted, active set. ARGV: owner, call_id.
+_FINISH = """
+local holder = redis.call('GET', KEYS[1])
+if holder and holder ~= ARGV[1] then return 0 end
+redis.call('DEL', KEYS[1], KEYS[2], KEYS[3], KEYS[4])
+redis.call('ZREM', KEYS[5], ARGV[2])
+return 1
+"""
+# KEYS: owner, ticket, answered, greeted. ARGV: owner, ttl ms.
+# Returns nil when the call has an owner or no ticket, else {ticket, greeted, answered...}.
+_TAKE_OVER = """
+if redis.call('EXISTS', KEYS[1]) == 1 then return nil end
+local ticket = redis.call('GET', KEYS[2])
+if not ticket then return nil end
+redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
+local greeted = redis.call('EXISTS', KEYS[4])
+local answered = redis.call('SMEMBERS', KEYS[3])
+local result = {ticket, tostring(greeted)}
+for _, id in ipairs(answered) do table.insert(result, id) end
+return result
+"""
+
+
+class RedisCallOwnership:
+    """Leases in Redis, shared by every replica; keys expire when the call cannot be active."""
+
+    def __init__(self, client: Redis, *, prefix: str = KEY_PREFIX) -> None:
+        self._redis = client
+        self._prefix = prefix
+        self._take_lease = client.register_script(_TAKE_LEASE)
+        self._renew = client.register_script(_RENEW)
+        self._release = client.register_script(_RELEASE)
+        self._finish = client.register_script(_FINISH)
+        self._take_over = client.register_script(_TAKE_OVER)
+
+    def _keys(self, call_id: str) -> list[str]:
+        p = self._prefix
+        return [
+            f"{p}owner:{call_id}",
+            f"{p}ticket:{call_id}",
+            f"{p}answered:{call_id}",
+            f"{p}greeted:{call_id}",
+        ]
+
+    def _active_key(self) -> str:
+        return f"{self._prefix}active"
+
+    async def register(self, ticket: CallTicket, owner: str, ttl_s: float) -> bool:
+        owner_key, ticket_key, _, _ = self._keys(ticket.call_id)
+        keep_s = max(1, int(ticket.active_until - time.time()) + 1)
+        async with self._redis.pipeline(transaction=True) as pipe:
+            pipe.set(ticket_key, json.dumps(asdict(ticket)), ex=keep_s)
+            pipe.zadd(self._active_key(), {ticket.call_id: ticket.active_until})
+            await pipe.execute()
+        return bool(await self._take_lease(keys=[owner_key], args=[owner, _ms(ttl_s)]))
+
+    async def renew(self, call_id: str, owner: str, ttl_s: float) -> bool:
+        return bool(await self._renew(keys=self._keys(call_id)[:1], args=[owner, _ms(ttl_s)]))
+
+    async def release(self, call_id: str, owner: str) -> None:
+        await self._release(keys=self._keys(call_id)[:1], args=[owner])
+
+    async def finish(self, call_id: str, owner: str) -> None:
+        await self._finish(keys=[*self._keys(call_id), self._active_key()], args=[owner, call_id])
+
+    async def take_over(
+        self, owner: str, ttl_s: float, now: float
+    ) -> list[tuple[CallTicket, CallMemory]]:
+        await self._redis.zremrangebyscore(self._active_key(), "-inf", now)
+        call_ids = await self._redis.zrange(self._active_key(), 0, -1)
+        taken: list[tuple[CallTicket, CallMemory]] = []
+        for raw_id in call_ids:
+            if len(taken) >= MAX_TAKEOVERS_PER_SCAN:
+                break
+            call_id = raw_id.decode() if isinstance(raw_id, bytes) else str(raw_id)
+            result = await self._take_over(keys=self._keys(call_id), args=[owner, _ms(ttl_s)])
+            if not result:
+                continue
+            ticket_text, greeted, *answered = (_text(part) for part in result)
+            try:
+                ticket = CallTicket(**json.loads(ticket_text))
+            except (ValueError, TypeError):
+                log.error(
+                    "an unreadable call ticket was skipped", extra={"fields": {"call_id": call_id}}
+                )
+                continue
+            taken.append((ticket, CallMemory(frozenset(answered), greeted == "1")))
+        return taken
+
+    async def record_answered(self, call_id: str, function_call_id: str) -> None:
+        answered_key = self._keys(call_id)[2]
+        async with self._redis.pipeline(transaction=True) as pipe:
+            pipe.sadd(answered_key, function_call_id)
+            pipe.expire(answered_key, int(LEASE_TTL_S) + 2 * 3600)
+            await pipe.execute()
+
+    async def mark_greeted(self, call_id: str) -> None:
+        await self._redis.set(self._keys(call_id)[3], "1", ex=int(LEASE_TTL_S) + 2 * 3600)
+
+    async def memory(self, call_id: str) -> CallMemory:
+        _, _, answered_key, greeted_key = self._keys(call_id)
+        answered = await self._redis.smembers(answered_key)
+        greeted = await self._redis.exists(greeted_key)
+        return CallMemory(frozenset(_text(a) for a in answered), bool(greeted))
+
+
+def _ms(seconds: float) -> int:
+    return max(1, int(seconds * 1000))
+
+
+def _text(value: object) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)
+
+
+# --- driving a call while owning it ----------------------------------------------------------
+
+
+async def drive_while_owned(
+    ownership: CallOwnership,
+    call_id: str,
+    owner: str,
+    run: Callable[[], Awaitable[Any]],
+    *,
+    ttl_s: float = LEASE_TTL_S,
+    renew_every_s: float = RENEW_EVERY_S,
+    clock: Callable[[], float] = time.monotonic,
+) -> Any:
+    """Run the call's driver while renewing its lease; stop it if the lease is lost.
+
+    Returns the driver's result (and forgets the call), or None when the lease was lost.
+    Cancelled (shutdown), it releases the lease so another replica takes over at once.
+    """
+    driving = asyncio.ensure_future(run())
+    renewing = asyncio.ensure_future(
+        _renew_until_lost(ownership, call_id, owner, ttl_s, renew_every_s, clock)
+    )
+    try:
+        await asyncio.wait({driving, renewing}, return_when=asyncio.FIRST_COMPLETED)
+    except asyncio.CancelledError:
+        for task in (driving, renewing):
+            task.cancel()
+        await asyncio.gather(driving, renewing, return_exceptions=True)
+        with contextlib.suppress(RedisError, OSError):
+            await asyncio.shield(ownership.release(call_id, owner))
+        raise
+    if driving.done():
+        renewing.cancel()
+        await asyncio.gather(renewing, return_exceptions=True)
+        result = driving.result()
+        with contextlib.suppress(RedisError, OSError):
+            await ownership.finish(call_id, owner)
+        return result
+    log.warning("call_lease_lost", extra={"fields": {"call_id": call_id}})
+    driving.cancel()
+    await asyncio.gather(driving, return_exceptions=True)
+    return None
+
+
+async def _renew_until_lost(
+    ownership: CallOwnership,
+    call_id: str,
+    owner: str,
+    ttl_s: float,
+    every_s: float,
+    clock: Callable[[], float],
+) -> None:
+    """Returns once the lease is lost, or could not be renewed for as long as it lasts."""
+    renewed = clock()
+    while True:
+        await asyncio.sleep(every_s)
+        try:
+            if not await ownership.renew(call_id, owner, ttl_s):
+                return
+            renewed = clock()
+        except (RedisError, OSError):
+            log.warning("call_lease_not_renewed", extra={"fields": {"call_id": call_id}})
+        if clock() - renewed >= ttl_s:
+            # Another replica may have taken the call over by now.
+            return
