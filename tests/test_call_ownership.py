@@ -1,0 +1,306 @@
+"""Call ownership: one replica drives a call; another takes it over when the owner dies."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from collections.abc import AsyncIterator, Iterator
+from types import MappingProxyType
+from uuid import uuid4
+
+import httpx
+import pytest
+import redis.asyncio
+
+from app.calls.call_control import CallControl, CompanyFunction
+from app.calls.call_ownership import (
+    CallMemory,
+    CallOwnership,
+    CallTicket,
+    MemoryCallOwnership,
+    RedisCallOwnership,
+    drive_while_owned,
+)
+from app.calls.function_requests import CallFacts, FunctionRequester
+from app.calls.sideband_connection import CallOutcome, SidebandDriver, sideband_url
+from app.openai_calls import OpenAICallsClient
+from tests.fake_openai import AgentCallsFunction, AwaitClient, FakeOpenAI, Pause
+from tests.function_service import function_services, json_answer
+from tests.redis_server import delete_prefix
+
+TTL_S = 0.3
+
+
+class FakeClock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def ticket(call_id: str = "rtc_1", active_for_s: float = 3600) -> CallTicket:
+    return CallTicket(
+        call_id,
+        "clinic",
+        "desk",
+        {"e164": "+15550001111"},
+        {"e164": "+15550002222"},
+        active_until=time.time() + active_for_s,
+    )
+
+
+@pytest.fixture
+def prefix() -> str:
+    return f"sip-router-test:{uuid4().hex}:"
+
+
+class Backend:
+    """An ownership store and a way to let its leases run out."""
+
+    def __init__(self, ownership: CallOwnership, clock: FakeClock | None) -> None:
+        self.ownership = ownership
+        self._clock = clock
+
+    async def expire_leases(self) -> None:
+        if self._clock is not None:
+            self._clock.now += TTL_S + 0.01
+        else:
+            await asyncio.sleep(TTL_S + 0.1)
+
+
+@pytest.fixture(params=["memory", pytest.param("redis", marks=pytest.mark.redis)])
+async def backend(request: pytest.FixtureRequest, prefix: str) -> AsyncIterator[Backend]:
+    if request.param == "memory":
+        clock = FakeClock()
+        yield Backend(MemoryCallOwnership(clock), clock)
+        return
+    url: str = request.getfixturevalue("redis_url")
+    client = redis.asyncio.Redis.from_url(url)
+    yield Backend(RedisCallOwnership(client, prefix=prefix), None)
+    await client.aclose()
+    await delete_prefix(url, prefix)
+
+
+async def test_one_owner_at_a_time(backend: Backend) -> None:
+    ownership = backend.ownership
+    assert await ownership.register(ticket(), "replica-a", TTL_S)
+    assert not await ownership.register(ticket(), "replica-b", TTL_S)
+    assert await ownership.renew("rtc_1", "replica-a", TTL_S)
+    assert not await ownership.renew("rtc_1", "replica-b", TTL_S)
+    assert await ownership.take_over("replica-b", TTL_S, time.time()) == []
+
+
+async def test_an_expired_lease_is_taken_over_with_the_calls_memory(backend: Backend) -> None:
+    ownership = backend.ownership
+    assert await ownership.register(ticket(), "replica-a", TTL_S)
+    await ownership.record_answered("rtc_1", "call_1")
+    await ownership.record_answered("rtc_1", "call_2")
+    await ownership.mark_greeted("rtc_1")
+    await backend.expire_leases()
+    [(taken, memory)] = await ownership.take_over("replica-b", TTL_S, time.time())
+    assert taken.call_id == "rtc_1"
+    assert (taken.rule, taken.profile, taken.caller) == ("clinic", "desk", {"e164": "+15550001111"})
+    assert memory == CallMemory(frozenset({"call_1", "call_2"}), greeted=True)
+    # The old owner lost it; nobody else can take it while the new owner renews.
+    assert not await ownership.renew("rtc_1", "replica-a", TTL_S)
+    assert await ownership.renew("rtc_1", "replica-b", TTL_S)
+    assert await ownership.take_over("replica-c", TTL_S, time.time()) == []
+
+
+async def test_a_released_call_is_taken_over_at_once(backend: Backend) -> None:
+    ownership = backend.ownership
+    await ownership.register(ticket(), "replica-a", TTL_S)
+    await ownership.release("rtc_1", "replica-b")  # not the owner: no effect
+    assert await ownership.take_over("replica-b", TTL_S, time.time()) == []
+    await ownership.release("rtc_1", "replica-a")
+    assert [t.call_id for t, _ in await ownership.take_over("replica-b", TTL_S, time.time())] == [
+        "rtc_1"
+    ]
+
+
+async def test_a_finished_call_is_forgotten(backend: Backend) -> None:
+    ownership = backend.ownership
+    await ownership.register(ticket(), "replica-a", TTL_S)
+    await ownership.record_answered("rtc_1", "call_1")
+    await ownership.finish("rtc_1", "replica-a")
+    await backend.expire_leases()
+    assert await ownership.take_over("replica-b", TTL_S, time.time()) == []
+    assert await ownership.memory("rtc_1") == CallMemory()
+
+
+async def test_a_call_past_its_active_time_is_not_taken_over(backend: Backend) -> None:
+    ownership = backend.ownership
+    await ownership.register(ticket(active_for_s=60), "replica-a", TTL_S)
+    await backend.expire_leases()
+    assert await ownership.take_over("replica-b", TTL_S, time.time() + 120) == []
+
+
+async def test_the_owner_stops_driving_when_its_lease_is_lost() -> None:
+    clock = FakeClock()
+    ownership = MemoryCallOwnership(clock)
+    await ownership.register(ticket(), "replica-a", TTL_S)
+    stopped = asyncio.Event()
+
+    async def driving() -> None:
+        try:
+            await asyncio.sleep(60)
+        finally:
+            stopped.set()
+
+    task = asyncio.ensure_future(
+        drive_while_owned(ownership, "rtc_1", "replica-a", driving, ttl_s=TTL_S, renew_every_s=0.01)
+    )
+    await asyncio.sleep(0.05)
+    assert not stopped.is_set()
+    clock.now += TTL_S + 1  # the lease ran out (a long pause) and another replica took it
+    assert await ownership.take_over("replica-b", TTL_S, time.time())
+    assert await asyncio.wait_for(task, 2) is None
+    assert stopped.is_set()
+
+
+async def test_a_stopping_replica_hands_its_calls_over() -> None:
+    ownership = MemoryCallOwnership()
+    await ownership.register(ticket(), "replica-a", 10)
+
+    async def driving() -> None:
+        await asyncio.sleep(60)
+
+    task = asyncio.ensure_future(drive_while_owned(ownership, "rtc_1", "replica-a", driving))
+    await asyncio.sleep(0.01)
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    assert [t.call_id for t, _ in await ownership.take_over("replica-b", 10, time.time())] == [
+        "rtc_1"
+    ]
+
+
+# --- three replicas on one Redis, the owner killed mid-call ---------------------------------
+
+
+class DiesWithoutReleasing(RedisCallOwnership):
+    """A replica that is killed releases nothing."""
+
+    async def release(self, call_id: str, owner: str) -> None:
+        return None
+
+
+@pytest.fixture
+def fake() -> Iterator[FakeOpenAI]:
+    fake = FakeOpenAI()
+    with fake.serve_on_loopback() as base_url:
+        fake.base_url = base_url  # type: ignore[attr-defined]
+        yield fake
+    assert fake.sideband_problems == []
+
+
+@pytest.mark.redis
+async def test_another_replica_takes_over_a_killed_owners_call_without_answering_twice(
+    fake: FakeOpenAI, redis_url: str, prefix: str
+) -> None:
+    call_id = "rtc_takeover"
+    fake.script_sideband(
+        call_id,
+        [
+            AwaitClient("response.create"),
+            AgentCallsFunction("lookup_appointment", {"date_of_birth": "1980-02-03"}, "call_1"),
+            AwaitClient("conversation.item.create"),
+            Pause(60),
+        ],
+        [
+            # After the takeover the agent's earlier call shows up again, then it ends the call.
+            AgentCallsFunction("lookup_appointment", {"date_of_birth": "1980-02-03"}, "call_1"),
+            AgentCallsFunction("end_call", {}, "call_2"),
+        ],
+    )
+    clients = [redis.asyncio.Redis.from_url(redis_url) for _ in range(3)]
+    async with httpx.AsyncClient() as http, function_services() as start_service:
+        service = await start_service(json_answer({"next": "Tuesday 9:00"}))
+        function = CompanyFunction("lookup_appointment", service.url)
+        control = CallControl(
+            greeting="Lakeside Clinic, how can I help?",
+            end_call=True,
+            functions=MappingProxyType({function.name: function}),
+        )
+        calls = OpenAICallsClient(
+            http,
+            base_url=fake.base_url,
+            api_key=fake.api_key,
+            deadline_s=1.0,  # type: ignore[attr-defined]
+        )
+        assert (await calls.perform("accept", call_id, {"type": "realtime"})).outcome == "ok"
+
+        def driver(ownership: CallOwnership, memory: CallMemory) -> SidebandDriver:
+            return SidebandDriver(
+                facts=CallFacts(call_id, {}, {}, "clinic", "desk"),
+                control=control,
+                url=sideband_url(fake.base_url, call_id),  # type: ignore[attr-defined]
+                api_key=fake.api_key,
+                actions=calls,
+                functions=FunctionRequester(http, secret=None),
+                memory=ownership,
+                answered=memory.answered,
+                greeted=memory.greeted,
+            )
+
+        owner = DiesWithoutReleasing(clients[0], prefix=prefix)
+        assert await owner.register(ticket(call_id), "replica-a", TTL_S)
+        first = driver(owner, CallMemory())
+        killed = asyncio.ensure_future(
+            drive_while_owned(
+                owner, call_id, "replica-a", first.run, ttl_s=TTL_S, renew_every_s=0.05
+            )
+        )
+        while "call_1" not in first.session.answered:
+            await asyncio.sleep(0.01)
+        await asyncio.sleep(0.1)
+        killed.cancel()  # replica A dies mid-call
+        with pytest.raises(asyncio.CancelledError):
+            await killed
+
+        # Replicas B and C scan for orphaned calls; exactly one of them gets it.
+        others = {
+            name: RedisCallOwnership(client, prefix=prefix)
+            for name, client in zip(("replica-b", "replica-c"), clients[1:], strict=True)
+        }
+        taken: dict[str, list[tuple[CallTicket, CallMemory]]] = {name: [] for name in others}
+        deadline = time.monotonic() + 15
+        while not any(taken.values()) and time.monotonic() < deadline:
+            results = await asyncio.gather(
+                *(o.take_over(name, TTL_S, time.time()) for name, o in others.items())
+            )
+            for name, result in zip(others, results, strict=True):
+                taken[name] += result
+            await asyncio.sleep(0.05)
+        winners = [name for name, result in taken.items() if result]
+        assert len(winners) == 1
+        [(took, memory)] = taken[winners[0]]
+        assert took.call_id == call_id
+        assert memory == CallMemory(frozenset({"call_1"}), greeted=True)
+        second = driver(others[winners[0]], memory)
+        outcome: CallOutcome = await asyncio.wait_for(
+            drive_while_owned(
+                others[winners[0]], call_id, winners[0], second.run, ttl_s=TTL_S, renew_every_s=0.05
+            ),
+            15,
+        )
+    for client in clients:
+        await client.aclose()
+    await delete_prefix(redis_url, prefix)
+
+    outputs = [
+        (e["item"]["call_id"], e["item"]["output"])
+        for e in fake.client_events_for(call_id)
+        if e["type"] == "conversation.item.create"
+    ]
+    assert [call for call, _ in outputs] == ["call_1", "call_2"]
+    assert json.loads(outputs[0][1]) == {"next": "Tuesday 9:00"}
+    assert len(service.requests) == 1
+    greetings = [
+        e for e in fake.client_events_for(call_id) if "instructions" in e.get("response", {})
+    ]
+    assert len(greetings) == 1
+    assert fake.verbs_for(call_id) == ["accept", "hangup"]
+    assert outcome.end_reason == "hangup"
