@@ -21,6 +21,7 @@ from app.calls.call_ownership import (
     MemoryCallOwnership,
     RedisCallOwnership,
     drive_while_owned,
+    take_over_orphans,
 )
 from app.calls.function_requests import CallFacts, FunctionRequester
 from app.calls.sideband_connection import CallOutcome, SidebandDriver, sideband_url
@@ -304,3 +305,25 @@ async def test_another_replica_takes_over_a_killed_owners_call_without_answering
     assert len(greetings) == 1
     assert fake.verbs_for(call_id) == ["accept", "hangup"]
     assert outcome.end_reason == "hangup"
+
+
+async def test_the_orphan_scan_starts_every_call_it_takes_over() -> None:
+    ownership = MemoryCallOwnership()
+    await ownership.register(ticket("rtc_1"), "replica-a", 10)
+    await ownership.register(ticket("rtc_2"), "replica-a", 10)
+    await ownership.record_answered("rtc_2", "call_9")
+    started: list[tuple[str, CallMemory]] = []
+    scan = asyncio.ensure_future(
+        take_over_orphans(
+            ownership, "replica-b", lambda t, m: started.append((t.call_id, m)), every_s=0.01
+        )
+    )
+    await asyncio.sleep(0.05)
+    assert started == []  # replica A still holds both
+    await ownership.release("rtc_2", "replica-a")
+    while not started:
+        await asyncio.sleep(0.01)
+    scan.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await scan
+    assert started == [("rtc_2", CallMemory(frozenset({"call_9"}), greeted=False))]

@@ -357,3 +357,23 @@ async def _renew_until_lost(
         if clock() - renewed >= ttl_s:
             # Another replica may have taken the call over by now.
             return
+
+
+async def take_over_orphans(
+    ownership: CallOwnership,
+    owner: str,
+    on_taken: Callable[[CallTicket, CallMemory], None],
+    *,
+    every_s: float = TAKEOVER_SCAN_S,
+    ttl_s: float = LEASE_TTL_S,
+    wall_clock: Callable[[], float] = time.time,
+) -> None:
+    """Scan for active calls without an owner until cancelled; `on_taken` starts each one."""
+    while True:
+        try:
+            for ticket, memory in await ownership.take_over(owner, ttl_s, wall_clock()):
+                log.info("call_taken_over", extra={"fields": {"call_id": ticket.call_id}})
+                on_taken(ticket, memory)
+        except (RedisError, OSError):
+            log.warning("could not look for calls to take over")
+        await asyncio.sleep(every_s)
