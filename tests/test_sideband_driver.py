@@ -199,10 +199,17 @@ async def test_transfer_call_answers_speaks_waits_for_the_audio_then_refers_once
     assert metrics.function_calls.labels(function="transfer_call", outcome="ok")._value.get() == 1
 
 
+@pytest.mark.parametrize(
+    ("answer", "status"),
+    [
+        (Respond(403, code="refer_not_allowed"), "failed"),
+        (Respond(409, code="decision_already_made"), "unknown"),
+    ],
+)
 async def test_a_refer_that_fails_tells_the_agent(
-    fake: FakeOpenAI, http: httpx.AsyncClient
+    fake: FakeOpenAI, http: httpx.AsyncClient, answer: Respond, status: str
 ) -> None:
-    fake.script("rtc_rf", Respond(), Respond(403, code="refer_not_allowed"))
+    fake.script("rtc_rf", Respond(), answer)
     fake.script_sideband(
         "rtc_rf",
         [
@@ -221,7 +228,7 @@ async def test_a_refer_that_fails_tells_the_agent(
     assert fake.verbs_for("rtc_rf") == ["accept", "refer"]
     assert outcome.end_reason == "caller_hung_up"
     assert outcome.transfer is not None
-    assert outcome.transfer.status == "failed"
+    assert outcome.transfer.status == status
 
 
 async def test_end_call_hangs_up_after_the_goodbye(

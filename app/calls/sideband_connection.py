@@ -26,6 +26,7 @@ from websockets.exceptions import ConnectionClosed, InvalidStatus
 from app.calls.call_control import CallControl
 from app.calls.call_session import (
     ActionFinished,
+    ActionOutcome,
     CallFunction,
     CallSession,
     CancelTimer,
@@ -266,9 +267,12 @@ class SidebandDriver:
         task.add_done_callback(self._work.discard)
 
     async def _perform(self, command: PerformAction) -> None:
+        outcome: ActionOutcome
         try:
             result = await self._actions.perform(command.verb, self.facts.call_id, command.body)
-            outcome, detail = result.outcome, result.detail
+            # `duplicate` (an earlier copy was applied) says no more than that it may be done.
+            outcome = "unknown" if result.outcome == "duplicate" else result.outcome
+            detail = result.detail
         except Exception:  # the client never raises for upstream trouble; this is a bug
             log.exception("a call action crashed", extra={"fields": self._fields()})
             outcome, detail = "failed", "internal error"
