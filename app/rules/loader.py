@@ -87,6 +87,7 @@ from app.rules.schedule import (
     compile_schedule,
     load_zone,
 )
+from app.rules.shadowed_rules import shadowed_rules
 from app.rules.templates import TemplateCompileError, compile_template
 from app.rules.yaml_source import LineIndex, describe_path, load_yaml
 from app.rules.yaml_source import Path as DataPath
@@ -277,7 +278,12 @@ def _compile(parts: FileParts, ctx: _Context) -> Ruleset:
         if parts.on_error is not None
         else _DEFAULT_ON_ERROR
     )
-    _warn_shadowed(compiler.signatures, ctx)
+    for shadowed in shadowed_rules(compiler.signatures):
+        ctx.warn(
+            ("rules", shadowed.index),
+            f"rule '{shadowed.name}' can never match: rule "
+            f"'{shadowed.by}' before it catches every call it would",
+        )
     _check_test_expectations(parts, ctx)
     if ctx.problems:
         raise ctx.fail()
@@ -816,43 +822,3 @@ def _term_key(term: NumberTest) -> tuple[str, str]:
     if isinstance(term, NumberPrefix):
         return ("prefix", term.prefix)
     return ("other", term.description)
-
-
-def _covers(broad: tuple[tuple[str, str], ...], narrow: tuple[tuple[str, str], ...]) -> bool:
-    def covered(term: tuple[str, str]) -> bool:
-        kind, value = term
-        for b_kind, b_value in broad:
-            if (b_kind, b_value) == (kind, value):
-                return True
-            if b_kind == "prefix" and kind in ("exact", "prefix") and value.startswith(b_value):
-                return True
-        return False
-
-    return all(covered(term) for term in narrow)
-
-
-def _warn_shadowed(signatures: list[tuple[int, str, dict[str, Any] | None]], ctx: _Context) -> None:
-    for position, (index, name, later_sig) in enumerate(signatures):
-        if later_sig is None:
-            continue
-        for _, earlier_name, earlier_sig in signatures[:position]:
-            if earlier_sig is None or not _broader(earlier_sig, later_sig):
-                continue
-            ctx.warn(
-                ("rules", index),
-                f"rule '{name}' can never match: rule "
-                f"'{earlier_name}' before it catches every call it would",
-            )
-            break
-
-
-def _broader(earlier: Mapping[str, Any], later: Mapping[str, Any]) -> bool:
-    for key, value in earlier.items():
-        if key not in later:
-            return False
-        if key in ("caller", "called"):
-            if not _covers(value, later[key]):
-                return False
-        elif later[key] != value:
-            return False
-    return True
