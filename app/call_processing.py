@@ -243,7 +243,7 @@ class CallProcessor:
         try:
             recorded = await self._store.record_decision(claim, decision_record(decision))
         except StoreUnavailable:
-            raise ServiceUnavailable("the shared store does not answer") from None
+            raise StoreDown("the shared store does not answer") from None
         if not recorded:
             raise _LeaseLost
         return await self._calls.perform(decision.action, call_id, decision.body)

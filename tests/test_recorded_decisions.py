@@ -18,7 +18,7 @@ import redis.asyncio
 from app.app_factory import create_app
 from app.recorded_decisions import decision_from_record, decision_record
 from app.rules.ruleset import Decision
-from app.store import DONE_KEEP_S, Claim, MemoryStore, RedisStore
+from app.store import DONE_KEEP_S, Claim, MemoryStore, RedisStore, StoreUnavailable
 from app.webhook_signing import signed_test_call
 from tests.conftest import ServiceFactory, app_settings, deliver, running
 from tests.fake_openai import Delay, FakeOpenAI, Respond
@@ -307,6 +307,27 @@ async def test_a_delivery_that_lost_its_lease_sends_nothing(
     assert sent.status_code == 409
     assert sent.answer["status"] == "in_flight"
     assert service.fake.requests == []
+
+
+class StoreDownWhileRecording(ShortLeases):
+    """The shared store stops answering between the claim and the recording."""
+
+    async def record_decision(self, claim: Claim, decision: Mapping[str, Any]) -> bool:
+        raise StoreUnavailable("connection refused")
+
+
+async def test_a_store_down_while_recording_sends_nothing_and_is_logged_as_an_error(
+    service_factory: ServiceFactory, caplog: pytest.LogCaptureFixture
+) -> None:
+    store = StoreDownWhileRecording(MemoryStore())
+    async with service_factory(store=store) as service:
+        with caplog.at_level("INFO", logger="sip_router.webhook"):
+            sent = await service.send(CALLER, CALLED)
+
+    assert sent.status_code == 503
+    assert service.fake.requests == []
+    (line,) = [r for r in caplog.records if r.name == "sip_router.webhook"]
+    assert line.levelname == "ERROR"
 
 
 async def test_a_delivery_cancelled_mid_action_leaves_its_decision_for_the_next(
