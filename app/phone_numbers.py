@@ -14,6 +14,7 @@ from phonenumbers import NumberParseException, PhoneMetadata, ValidationResult
 
 __all__ = [
     "NumberFormatError",
+    "country_code_of",
     "country_of",
     "is_known_region",
     "mask_number",
@@ -106,8 +107,11 @@ def normalize_prefix(text: str, region: str) -> str:
 def parse_header_number(user: str, region: str) -> str | None:
     """Read the user part of a SIP or tel URI as E.164 "+digits", leniently; None if it is none.
 
-    "+digits" is kept as sent even when its country would not assign it; digits without "+"
-    are read in `region` (or, if that is no valid number there, as international).
+    "+digits" is kept as sent even when its country would not assign it. Digits without "+"
+    are read in `region`: a valid number there, or one dialled with the region's
+    international prefix. Digits that are not are never guessed into another country; only
+    when they begin with the region's own country code and are valid so are they read as
+    international ("14155550123" in US). Anything else is None: an unknown caller.
     """
     user = user.strip()
     if len(user) > _MAX_TEXT_CHARS or _WRITTEN_NUMBER.fullmatch(user) is None:
@@ -122,14 +126,12 @@ def parse_header_number(user: str, region: str) -> str | None:
     national = _parse_or_none(digits, region.upper())
     if national is not None and phonenumbers.is_valid_number(national):
         return _e164(national)
+    metadata = _metadata(region)
+    if metadata is None or not digits.startswith(str(metadata.country_code)):
+        return None
     international = _parse_or_none("+" + digits, region.upper())
     if international is not None and phonenumbers.is_valid_number(international):
         return _e164(international)
-    if (
-        national is not None
-        and phonenumbers.is_possible_number_with_reason(national) == ValidationResult.IS_POSSIBLE
-    ):
-        return _e164(national)
     return None
 
 
@@ -197,6 +199,11 @@ def _length_rules(country_code: int) -> tuple[frozenset[int], re.Pattern[str] | 
     )
     pattern = metadata.national_prefix_for_parsing
     return lengths, (re.compile(pattern) if pattern else None)
+
+
+def country_code_of(digits: str) -> str:
+    """The country calling code that international `digits` (no "+") begin with, or ""."""
+    return _country_code_of_digits(digits)
 
 
 def _country_code_of_digits(digits: str) -> str:

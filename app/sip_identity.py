@@ -13,7 +13,7 @@ from types import MappingProxyType
 from typing import Final
 from urllib.parse import unquote
 
-from app.phone_numbers import country_of, parse_header_number
+from app.phone_numbers import country_code_of, country_of, parse_header_number
 
 __all__ = [
     "MAX_HEADER_VALUE_CHARS",
@@ -34,6 +34,11 @@ _ASSERTED_IDENTITY: Final = "p-asserted-identity"
 _MAX_ASSERTED_PARTS: Final = 4
 _PRIVACY: Final = "privacy"
 _ANONYMOUS_HOST: Final = "anonymous.invalid"
+# Numbers that carriers and PBXs send in place of a withheld caller ID. Words as user parts
+# ("anonymous", "Restricted", "Unavailable", "Private", RFC 3323's anonymous@anonymous.invalid)
+# are not numbers and are anonymous already. Twilio spells the withheld-caller words on a
+# phone keypad and sends them as numbers: ANONYMOUS, RESTRICTED, UNAVAILABLE, UNKNOWN, BLOCKED.
+_KEYPAD_WORDS: Final = frozenset({"266696687", "7378742833", "86282452253", "8656696", "2562533"})
 _NUMBER_CHARS: Final = frozenset("0123456789+-.() ")
 _DIAL_SCHEMES: Final = frozenset({"sip", "sips", "tel"})
 # Characters a display name never needs and that could hide or reorder text in a template.
@@ -182,6 +187,7 @@ def _party(address: _Address | None, region: str) -> Party:
         address.scheme not in _DIAL_SCHEMES
         or address.host == _ANONYMOUS_HOST
         or not _is_numeric_user(address.user)
+        or _is_withheld_sentinel(address.user)
     )
     if anonymous:
         return Party(None, address.display_name, None, anonymous=True)
@@ -199,6 +205,20 @@ def _number_of(address: _Address, region: str) -> str | None:
         if _is_numeric_user(combined):
             return parse_header_number(combined, region)
     return parse_header_number(user, region)
+
+
+def _is_withheld_sentinel(user: str) -> bool:
+    """A number that stands for a withheld caller ID rather than a caller.
+
+    The keypad spellings above, with or without "+"; and all zeros, alone ("0000000000", what
+    FreeSWITCH and Kazoo present for a private caller) or after a country code
+    ("+10000000000"), which no numbering plan assigns to a subscriber.
+    """
+    digits = "".join(ch for ch in user if "0" <= ch <= "9")
+    if digits in _KEYPAD_WORDS or not digits.strip("0"):
+        return True
+    country_code = country_code_of(digits) if user.strip().startswith("+") else ""
+    return bool(country_code) and not digits[len(country_code) :].strip("0")
 
 
 def _is_numeric_user(user: str) -> bool:

@@ -220,9 +220,9 @@ def test_normalize_prefix_raises_only_number_format_error(text: str, region: str
         ("00442079460958", "DE", "+442079460958"),
         ("02079460958", "GB", "+442079460958"),
         ("0123456789", "FR", "+33123456789"),
-        # E.164 without "+": not a valid national number, so read as international.
-        ("4930123456", "US", "+4930123456"),
-        ("442079460958", "US", "+442079460958"),
+        # E.164 without "+" in the region's own country code is still read.
+        ("4930123456", "DE", "+4930123456"),
+        ("442079460958", "GB", "+442079460958"),
         (" +14155550123 ", "US", "+14155550123"),
         ("+4930123456", "XX", "+4930123456"),
     ],
@@ -254,6 +254,24 @@ def test_parse_header_number(user: str, region: str, expected: str) -> None:
 )
 def test_parse_header_number_gives_none(user: str) -> None:
     assert parse_header_number(user, "US") is None
+
+
+@pytest.mark.parametrize(
+    ("user", "region"),
+    [
+        # Valid in Germany and Britain, but no valid number in the US: not guessed abroad.
+        ("4930123456", "US"),
+        ("442079460958", "US"),
+        ("14155550123", "DE"),
+        # Begins with the region's own country code but is no valid number there either.
+        ("1555", "US"),
+        ("491", "DE"),
+        # Possible by length in the US, but no valid number (area code 099).
+        ("0995550123", "US"),
+    ],
+)
+def test_parse_header_number_does_not_guess_another_country(user: str, region: str) -> None:
+    assert parse_header_number(user, region) is None
 
 
 def test_parse_header_number_needs_a_known_region_for_national_forms() -> None:

@@ -280,7 +280,7 @@ def test_list_of_a_million_numbers_decides_correctly(tmp_path: Path) -> None:
     )
     assert rule_for(ruleset, "+14150000000") == "big"
     assert rule_for(ruleset, "+14150999999") == "big"
-    assert rule_for(ruleset, "(415) 012-3456") == "big"
+    assert rule_for(ruleset, "+1 (415) 012-3456") == "big"
     assert rule_for(ruleset, "+16285550123") == "big"
     assert rule_for(ruleset, "+14150500000") is None  # replaced by the prefix line
     assert rule_for(ruleset, "+14151000000") is None

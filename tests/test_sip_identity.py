@@ -151,7 +151,9 @@ def test_reference_asserted_identity_with_privacy() -> None:
         ),
         # Vonage: E.164 without "+"
         ("<sip:14155550123@sip.nexmo.com>;tag=as1", "US", number("+14155550123", "US")),
-        ("<sip:4930123456@sip.nexmo.com>;tag=as1", "US", number("+4930123456", "DE")),
+        ("<sip:4930123456@sip.nexmo.com>;tag=as1", "DE", number("+4930123456", "DE")),
+        # ... but digits that are no valid number in the region are not guessed abroad.
+        ("<sip:4930123456@sip.nexmo.com>;tag=as1", "US", unreadable()),
         # Asterisk
         (
             '"John Doe" <sip:4155550123@192.168.1.10>;tag=as58f4201b',
@@ -265,7 +267,22 @@ def test_caller_shapes(value: str, region: str, expected: Party) -> None:
         ('"Restricted" <sip:restricted@a.example>', "Restricted"),
         ("<sip:unavailable@a.example>", None),
         ("<sip:unknown@10.0.0.1>", None),
+        ('"Private" <sip:Private@a.example>', "Private"),
         ("<sip:alice@example.com>", None),
+        # Withheld-caller sentinels that look like numbers: keypad spellings of ANONYMOUS,
+        # RESTRICTED, UNAVAILABLE, UNKNOWN and BLOCKED (Twilio), with or without "+".
+        ("<sip:+266696687@sip.twilio.com>", None),
+        ("<sip:266696687@a.example>", None),
+        ("<tel:+7378742833>", None),
+        ("<sip:+86282452253@a.example>", None),
+        ("<sip:+8656696@a.example>", None),
+        ("<sip:2562533@a.example>", None),
+        # All zeros, any length, alone or after a country code.
+        ("<sip:0000000000@a.example>", None),
+        ("<sip:0@a.example>", None),
+        ("<sip:000-000-0000@a.example>", None),
+        ("<tel:+10000000000>", None),
+        ("<sip:+490000000@a.example>", None),
         ("<sip:a.example>", None),
         ("<sip:@a.example>", None),
         ("<sip:%20@a.example>", None),
@@ -285,6 +302,27 @@ def test_caller_shapes(value: str, region: str, expected: Party) -> None:
 )
 def test_anonymous_callers(value: str, display_name: str | None) -> None:
     assert parties(("From", value)).caller == anonymous(display_name)
+
+
+def test_a_sentinel_in_asserted_identity_withholds_the_caller() -> None:
+    result = parties(
+        ("From", "<sip:+14155550123@a.example>"),
+        ("P-Asserted-Identity", "<sip:+266696687@a.example>"),
+    )
+    assert result.caller == anonymous()
+
+
+@pytest.mark.parametrize(
+    ("value", "expected"),
+    [
+        # Zeros inside a number, and a number with a sentinel's digits inside it, are callers.
+        ("<sip:+14155550100@a>", number("+14155550100", "US")),
+        ("<sip:+4930000000@a>", number("+4930000000", "DE")),
+        ("<sip:+12666966870@a>", number("+12666966870", None)),
+    ],
+)
+def test_numbers_near_sentinels_are_callers(value: str, expected: Party) -> None:
+    assert parties(("From", value)).caller == expected
 
 
 def test_missing_headers_are_anonymous() -> None:
