@@ -578,6 +578,117 @@ default: {reject: {}}
         "invalid date '2026-02-30'",
     ),
     (
+        "every-year-date-that-never-is",
+        {
+            "rules.yaml": """\
+version: 1
+schedules:
+  office:
+    closed:
+      dates:
+        - "12-25"
+        - "02-30"  # <-
+default: {reject: {}}
+"""
+        },
+        "invalid date '02-30': day is out of range for month",
+    ),
+    (
+        "every-year-date-month-13",
+        {
+            "rules.yaml": """\
+version: 1
+schedules:
+  office:
+    open:
+      dates: ["13-01..01-02"]  # <-
+default: {reject: {}}
+"""
+        },
+        "invalid date '13-01': month must be 01 to 12",
+    ),
+    (
+        "nth-weekday-nth-0",
+        {
+            "rules.yaml": """\
+version: 1
+schedules:
+  office:
+    closed:
+      dates:
+        - month: 5
+          weekday: mon
+          nth: 0  # <-
+default: {reject: {}}
+"""
+        },
+        "nth must be 1 to 5 (the first to fifth) or -1 (the last), got 0",
+    ),
+    (
+        "nth-weekday-bad-weekday",
+        {
+            "rules.yaml": """\
+version: 1
+schedules:
+  office:
+    closed:
+      dates:
+        - month: 11
+          weekday: thursday  # <-
+          nth: 4
+default: {reject: {}}
+"""
+        },
+        "unknown weekday 'thursday' (did you mean 'thu'?)",
+    ),
+    (
+        "closed-time-bad-date",
+        {
+            "rules.yaml": """\
+version: 1
+schedules:
+  office:
+    closed:
+      times:
+        - {date: "2026-12-24", from: "14:00", to: "24:00"}
+        - {date: "2027-02-29", from: "14:00", to: "18:00"}  # <-
+default: {reject: {}}
+"""
+        },
+        "invalid date '2027-02-29'",
+    ),
+    (
+        "closed-time-unquoted-time",
+        {
+            "rules.yaml": """\
+version: 1
+schedules:
+  office:
+    closed:
+      times:
+        - date: "12-31"
+          from: 18:00  # <-
+          to: "02:00"
+default: {reject: {}}
+"""
+        },
+        'times must be quoted: "18:00"',
+    ),
+    (
+        "times-only-in-closed",
+        {
+            "rules.yaml": """\
+version: 1
+schedules:
+  office:
+    open:
+      times: [{date: "12-24", from: "09:00", to: "12:00"}]  # <-
+default: {reject: {}}
+"""
+        },
+        "unknown key 'times'",
+    ),
+    (
         "bad-header-name",
         {
             "rules.yaml": HEAD

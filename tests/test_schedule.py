@@ -710,7 +710,8 @@ def window(**fields: Any) -> dict[str, Any]:
         (
             {"open": {"dates": ["24.12.2026"]}},
             ("open", "dates", 0),
-            "date must be YYYY-MM-DD or a range YYYY-MM-DD..YYYY-MM-DD, got '24.12.2026'",
+            "date must be YYYY-MM-DD, MM-DD (every year), or a range of either form like"
+            " 12-24..12-26, got '24.12.2026'",
         ),
         (
             {"open": {"dates": [datetime(2026, 12, 24, 10, 0)]}},

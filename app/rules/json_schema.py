@@ -23,7 +23,8 @@ _PARTIAL = "session.partial."
 
 _NAME_PATTERN = r"^[A-Za-z0-9_.\-]+$"
 _TIME = r"([01][0-9]|2[0-3]):[0-5][0-9]"
-_DATE = r"[0-9]{4}-(0[1-9]|1[0-2])-(0[1-9]|[12][0-9]|3[01])"
+_MONTH_DAY = r"(0[1-9]|1[0-2])-(0[1-9]|[12][0-9]|3[01])"
+_DATE = rf"[0-9]{{4}}-{_MONTH_DAY}"
 _OFFSET = r"([Zz]|[+-][0-9]{2}(:?[0-9]{2})?)"
 _HEADER_NAME = r"^[A-Za-z0-9!#$%&'*+\-.^_`|~]{1,100}$"
 
@@ -528,6 +529,11 @@ def _day_tokens() -> list[str]:
     return [*WEEKDAYS, *ranges]
 
 
+def _range_of(form: str) -> str:
+    """A date of `form`, or an inclusive range of two."""
+    return rf"{form}( *\.\. *{form})?"
+
+
 def _schedule_defs() -> Schema:
     day = {
         "enum": _day_tokens(),
@@ -565,17 +571,55 @@ def _schedule_defs() -> Schema:
         required=("country",),
         description="Public holidays, from the holidays library.",
     )
-    day_set = _object(
+    day_set_keys: Schema = {
+        "holidays": {
+            "anyOf": _one_or_list(_ref("Holiday")),
+            "description": "{country: DE, subdiv: BE}, or a list of them.",
+        },
+        "dates": {
+            "anyOf": _one_or_list(_ref("DateEntry")),
+            "description": 'Dates, every-year dates and ranges of either: ["2026-12-24",'
+            ' "12-25", "12-31..01-02"], or the nth weekday of a month {month, weekday, nth}.',
+        },
+    }
+    day_set = _object(day_set_keys)
+    closed_day_set = _object(
         {
-            "holidays": {
-                "anyOf": _one_or_list(_ref("Holiday")),
-                "description": "{country: DE, subdiv: BE}, or a list of them.",
+            **day_set_keys,
+            "times": {
+                "type": "array",
+                "items": _ref("ClosedTime"),
+                "description": "Parts of days that are closed: [{date, from, to}].",
             },
-            "dates": {
-                "anyOf": _one_or_list(_ref("DateEntry")),
-                "description": 'Dates and ranges: ["2026-12-24", "2026-12-28..2026-12-31"].',
+        }
+    )
+    closed_time = _object(
+        {
+            "date": _ref("DateEntry"),
+            "from": _described(_ref("Time"), 'Start, a quoted "HH:MM" (included).'),
+            "to": {
+                "type": "string",
+                "pattern": f"^({_TIME}|24:00)$",
+                "description": 'End, a quoted "HH:MM" or "24:00" (excluded). Not after `from`:'
+                " the closure runs overnight and belongs to its start date.",
             },
         },
+        required=("date", "from", "to"),
+        description="Closed from `from` to `to` on a date (any form of date entry).",
+    )
+    nth_weekday = _object(
+        {
+            "month": {"type": "integer", "minimum": 1, "maximum": 12},
+            "weekday": {"enum": list(WEEKDAYS)},
+            "nth": {
+                "enum": [1, 2, 3, 4, 5, -1],
+                "description": "1 to 5 (the first to fifth), or -1 (the last). A fifth that a"
+                " month does not have is no date.",
+            },
+        },
+        required=("month", "weekday", "nth"),
+        description="The nth weekday of a month, every year: {month: 5, weekday: mon, nth: -1}"
+        " is the last Monday of May.",
     )
     schedule = _object(
         {
@@ -585,7 +629,10 @@ def _schedule_defs() -> Schema:
                 "items": _ref("WeeklyWindow"),
                 "description": "Opening windows. None: open at all times but closed days.",
             },
-            "closed": _described(_ref("DaySet"), "Days on which it is closed; wins over weekly."),
+            "closed": _described(
+                _ref("ClosedDaySet"),
+                "Days (and parts of days, `times`) on which it is closed; wins over weekly.",
+            ),
             "open": _described(
                 _ref("DaySet"), "Days on which `closed` does not apply; wins over closed."
             ),
@@ -598,11 +645,20 @@ def _schedule_defs() -> Schema:
         "DayToken": day,
         "Time": {"type": "string", "pattern": f"^{_TIME}$", "description": '"HH:MM", quoted.'},
         "DaySet": day_set,
+        "ClosedDaySet": closed_day_set,
+        "ClosedTime": closed_time,
         "Holiday": holiday,
+        "NthWeekday": nth_weekday,
         "DateEntry": {
-            "type": "string",
-            "pattern": rf"^{_DATE}( *\.\. *{_DATE})?$",
-            "description": "YYYY-MM-DD, or an inclusive range YYYY-MM-DD..YYYY-MM-DD.",
+            "anyOf": [
+                {
+                    "type": "string",
+                    "pattern": f"^({_range_of(_DATE)}|{_range_of(_MONTH_DAY)})$",
+                },
+                _ref("NthWeekday"),
+            ],
+            "description": "YYYY-MM-DD, MM-DD (every year), an inclusive range of either"
+            " (12-31..01-02 crosses the year end), or {month, weekday, nth}.",
         },
     }
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 import functools
 import re
 from bisect import bisect_right
+from calendar import monthrange
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
@@ -21,9 +22,10 @@ from holidays import country_holidays, list_supported_countries
 from pydantic import (
     AfterValidator,
     BaseModel,
-    BeforeValidator,
     ConfigDict,
     Field,
+    PlainValidator,
+    StrictInt,
     TypeAdapter,
     ValidationInfo,
     field_validator,
@@ -34,6 +36,7 @@ _WEEKDAY_LABELS = ("Mon", "Tue", "Wed", "Thu", "Fri", "Sat", "Sun")
 _DAY_MINUTES = 24 * 60
 _TIME = re.compile(r"(\d{2}):(\d{2})")
 _DATE = re.compile(r"\d{4}-\d{2}-\d{2}")
+_MONTH_DAY = re.compile(r"\d{2}-\d{2}")
 
 
 def load_zone(key: str) -> ZoneInfo:
@@ -107,14 +110,40 @@ def _time_minutes(value: Any, *, field: str) -> int:
     return hours * 60 + minutes
 
 
+_DATE_FORMS = "YYYY-MM-DD, MM-DD (every year), or a range of either form like 12-24..12-26"
+_MONTH_NAMES = (
+    "January", "February", "March", "April", "May", "June",
+    "July", "August", "September", "October", "November", "December",
+)  # fmt: skip
+_WEEKDAY_NAMES = ("Monday", "Tuesday", "Wednesday", "Thursday", "Friday", "Saturday", "Sunday")
+_ORDINALS = {1: "first", 2: "second", 3: "third", 4: "fourth", 5: "fifth", -1: "last"}
+# Every-year dates are checked against a leap year, so 02-29 is a date (in leap years).
+_LEAP_YEAR = 2000
+
+
 def _parse_date(text: str) -> date:
     text = text.strip()
     if _DATE.fullmatch(text) is None:
-        raise ValueError(f"date must be YYYY-MM-DD or a range YYYY-MM-DD..YYYY-MM-DD, got '{text}'")
+        raise ValueError(f"date must be {_DATE_FORMS}, got '{text}'")
     try:
         return date.fromisoformat(text)
     except ValueError as error:
         raise ValueError(f"invalid date '{text}': {error}") from None
+
+
+def _parse_month_day(text: str) -> tuple[int, int]:
+    """(month, day) of an every-year date "MM-DD"; 02-29 is allowed."""
+    text = text.strip()
+    if _MONTH_DAY.fullmatch(text) is None:
+        raise ValueError(f"date must be {_DATE_FORMS}, got '{text}'")
+    month, day = int(text[:2]), int(text[3:])
+    if not 1 <= month <= 12:
+        raise ValueError(f"invalid date '{text}': month must be 01 to 12")
+    try:
+        date(_LEAP_YEAR, month, day)
+    except ValueError as error:
+        raise ValueError(f"invalid date '{text}': {error}") from None
+    return month, day
 
 
 def _date_span(entry: str) -> tuple[date, date]:
@@ -129,21 +158,125 @@ def _date_span(entry: str) -> tuple[date, date]:
     return start, end
 
 
-def _date_entry(value: Any) -> str:
+def _month_day_span(entry: str) -> tuple[tuple[int, int], tuple[int, int]]:
+    """First and last (month, day) of "MM-DD" or "MM-DD..MM-DD" (which may cross the year end)."""
+    first, dots, last = entry.partition("..")
+    start = _parse_month_day(first)
+    return start, (_parse_month_day(last) if dots else start)
+
+
+def _is_every_year(text: str) -> bool:
+    return _MONTH_DAY.fullmatch(text.partition("..")[0].strip()) is not None
+
+
+def _date_text(value: str) -> str:
+    """A date string in its canonical form; raises ValueError saying what is wrong."""
+    first, dots, last = value.partition("..")
+    if _is_every_year(first):
+        if dots and not _is_every_year(last):
+            raise ValueError(
+                f"a range is either YYYY-MM-DD..YYYY-MM-DD or MM-DD..MM-DD, got '{value}'"
+            )
+        (m1, d1), (m2, d2) = _month_day_span(value)
+        return f"{m1:02d}-{d1:02d}" + (f"..{m2:02d}-{d2:02d}" if dots else "")
+    if dots and _is_every_year(last):
+        raise ValueError(f"a range is either YYYY-MM-DD..YYYY-MM-DD or MM-DD..MM-DD, got '{value}'")
+    start, end = _date_span(value)
+    return start.isoformat() if not dots else f"{start.isoformat()}..{end.isoformat()}"
+
+
+def _weekday_name(value: Any) -> str:
+    if not isinstance(value, str):
+        raise ValueError(f"weekday must be one of {', '.join(WEEKDAYS)}, got {value!r}")
+    text = value.strip().lower()
+    if text in WEEKDAYS:
+        return text
+    close = text[:3] if text[:3] in WEEKDAYS else None
+    close = close or next(iter(get_close_matches(text, WEEKDAYS, n=1, cutoff=0.6)), None)
+    hint = f" (did you mean '{close}'?)" if close else ""
+    raise ValueError(f"unknown weekday '{value}'{hint}; use one of {', '.join(WEEKDAYS)}")
+
+
+class NthWeekdaySpec(BaseModel):
+    """The nth weekday of a month every year: {month: 5, weekday: mon, nth: -1} (the last)."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    month: StrictInt = Field(ge=1, le=12)
+    weekday: str
+    nth: StrictInt
+
+    @field_validator("weekday", mode="before")
+    @classmethod
+    def _known_weekday(cls, value: Any) -> Any:
+        return _weekday_name(value)
+
+    @field_validator("nth")
+    @classmethod
+    def _known_nth(cls, value: int) -> int:
+        if value not in _ORDINALS:
+            raise ValueError(
+                f"nth must be 1 to 5 (the first to fifth) or -1 (the last), got {value}"
+            )
+        return value
+
+    def label(self) -> str:
+        """ "the last Monday of May"."""
+        weekday = _WEEKDAY_NAMES[WEEKDAYS.index(self.weekday)]
+        return f"the {_ORDINALS[self.nth]} {weekday} of {_MONTH_NAMES[self.month - 1]}"
+
+    def holds_on(self, day: date) -> bool:
+        if day.month != self.month or day.weekday() != WEEKDAYS.index(self.weekday):
+            return False
+        if self.nth == -1:
+            return day.day + 7 > monthrange(day.year, day.month)[1]
+        return (day.day - 1) // 7 + 1 == self.nth
+
+
+def _date_entry(value: Any) -> str | NthWeekdaySpec:
     # datetime is a date subclass; YAML produces one for "2026-12-24 10:00".
     if isinstance(value, datetime):
         raise ValueError(f"expected a date, got the date and time '{value.isoformat()}'")
     if isinstance(value, date):
         return value.isoformat()
+    if isinstance(value, NthWeekdaySpec):
+        return value
+    if isinstance(value, Mapping):
+        return NthWeekdaySpec.model_validate(value)
     if not isinstance(value, str):
         raise ValueError(
-            f"date must be a string YYYY-MM-DD or YYYY-MM-DD..YYYY-MM-DD, got {value!r}"
+            f"date must be a string ({_DATE_FORMS}) or a mapping {{month, weekday, nth}},"
+            f" got {value!r}"
         )
-    start, end = _date_span(value)
-    return start.isoformat() if start == end else f"{start.isoformat()}..{end.isoformat()}"
+    return _date_text(value)
 
 
-DateEntry = Annotated[str, BeforeValidator(_date_entry)]
+DateEntry = Annotated[
+    str | NthWeekdaySpec,
+    PlainValidator(_date_entry, json_schema_input_type=str | NthWeekdaySpec),
+]
+
+
+class ClosedTimeSpec(BaseModel):
+    """Part of a day closed: [from, to) on a date; `to` not after `from` runs overnight."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid", populate_by_name=True)
+
+    date: DateEntry
+    from_: str = Field(alias="from")
+    to: str
+
+    @field_validator("from_", mode="before")
+    @classmethod
+    def _valid_from(cls, value: Any) -> Any:
+        _time_minutes(value, field="from")
+        return value
+
+    @field_validator("to", mode="before")
+    @classmethod
+    def _valid_to(cls, value: Any) -> Any:
+        _time_minutes(value, field="to")
+        return value
 
 
 @dataclass(frozen=True, slots=True)
@@ -249,7 +382,7 @@ _HOLIDAY_LIST: TypeAdapter[tuple[HolidaySpec, ...]] = TypeAdapter(tuple[HolidayS
 
 
 class DaySetSpec(BaseModel):
-    """Whole days: public holidays, single dates and inclusive date ranges "a..b"."""
+    """Whole days: public holidays, dates (once or every year), ranges "a..b", nth weekdays."""
 
     model_config = ConfigDict(frozen=True, extra="forbid")
 
@@ -273,7 +406,13 @@ class DaySetSpec(BaseModel):
     @field_validator("dates", mode="before")
     @classmethod
     def _one_or_many_dates(cls, value: Any) -> Any:
-        return (value,) if isinstance(value, str | date) else value
+        return (value,) if isinstance(value, str | date | Mapping) else value
+
+
+class ClosedDaySetSpec(DaySetSpec):
+    """`closed`: whole days as in DaySetSpec, and parts of days (`times`)."""
+
+    times: tuple[ClosedTimeSpec, ...] = ()
 
 
 class WeeklyWindowSpec(BaseModel):
@@ -329,7 +468,7 @@ class ScheduleSpec(BaseModel):
 
     timezone: str | None = None
     weekly: tuple[WeeklyWindowSpec, ...] = ()
-    closed: DaySetSpec | None = None
+    closed: ClosedDaySetSpec | None = None
     open: DaySetSpec | None = None
 
     @field_validator("timezone", mode="before")
@@ -398,17 +537,50 @@ def _holiday_year(
     return MappingProxyType(dict(calendar.items()))
 
 
-class _DaySet:
-    """Compiled DaySetSpec: merged date ranges searched by bisection, plus holiday calendars."""
+@dataclass(frozen=True, slots=True)
+class _EveryYear:
+    """Every-year dates: one (month, day), or an inclusive range that may cross the year end."""
 
-    __slots__ = ("_calendars", "_ends", "_kind", "_starts")
+    first: tuple[int, int]
+    last: tuple[int, int]
+    label: str
+
+    def holds_on(self, day: date) -> bool:
+        today = (day.month, day.day)
+        if self.first <= self.last:
+            return self.first <= today <= self.last
+        return today >= self.first or today <= self.last
+
+
+def _day_rule(entry: str | NthWeekdaySpec) -> _EveryYear | NthWeekdaySpec | tuple[date, date]:
+    """What a validated date entry means: a span of days, every-year dates, an nth weekday."""
+    if isinstance(entry, NthWeekdaySpec):
+        return entry
+    if _is_every_year(entry):
+        first, last = _month_day_span(entry)
+        return _EveryYear(first, last, entry)
+    return _date_span(entry)
+
+
+def _holds_on(rule: _EveryYear | NthWeekdaySpec | tuple[date, date], day: date) -> bool:
+    if isinstance(rule, tuple):
+        return rule[0] <= day <= rule[1]
+    return rule.holds_on(day)
+
+
+class _DaySet:
+    """Compiled DaySetSpec: merged date ranges searched by bisection, every-year dates and nth
+    weekdays, plus holiday calendars."""
+
+    __slots__ = ("_calendars", "_ends", "_kind", "_recurring", "_starts")
 
     def __init__(self, spec: DaySetSpec, kind: str) -> None:
         self._kind = kind
+        rules = [_day_rule(entry) for entry in spec.dates]
         spans = sorted(
-            (start.toordinal(), end.toordinal())
-            for start, end in (_date_span(entry) for entry in spec.dates)
+            (rule[0].toordinal(), rule[1].toordinal()) for rule in rules if isinstance(rule, tuple)
         )
+        self._recurring = tuple(rule for rule in rules if not isinstance(rule, tuple))
         merged: list[tuple[int, int]] = []
         for start, end in spans:
             if merged and start <= merged[-1][1] + 1:
@@ -436,6 +608,12 @@ class _DaySet:
                 return f"{day.isoformat()} is listed in {self._kind} dates"
             span = f"{date.fromordinal(start).isoformat()}..{date.fromordinal(end).isoformat()}"
             return f"{day.isoformat()} is in {self._kind} dates {span}"
+        for rule in self._recurring:
+            if not rule.holds_on(day):
+                continue
+            if isinstance(rule, NthWeekdaySpec):
+                return f"{day.isoformat()} is {rule.label()}, in {self._kind} dates"
+            return f"{day.isoformat()} is in {self._kind} dates {rule.label} (every year)"
         for calendar in self._calendars:
             name = calendar.name_on(day)
             if name is not None:
@@ -443,10 +621,29 @@ class _DaySet:
         return None
 
 
+@dataclass(frozen=True, slots=True)
+class _ClosedTime:
+    """A compiled part-day closure: minutes after midnight of its day; overnight past 1440."""
+
+    day: _EveryYear | NthWeekdaySpec | tuple[date, date]
+    start: int
+    end: int
+    label: str
+
+
+def _closed_time(spec: ClosedTimeSpec) -> _ClosedTime:
+    start = _time_minutes(spec.from_, field="from")
+    end = _time_minutes(spec.to, field="to")
+    if end <= start:
+        end += _DAY_MINUTES
+    written = spec.date.label() if isinstance(spec.date, NthWeekdaySpec) else spec.date
+    return _ClosedTime(_day_rule(spec.date), start, end, f"{written} {spec.from_}-{spec.to}")
+
+
 class CompiledSchedule:
     """A schedule ready to evaluate: windows per start weekday, day sets, a ZoneInfo."""
 
-    __slots__ = ("_closed", "_open", "_windows", "name", "timezone")
+    __slots__ = ("_closed", "_closed_times", "_open", "_windows", "name", "timezone")
 
     def __init__(
         self,
@@ -455,17 +652,22 @@ class CompiledSchedule:
         windows: tuple[tuple[_Window, ...], ...],
         closed: _DaySet | None,
         open_days: _DaySet | None,
+        closed_times: tuple[_ClosedTime, ...] = (),
     ) -> None:
         self.name = name
         self.timezone = timezone
         self._windows = windows
         self._closed = closed
         self._open = open_days
+        self._closed_times = closed_times
 
     def evaluate(self, at: datetime) -> ScheduleVerdict:
         """Decide whether the schedule is open at the aware instant `at`, with a reason."""
         local, today, minute = self._local(at)
         when = f"{_WEEKDAY_LABELS[today.weekday()]} {local:%H:%M} {self.timezone.key}"
+        closed_time = self._closed_time(today, minute)
+        if closed_time is not None:
+            return ScheduleVerdict(False, f"closed: {when} is in closed times {closed_time}")
         if not any(self._windows):
             closed, reopened = self._day_status(today)
             if closed is not None:
@@ -488,6 +690,8 @@ class CompiledSchedule:
     def is_open(self, at: datetime) -> bool:
         """Whether the schedule is open at the aware instant `at`."""
         _, today, minute = self._local(at)
+        if self._closed_times and self._closed_time(today, minute) is not None:
+            return False
         if not any(self._windows):
             return self._day_status(today)[0] is None
         return any(
@@ -518,6 +722,23 @@ class CompiledSchedule:
                 if later < window.end
             )
         return found
+
+    def _closed_time(self, today: date, minute: int) -> str | None:
+        """The part-day closure holding at `minute` of `today`, unless its day is in `open`."""
+        yesterday = today - timedelta(days=1) if today > date.min else None
+        for closure in self._closed_times:
+            if closure.start <= minute < closure.end:
+                day = today
+            elif yesterday is not None and minute + _DAY_MINUTES < closure.end:
+                day = yesterday
+            else:
+                continue
+            if not _holds_on(closure.day, day):
+                continue
+            if self._open is not None and self._open.match(day) is not None:
+                continue
+            return closure.label
+        return None
 
     def _day_status(self, day: date) -> tuple[str | None, str | None]:
         """(why the day is closed or None, why a closed day was reopened or None)."""
@@ -552,4 +773,5 @@ def compile_schedule(name: str, spec: ScheduleSpec, default_timezone: str) -> Co
         windows=tuple(tuple(windows) for windows in per_day),
         closed=_DaySet(spec.closed, "closed") if spec.closed is not None else None,
         open_days=_DaySet(spec.open, "open") if spec.open is not None else None,
+        closed_times=tuple(_closed_time(t) for t in spec.closed.times) if spec.closed else (),
     )
