@@ -27,6 +27,7 @@ from app.rules.accept_body import (
 
 OPENAPI = Path(__file__).parent / "data" / "openai-calls-openapi.yaml"
 
+TUNNEL = "tunnel_" + "0123456789abcdef" * 2
 MCP = {"type": "mcp", "server_label": "crm", "server_url": "https://mcp.example.com/sse"}
 
 # Sets every key of every model once, so the schema checks below see all of them.
@@ -34,7 +35,14 @@ FULL: dict[str, Any] = {
     "audio": {
         "input": {
             "noise_reduction": {"type": "far_field"},
-            "transcription": {"language": "de", "model": "gpt-4o-transcribe", "prompt": "names"},
+            "transcription": {
+                "delay": "low",
+                "keywords": ["Acme", "Zwiebelkuchen"],
+                "language": "de",
+                "languages": ["de", "en"],
+                "model": "gpt-4o-transcribe",
+                "prompt": "names",
+            },
             "turn_detection": {
                 "type": "server_vad",
                 "create_response": True,
@@ -57,19 +65,25 @@ FULL: dict[str, Any] = {
         "version": "3",
         "variables": {
             "city": "Berlin",
-            "greeting": {"type": "input_text", "text": "Hello"},
+            "greeting": {
+                "type": "input_text",
+                "text": "Hello",
+                "prompt_cache_breakpoint": {"mode": "explicit"},
+            },
             "logo": {
                 "type": "input_image",
                 "detail": "auto",
-                "file_id": None,
                 "image_url": "https://example.com/logo.png",
+                "prompt_cache_breakpoint": {"mode": "explicit"},
             },
             "menu": {
                 "type": "input_file",
+                "detail": "high",
                 "file_data": "data",
                 "file_id": "file_1",
                 "file_url": "https://example.com/menu.pdf",
                 "filename": "menu.pdf",
+                "prompt_cache_breakpoint": {"mode": "explicit"},
             },
         },
     },
@@ -100,7 +114,15 @@ FULL: dict[str, Any] = {
             "allowed_tools": ["search"],
             "require_approval": "never",
         },
+        {
+            "type": "mcp",
+            "server_label": "intranet",
+            "tunnel_id": TUNNEL,
+            "allowed_callers": ["direct", "programmatic"],
+        },
     ],
+    "parallel_tool_calls": True,
+    "reasoning": {"effort": "xhigh"},
     "tracing": {"group_id": "g", "metadata": {"site": "berlin"}, "workflow_name": "desk"},
     "truncation": {
         "type": "retention_ratio",
@@ -189,8 +211,11 @@ VALID_VALUES: list[tuple[tuple[str | int, ...], Any]] = [
     (("model",), "my-fine-tuned-realtime"),
     (("audio", "input", "noise_reduction"), {"type": "near_field"}),
     (("audio", "input", "noise_reduction"), {}),
-    (("audio", "input", "noise_reduction"), None),
-    (("audio", "input", "transcription"), None),
+    (("audio", "input", "transcription"), {"delay": "minimal", "languages": ["hi"]}),
+    (("audio", "input", "transcription"), {"keywords": []}),
+    (("reasoning",), {"effort": "minimal"}),
+    (("reasoning",), {}),
+    (("parallel_tool_calls",), False),
     (("audio", "input", "transcription"), {"model": "any-transcriber"}),
     (TD, {**SERVER_VAD, "threshold": 0.0}),
     (TD, {**SERVER_VAD, "threshold": 1.0}),
@@ -211,7 +236,6 @@ VALID_VALUES: list[tuple[tuple[str | int, ...], Any]] = [
             "token_limits": {"post_instructions": 0},
         },
     ),
-    (("tracing",), None),
     (("tracing",), {}),
     (("tools",), []),
     (("tool_choice",), "none"),
@@ -219,6 +243,10 @@ VALID_VALUES: list[tuple[tuple[str | int, ...], Any]] = [
     (("tools",), [{**MCP, "server_url": "http://10.0.0.5:8080/mcp"}]),
     (("tools",), [{"type": "function", "parameters": {"nested": [1, 2.5, None, True, {}]}}]),
     *[(VOICE, voice) for voice in VOICES],
+    # Custom voices by name: the reference allows any string.
+    (VOICE, "nova"),
+    (VOICE, "Marin"),
+    (VOICE, "voice_1234"),
 ]
 
 
@@ -251,8 +279,50 @@ INVALID_VALUES: list[
     (("output_modalities",), "audio", ("output_modalities",), "list_type"),
     (("include",), ["logprobs"], ("include", 0), "literal_error"),
     (("model",), "", ("model",), "string_too_short"),
-    (VOICE, "Marin", VOICE, "literal_error"),
-    (VOICE, "nova", VOICE, "literal_error"),
+    (VOICE, "", VOICE, "voice_name"),
+    (VOICE, 3, VOICE, "invalid_shape"),
+    (("reasoning",), {"effort": "max"}, ("reasoning", "effort"), "literal_error"),
+    (("reasoning",), "high", ("reasoning",), "model_type"),
+    (("parallel_tool_calls",), "yes", ("parallel_tool_calls",), "bool_type"),
+    (
+        ("audio", "input", "transcription"),
+        {"delay": "slow"},
+        ("audio", "input", "transcription", "delay"),
+        "literal_error",
+    ),
+    (
+        ("audio", "input", "transcription"),
+        {"languages": []},
+        ("audio", "input", "transcription", "languages"),
+        "too_short",
+    ),
+    (
+        ("audio", "input", "transcription"),
+        {"keywords": "Acme"},
+        ("audio", "input", "transcription", "keywords"),
+        "list_type",
+    ),
+    (
+        ("prompt",),
+        {"id": "p", "variables": {"f": {"type": "input_file", "detail": "original"}}},
+        ("prompt", "variables", "f", "detail"),
+        "literal_error",
+    ),
+    (
+        ("prompt",),
+        {
+            "id": "p",
+            "variables": {
+                "t": {
+                    "type": "input_text",
+                    "text": "x",
+                    "prompt_cache_breakpoint": {"mode": "auto"},
+                }
+            },
+        },
+        ("prompt", "variables", "t", "prompt_cache_breakpoint", "mode"),
+        "literal_error",
+    ),
     (VOICE, {"id": ""}, (*VOICE, "id"), "string_too_short"),
     (VOICE, {}, (*VOICE, "id"), "missing"),
     (VOICE, ["marin"], VOICE, "invalid_shape"),
@@ -401,17 +471,14 @@ def test_yaml_1_1_spellings_are_refused_rather_than_converted() -> None:
 
 # --- nulls -----------------------------------------------------------------------------------
 
-NULL_ALLOWED = [
-    ("audio", "input", "noise_reduction"),
-    ("audio", "input", "transcription"),
-    TD,
-    ("prompt",),
-    ("tracing",),
-]
-NULL_REFUSED = [
+NULL_LEFT_OUT = [
     ("audio",),
     ("audio", "input"),
     ("audio", "output"),
+    ("audio", "input", "noise_reduction"),
+    ("audio", "input", "transcription"),
+    ("prompt",),
+    ("tracing",),
     SPEED,
     VOICE,
     ("include",),
@@ -419,60 +486,65 @@ NULL_REFUSED = [
     ("max_output_tokens",),
     ("model",),
     ("output_modalities",),
+    ("parallel_tool_calls",),
+    ("reasoning",),
     ("tool_choice",),
     ("tools",),
     ("truncation",),
     ("audio", "input", "transcription", "language"),
     ("audio", "input", "noise_reduction", "type"),
+    ("reasoning", "effort"),
 ]
 
 
-@pytest.mark.parametrize("path", NULL_ALLOWED)
-def test_null_is_kept_where_the_reference_allows_it(path: tuple[str, ...]) -> None:
+@pytest.mark.parametrize("path", NULL_LEFT_OUT)
+def test_a_key_written_as_null_is_left_out(path: tuple[str, ...]) -> None:
     data = set_path({}, path, None)
     body = build_accept_body(validate_session_config(data))
-    assert body == {"type": "realtime", **data}
+    expected = set_path({}, path[:-1], {}) if len(path) > 1 else {}
+    assert body == {"type": "realtime", **expected}
 
 
-@pytest.mark.parametrize("path", NULL_REFUSED)
-def test_null_is_refused_where_the_reference_does_not_allow_it(path: tuple[str, ...]) -> None:
-    loc, kind, message = only_error(set_path({}, path, None))
-    assert (loc, kind) == (path, "null_not_allowed")
-    assert "leave the key out" in message
+def test_turn_detection_null_is_sent_it_turns_detection_off() -> None:
+    # Left out, OpenAI's default (server VAD) would apply: the null means something.
+    data = set_path({}, TD, None)
+    assert build_accept_body(validate_session_config(data)) == {"type": "realtime", **data}
 
 
-@pytest.mark.parametrize(
-    "tool",
-    [
-        {**MCP, "allowed_tools": None},
-        {**MCP, "headers": None},
-        {**MCP, "require_approval": None},
-    ],
-)
-def test_mcp_nullable_keys_keep_their_null(tool: dict[str, Any]) -> None:
-    body = build_accept_body(validate_session_config({"tools": [tool]}))
-    assert body["tools"] == [tool]
+@pytest.mark.parametrize("key", ["allowed_tools", "allowed_callers", "headers", "require_approval"])
+def test_mcp_keys_written_as_null_are_left_out(key: str) -> None:
+    body = build_accept_body(validate_session_config({"tools": [{**MCP, key: None}]}))
+    assert body["tools"] == [MCP]
 
 
 @pytest.mark.parametrize(
-    ("path", "value"),
+    "path",
     [
-        ((*TD, "idle_timeout_ms"), None),
-        (("tool_choice", "name"), None),
-        (("prompt", "variables"), None),
-        (("prompt", "version"), None),
-        (("prompt", "variables", "img", "file_id"), None),
-        (("prompt", "variables", "img", "image_url"), None),
+        (*TD, "idle_timeout_ms"),
+        ("tool_choice", "name"),
+        ("prompt", "variables"),
+        ("prompt", "version"),
+        ("prompt", "variables", "img", "file_id"),
+        ("prompt", "variables", "img", "image_url"),
     ],
 )
-def test_nested_nullable_keys_keep_their_null(path: tuple[str, ...], value: Any) -> None:
+def test_nested_keys_written_as_null_are_left_out(path: tuple[str, ...]) -> None:
     base: dict[str, Any] = {
         "audio": {"input": {"turn_detection": {"type": "server_vad"}}},
         "tool_choice": {"type": "mcp", "server_label": "crm"},
         "prompt": {"id": "p", "variables": {"img": {"type": "input_image", "detail": "low"}}},
     }
-    data = set_path(base, path, value)
-    assert build_accept_body(validate_session_config(data)) == {"type": "realtime", **data}
+    expected = set_path(base, path, None)
+    node: Any = expected
+    for key in path[:-1]:
+        node = node[key]
+    del node[path[-1]]
+    body = build_accept_body(validate_session_config(set_path(base, path, None)))
+    assert body == {"type": "realtime", **expected}
+
+
+def test_a_required_key_written_as_null_is_missing() -> None:
+    assert only_error({"prompt": {"id": None}})[:2] == (("prompt", "id"), "missing")
 
 
 # --- refused keys ----------------------------------------------------------------------------
@@ -642,6 +714,9 @@ def test_voice_errors_name_the_expected_shapes() -> None:
         {**MCP, "require_approval": "always"},
         {**MCP, "require_approval": {"never": {"tool_names": ["read"]}}},
         {**MCP, "headers": {}},
+        # A server reached through a Secure MCP Tunnel has no URL.
+        {"type": "mcp", "server_label": "intranet", "tunnel_id": TUNNEL},
+        {**MCP, "allowed_callers": ["programmatic"]},
     ],
 )
 def test_tool_shapes_are_accepted(tool: dict[str, Any]) -> None:
@@ -658,6 +733,14 @@ def test_tool_shapes_are_accepted(tool: dict[str, Any]) -> None:
             ("tools", 0),
             "mcp_server",
         ),
+        ({**MCP, "tunnel_id": TUNNEL}, ("tools", 0), "mcp_server"),
+        (
+            {"type": "mcp", "server_label": "x", "tunnel_id": "tunnel_ABC"},
+            ("tools", 0, "tunnel_id"),
+            "string_pattern_mismatch",
+        ),
+        ({**MCP, "allowed_callers": []}, ("tools", 0, "allowed_callers"), "too_short"),
+        ({**MCP, "allowed_callers": ["model"]}, ("tools", 0, "allowed_callers", 0), None),
         ({**MCP, "server_label": ""}, ("tools", 0, "server_label"), "string_too_short"),
         ({**MCP, "server_url": "mcp.example.com/sse"}, ("tools", 0, "server_url"), "url_scheme"),
         ({**MCP, "server_url": "ftp://mcp.example.com"}, ("tools", 0, "server_url"), "url_scheme"),
@@ -747,7 +830,7 @@ def test_bad_tool_choices_are_refused_at_their_field(
 
 def test_every_error_is_reported_at_once() -> None:
     data = {
-        "audio": {"output": {"speed": 2, "voice": "nova"}},
+        "audio": {"output": {"speed": 2, "voice": ""}},
         "max_output_tokens": 0,
         "tools": [{"type": "mcp", "server_label": "x"}, {"type": "function", "name": 1}],
         "bogus": True,
@@ -824,7 +907,7 @@ def test_integer_speed_is_sent_as_a_number() -> None:
     assert body["audio"]["output"]["speed"] == 1.0
 
 
-@pytest.mark.parametrize("sample", [*SAMPLES, *(set_path({}, p, None) for p in NULL_ALLOWED)])
+@pytest.mark.parametrize("sample", [*SAMPLES, *(set_path({}, p, None) for p in NULL_LEFT_OUT)])
 def test_body_round_trips(sample: dict[str, Any]) -> None:
     config = validate_session_config(sample)
     body = build_accept_body(config)
@@ -867,10 +950,9 @@ def test_json_schema_describes_the_profile_fields() -> None:
     audio_output = schema["$defs"]["AudioOutput"]
     assert "format" not in audio_output["properties"]
     assert audio_output["properties"]["speed"] == {
-        "maximum": 1.5,
-        "minimum": 0.25,
+        "anyOf": [{"maximum": 1.5, "minimum": 0.25, "type": "number"}, {"type": "null"}],
+        "default": None,
         "title": "Speed",
-        "type": "number",
     }
     assert {"type": "null"} in schema["$defs"]["AudioInput"]["properties"]["turn_detection"][
         "anyOf"
@@ -880,14 +962,13 @@ def test_json_schema_describes_the_profile_fields() -> None:
 def test_json_schema_agrees_with_the_models() -> None:
     jsonschema = pytest.importorskip("jsonschema")
     validator = jsonschema.Draft202012Validator(accept_body_json_schema())
-    for sample in [*SAMPLES, *(set_path({}, p, None) for p in NULL_ALLOWED)]:
+    for sample in [*SAMPLES, *(set_path({}, p, None) for p in NULL_LEFT_OUT)]:
         validator.validate(sample)
     for data in [
         {"type": "realtime"},
         {"audio": {"input": {"format": {"type": "audio/pcmu"}}}},
         {"audio": {"output": {"speed": 2}}},
-        {"audio": {"output": {"voice": "nova"}}},
-        {"instructions": None},
+        {"audio": {"output": {"voice": ""}}},
         {"max_output_tokens": 0},
         {"tools": [{"type": "mcp", "server_label": "x", "bogus": 1}]},
     ]:
@@ -920,3 +1001,118 @@ def test_bodies_validate_against_the_published_openapi_schema() -> None:
         assert problems == [], (sample, problems)
     assert not validator.is_valid({"model": "gpt-realtime"})
     assert not validator.is_valid({"type": "realtime", "modell": "gpt-realtime"})
+
+
+# --- every key of the published schema can be said -----------------------------------------
+
+# What a profile may not say on purpose: sip-router adds `type`; on SIP the trunk
+# negotiates the codec.
+NOT_EXPRESSIBLE = (("type",), ("audio", "input", "format"), ("audio", "output", "format"))
+
+
+class SchemaShape:
+    """Every property path a JSON Schema describes, with the strings it allows there.
+
+    Paths are tuples of names; "[]" stands for a list item and "{}" for a mapping value.
+    """
+
+    def __init__(self, root: Any, resolve: Any) -> None:
+        self.paths: set[tuple[str, ...]] = set()
+        self.enums: dict[tuple[str, ...], set[Any]] = {}
+        self.free_strings: set[tuple[str, ...]] = set()
+        self._resolve = resolve
+        self._seen: set[tuple[str, tuple[str, ...]]] = set()
+        self._walk(root, ())
+
+    def _walk(self, node: Any, path: tuple[str, ...]) -> None:
+        if not isinstance(node, dict):
+            return
+        if "$ref" in node:
+            key = (node["$ref"], path)
+            if key not in self._seen:
+                self._seen.add(key)
+                self._walk(self._resolve(node["$ref"]), path)
+        for keyword in ("anyOf", "oneOf", "allOf"):
+            for branch in node.get(keyword, ()):
+                # Variants told apart by `type` keep their own keys: "tools.[].<mcp>.tunnel_id".
+                tag = self._tag(branch)
+                self._walk(branch, (*path, f"<{tag}>") if tag else path)
+        if "enum" in node:
+            self.enums.setdefault(path, set()).update(node["enum"])
+        if "const" in node:
+            self.enums.setdefault(path, set()).add(node["const"])
+        if node.get("type") == "string" and "enum" not in node and "const" not in node:
+            self.free_strings.add(path)
+        for name, sub in node.get("properties", {}).items():
+            self.paths.add((*path, name))
+            self._walk(sub, (*path, name))
+        if isinstance(node.get("items"), dict):
+            self._walk(node["items"], (*path, "[]"))
+        if isinstance(node.get("additionalProperties"), dict):
+            self._walk(node["additionalProperties"], (*path, "{}"))
+
+    def _tag(self, node: Any) -> str | None:
+        while isinstance(node, dict) and "$ref" in node:
+            node = self._resolve(node["$ref"])
+        kind = node.get("properties", {}).get("type") if isinstance(node, dict) else None
+        for option in [kind, *(kind or {}).get("anyOf", ())]:
+            if isinstance(option, dict) and "const" in option:
+                return str(option["const"])
+            if isinstance(option, dict) and len(option.get("enum", ())) == 1:
+                return str(option["enum"][0])
+        return None
+
+    def allows_string(self, path: tuple[str, ...], value: str) -> bool:
+        return path in self.free_strings or value in self.enums.get(path, set())
+
+
+def published_accept_shape() -> SchemaShape:
+    document = yaml.safe_load(OPENAPI.read_text(encoding="utf-8"))
+    operation = document["paths"]["/realtime/calls/{call_id}/accept"]["post"]
+    request = operation["requestBody"]["content"]["application/json"]["schema"]
+
+    def resolve(ref: str) -> Any:
+        return document["components"]["schemas"][ref.removeprefix("#/components/schemas/")]
+
+    return SchemaShape(request, resolve)
+
+
+def profile_shape() -> SchemaShape:
+    schema = accept_body_json_schema()
+    return SchemaShape(schema, lambda ref: schema["$defs"][ref.removeprefix("#/$defs/")])
+
+
+def expressible(path: tuple[str, ...]) -> bool:
+    return not any(path[: len(refused)] == refused for refused in NOT_EXPRESSIBLE)
+
+
+def test_every_key_of_the_published_accept_schema_is_expressible() -> None:
+    published, ours = published_accept_shape(), profile_shape()
+    missing = sorted(".".join(path) for path in published.paths - ours.paths if expressible(path))
+    assert missing == [], f"keys of the published accept schema a profile cannot say: {missing}"
+
+
+def test_every_value_the_published_accept_schema_lists_is_allowed() -> None:
+    published, ours = published_accept_shape(), profile_shape()
+    refused = sorted(
+        f"{'.'.join(path)}={value}"
+        for path, values in published.enums.items()
+        if expressible(path)
+        for value in values
+        if isinstance(value, str) and not ours.allows_string(path, value)
+    )
+    refused += sorted(
+        f"{'.'.join(path)}=<any string>"
+        for path in published.free_strings - ours.free_strings
+        if expressible(path)
+    )
+    assert refused == [], f"values of the published accept schema a profile cannot say: {refused}"
+
+
+def test_the_schema_walk_sees_a_missing_key() -> None:
+    # The check above would fail on a key the models do not take.
+    published = published_accept_shape()
+    assert ("reasoning", "effort") in published.paths
+    assert ("tools", "[]", "<mcp>", "tunnel_id") in published.paths
+    assert ("prompt", "variables", "{}", "<input_file>", "detail") in published.paths
+    assert "xhigh" in published.enums[("reasoning", "effort")]

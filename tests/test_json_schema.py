@@ -162,8 +162,11 @@ CASES: list[tuple[str, tuple[Any, ...], Any, bool]] = [
     ("unknown accept key", ("default", "accept", "voice"), "marin", False),
     # profiles and overrides
     ("voice by id", (*CONCIERGE, "audio", "output", "voice"), {"id": "voice_1234"}, True),
-    ("voice not built in", (*CONCIERGE, "audio", "output", "voice"), "nova", False),
-    ("voice name capitalised", (*CONCIERGE, "audio", "output", "voice"), "Marin", False),
+    ("custom voice name", (*CONCIERGE, "audio", "output", "voice"), "nova", True),
+    ("empty voice name", (*CONCIERGE, "audio", "output", "voice"), "", False),
+    ("reasoning effort", (*CONCIERGE, "reasoning"), {"effort": "high"}, True),
+    ("reasoning effort unknown", (*CONCIERGE, "reasoning"), {"effort": "max"}, False),
+    ("a key written as null", (*CONCIERGE, "tracing"), None, True),
     ("audio format", (*CONCIERGE, "audio", "output", "format"), {"type": "audio/pcm"}, False),
     ("profile type", (*CONCIERGE, "type"), "realtime", False),
     ("unknown profile key", (*CONCIERGE, "voice"), "marin", False),

@@ -407,7 +407,7 @@ default: {accept: {profile: desk}}
         "profiles.desk.audio.output.speed",
     ),
     (
-        "profile-voice-typo",
+        "profile-voice-empty",
         {
             "rules.yaml": """\
 version: 1
@@ -415,7 +415,7 @@ profiles:
   desk:
     audio:
       output:
-        voice: marine  # <-
+        voice: ""  # <-
 default: {accept: {profile: desk}}
 """
         },
@@ -920,14 +920,14 @@ default: {reject: {}}
 version: 1
 profiles:
   base:
-    audio: {output: {voice: marine}}  # <-
+    audio: {output: {speed: 2}}  # <-
   sales: {extends: base, instructions: "Sell."}
   support: {extends: base, instructions: "Help."}
   night: {extends: support, max_output_tokens: 100}
 default: {accept: {profile: support}}
 """
         },
-        "profiles.base.audio.output.voice",
+        "profiles.base.audio.output.speed",
     ),
     (
         "inherited-bad-duration-reported-where-written",
@@ -1653,18 +1653,18 @@ def test_a_profile_repeating_its_parents_bad_value_is_reported_too(tmp_path: Pat
         version: 1
         profiles:
           base:
-            audio: {output: {voice: marine}}
+            audio: {output: {speed: 2}}
           sales: {extends: base}
           support:
             extends: base
-            audio: {output: {voice: marine}}
+            audio: {output: {speed: 2}}
         default: {accept: {profile: support}}
         """
     )
     path = write_files(tmp_path, {"rules.yaml": text})
     problems = load_problems(path)
     assert [p.line for p in problems] == [4, 8], [str(p) for p in problems]
-    assert "profiles.support.audio.output.voice" in problems[1].message
+    assert "profiles.support.audio.output.speed" in problems[1].message
 
 
 def test_a_function_tool_inherited_is_warned_once(tmp_path: Path) -> None:
@@ -1683,6 +1683,39 @@ def test_a_function_tool_inherited_is_warned_once(tmp_path: Path) -> None:
     warnings = list(load_ruleset(path).warnings)
     assert len(warnings) == 1, warnings
     assert warnings[0].startswith(f"{path}:3: warning: profiles.desk: ")
+
+
+@pytest.mark.parametrize(
+    ("voice", "suggestion"), [("marine", "marin"), ("Cedar", "cedar"), ("shimer", "shimmer")]
+)
+def test_a_voice_close_to_a_built_in_one_is_warned_about(
+    tmp_path: Path, voice: str, suggestion: str
+) -> None:
+    text = f"""\
+version: 1
+profiles:
+  desk:
+    audio: {{output: {{voice: {voice}}}}}
+default: {{accept: {{profile: desk}}}}
+"""
+    path = write_files(tmp_path, {"rules.yaml": text})
+    ruleset = load_ruleset(path)
+    assert list(ruleset.warnings) == [
+        f"{path}:3: warning: profiles.desk: voice '{voice}' is not a built-in voice (did you"
+        f" mean '{suggestion}'?); it is sent as the name of a custom voice"
+    ]
+
+
+@pytest.mark.parametrize("voice", ["marin", "voice_1234", "my-brand-voice"])
+def test_built_in_and_custom_voices_are_not_warned_about(tmp_path: Path, voice: str) -> None:
+    text = f"""\
+version: 1
+profiles:
+  desk:
+    audio: {{output: {{voice: {voice}}}}}
+default: {{accept: {{profile: desk}}}}
+"""
+    assert list(load_ruleset(write_files(tmp_path, {"rules.yaml": text})).warnings) == []
 
 
 # --- the ruleset version ----------------------------------------------------------------------

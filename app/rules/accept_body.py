@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Mapping
+from difflib import get_close_matches
 from typing import Annotated, Any, ClassVar, Literal, NoReturn, TypeVar, get_args
 from urllib.parse import urlsplit
 
@@ -18,7 +19,6 @@ from pydantic import (
     SerializeAsAny,
     TypeAdapter,
     ValidationError,
-    ValidationInfo,
     field_validator,
     model_validator,
 )
@@ -39,6 +39,8 @@ __all__ = [
     "McpToolFilter",
     "NoiseReduction",
     "Prompt",
+    "PromptCacheBreakpoint",
+    "Reasoning",
     "RetentionRatioTruncation",
     "SemanticVad",
     "ServerVad",
@@ -53,6 +55,7 @@ __all__ = [
     "build_accept_body",
     "function_tool_warnings",
     "validate_session_config",
+    "voice_warnings",
 ]
 
 VoiceName = Literal[
@@ -84,57 +87,39 @@ FUNCTION_TOOL_WARNING = (
 _T = TypeVar("_T")
 
 
-class _NullableMark:
-    """Marks an optional key whose value may also be an explicit null."""
+class _NullSentMark:
+    """Marks an optional key whose explicit null is sent: it means more than leaving it out."""
 
 
-_NULLABLE = _NullableMark()
-# The reference allows null only for some keys; every other optional key must be left out.
-Nullable = Annotated[_T | None, _NULLABLE]
-
-
-def _refuse_nulls_in_schema(schema: dict[str, Any], model_class: type[BaseModel]) -> None:
-    refusing: frozenset[str] = getattr(model_class, "_null_refused", frozenset())
-    for name, prop in schema.get("properties", {}).items():
-        if name not in refusing or "anyOf" not in prop:
-            continue
-        branches = [branch for branch in prop["anyOf"] if branch != {"type": "null"}]
-        prop.pop("default", None)
-        if len(branches) == 1:
-            del prop["anyOf"]
-            prop.update(branches[0])
-        else:
-            prop["anyOf"] = branches
+_NULL_SENT = _NullSentMark()
+# `turn_detection: null` turns voice activity detection off; left out, OpenAI's default
+# (server VAD) applies. Every other key written as null is left out of the request.
+NullSent = Annotated[_T | None, _NULL_SENT]
 
 
 class _Model(BaseModel):
     # Strict: YAML booleans and quoted numbers are mistakes, not values to coerce.
-    model_config = ConfigDict(
-        frozen=True,
-        extra="forbid",
-        strict=True,
-        allow_inf_nan=False,
-        json_schema_extra=_refuse_nulls_in_schema,
-    )
+    model_config = ConfigDict(frozen=True, extra="forbid", strict=True, allow_inf_nan=False)
 
-    _null_refused: ClassVar[frozenset[str]] = frozenset()
+    _nulls_kept: ClassVar[frozenset[str]] = frozenset()
 
     @classmethod
     def __pydantic_init_subclass__(cls, **kwargs: Any) -> None:
         super().__pydantic_init_subclass__(**kwargs)
-        cls._null_refused = frozenset(
+        # Keys that are never sent (`type`, `audio.*.format`) are refused even as null.
+        cls._nulls_kept = frozenset(
             name
             for name, field in cls.model_fields.items()
-            if type(None) in get_args(field.annotation) and _NULLABLE not in field.metadata
+            if _NULL_SENT in field.metadata or field.exclude
         )
 
-    @field_validator("*", mode="before")
+    @model_validator(mode="before")
     @classmethod
-    def _refuse_null(cls, value: object, info: ValidationInfo) -> object:
-        if value is None and info.field_name in cls._null_refused:
-            raise PydanticCustomError(
-                "null_not_allowed", "null is not allowed here; leave the key out instead"
-            )
+    def _leave_out_nulls(cls, value: object) -> object:
+        # A key written as null is as if it were not written (so it is never sent), which
+        # also lets a profile drop a key it inherits with `extends`.
+        if isinstance(value, dict) and None in value.values():
+            return {k: v for k, v in value.items() if v is not None or k in cls._nulls_kept}
         return value
 
 
@@ -245,7 +230,10 @@ class NoiseReduction(_Model):
 
 
 class Transcription(_Model):
+    delay: Literal["minimal", "low", "medium", "high", "xhigh"] | None = None
+    keywords: list[str] | None = None
     language: str | None = None
+    languages: Annotated[list[str], Field(min_length=1)] | None = None
     model: str | None = None
     prompt: str | None = None
 
@@ -254,7 +242,7 @@ class ServerVad(_Model):
     type: Literal["server_vad"]
     create_response: bool | None = None
     # The published schema bounds it to 5 to 30 seconds; OpenAI fails such calls after ringing.
-    idle_timeout_ms: Nullable[Annotated[int, Field(ge=5000, le=30000)]] = None
+    idle_timeout_ms: Annotated[int, Field(ge=5000, le=30000)] | None = None
     interrupt_response: bool | None = None
     prefix_padding_ms: Annotated[int, Field(ge=0)] | None = None
     silence_duration_ms: Annotated[int, Field(ge=0)] | None = None
@@ -285,9 +273,9 @@ TurnDetection = Annotated[
 
 class AudioInput(_Model):
     format: SkipJsonSchema[object] = Field(default=None, exclude=True)
-    noise_reduction: Nullable[NoiseReduction] = None
-    transcription: Nullable[Transcription] = None
-    turn_detection: Nullable[TurnDetection] = None
+    noise_reduction: NoiseReduction | None = None
+    transcription: Transcription | None = None
+    turn_detection: NullSent[TurnDetection] = None
 
     @field_validator("format", mode="plain")
     @classmethod
@@ -302,13 +290,21 @@ class VoiceId(_Model):
     id: Annotated[str, Field(min_length=1)]
 
 
+def _voice_name(value: str) -> str:
+    # The reference allows any string: the built-in names and the names of custom voices.
+    if not value:
+        raise PydanticCustomError("voice_name", "a voice name must not be empty")
+    return value
+
+
 _VOICE_ID = TypeAdapter(VoiceId)
 Voice = Annotated[
-    VoiceName | VoiceId,
+    VoiceName | str | VoiceId,
     _by_shape(
-        f"a built-in voice ({', '.join(VOICES)}) or a mapping with an id",
-        VoiceName | VoiceId,
-        text=_literal(*VOICES),
+        f"a voice name (built in: {', '.join(VOICES)}; or a custom voice's) or a mapping"
+        " with an id",
+        VoiceName | Annotated[str, Field(min_length=1)] | VoiceId,
+        text=_voice_name,
         mapping=_VOICE_ID.validate_python,
     ),
     SerializeAsAny(),
@@ -334,24 +330,32 @@ class Audio(_Model):
 # --- prompt ----------------------------------------------------------------------------------
 
 
+class PromptCacheBreakpoint(_Model):
+    mode: Literal["explicit"]
+
+
 class InputText(_Model):
     type: Literal["input_text"]
     text: str
+    prompt_cache_breakpoint: PromptCacheBreakpoint | None = None
 
 
 class InputImage(_Model):
     type: Literal["input_image"]
     detail: Literal["low", "high", "auto", "original"]
-    file_id: Nullable[str] = None
-    image_url: Nullable[str] = None
+    file_id: str | None = None
+    image_url: str | None = None
+    prompt_cache_breakpoint: PromptCacheBreakpoint | None = None
 
 
 class InputFile(_Model):
     type: Literal["input_file"]
+    detail: Literal["auto", "low", "high"] | None = None
     file_data: str | None = None
-    file_id: Nullable[str] = None
+    file_id: str | None = None
     file_url: str | None = None
     filename: str | None = None
+    prompt_cache_breakpoint: PromptCacheBreakpoint | None = None
 
 
 PromptVariable = Annotated[
@@ -375,8 +379,8 @@ PromptVariable = Annotated[
 
 class Prompt(_Model):
     id: Annotated[str, Field(min_length=1)]
-    variables: Nullable[dict[str, PromptVariable]] = None
-    version: Nullable[str] = None
+    variables: dict[str, PromptVariable] | None = None
+    version: str | None = None
 
 
 # --- tools -----------------------------------------------------------------------------------
@@ -390,7 +394,7 @@ class ToolChoiceFunction(_Model):
 class ToolChoiceMcp(_Model):
     type: Literal["mcp"]
     server_label: str
-    name: Nullable[str] = None
+    name: str | None = None
 
 
 ToolChoice = Annotated[
@@ -453,11 +457,15 @@ class McpTool(_Model):
     server_label: Annotated[str, Field(min_length=1)]
     server_url: str | None = None
     connector_id: ConnectorId | None = None
-    allowed_tools: Nullable[AllowedTools] = None
+    tunnel_id: Annotated[str, Field(pattern=r"^tunnel_[a-z0-9]{32}$")] | None = None
+    allowed_callers: (
+        Annotated[list[Literal["direct", "programmatic"]], Field(min_length=1)] | None
+    ) = None
+    allowed_tools: AllowedTools | None = None
     authorization: str | None = None
     defer_loading: bool | None = None
-    headers: Nullable[dict[str, str]] = None
-    require_approval: Nullable[RequireApproval] = None
+    headers: dict[str, str] | None = None
+    require_approval: RequireApproval | None = None
     server_description: str | None = None
 
     @field_validator("server_url")
@@ -472,9 +480,11 @@ class McpTool(_Model):
 
     @model_validator(mode="after")
     def _one_server(self) -> McpTool:
-        if (self.server_url is None) == (self.connector_id is None):
+        given = (self.server_url, self.connector_id, self.tunnel_id)
+        if sum(server is not None for server in given) != 1:
             raise PydanticCustomError(
-                "mcp_server", "an MCP tool needs exactly one of server_url or connector_id"
+                "mcp_server",
+                "an MCP tool needs exactly one of server_url, connector_id or tunnel_id",
             )
         return self
 
@@ -562,6 +572,10 @@ MaxOutputTokens = Annotated[
 # --- the session config ----------------------------------------------------------------------
 
 
+class Reasoning(_Model):
+    effort: Literal["minimal", "low", "medium", "high", "xhigh"] | None = None
+
+
 class SessionConfig(_Model):
     """The accept body without `type`: what a profile may configure."""
 
@@ -575,10 +589,12 @@ class SessionConfig(_Model):
     output_modalities: (
         Annotated[list[Literal["text", "audio"]], Field(min_length=1, max_length=1)] | None
     ) = None
-    prompt: Nullable[Prompt] = None
+    parallel_tool_calls: bool | None = None
+    prompt: Prompt | None = None
+    reasoning: Reasoning | None = None
     tool_choice: ToolChoice | None = None
     tools: list[Tool] | None = None
-    tracing: Nullable[Tracing] = None
+    tracing: Tracing | None = None
     truncation: Truncation | None = None
 
     @field_validator("type", mode="plain")
@@ -596,6 +612,24 @@ def build_accept_body(config: SessionConfig) -> dict[str, Any]:
     """The JSON body of the accept request: `type` first, then only the keys that were set."""
     fields = config.model_dump(mode="json", exclude_unset=True, by_alias=True)
     return {"type": "realtime", **fields}
+
+
+def voice_warnings(config: SessionConfig) -> list[str]:
+    """A warning when the voice is not a built-in one but its name is close to one.
+
+    Any name is allowed (custom voices), so a misspelt built-in voice would reach OpenAI.
+    """
+    output = config.audio.output if config.audio is not None else None
+    voice = output.voice if output is not None else None
+    if not isinstance(voice, str) or voice in VOICES:
+        return []
+    close = get_close_matches(voice.lower(), VOICES, n=1, cutoff=0.75)
+    if not close:
+        return []
+    return [
+        f"voice '{voice}' is not a built-in voice (did you mean '{close[0]}'?); it is sent"
+        " as the name of a custom voice"
+    ]
 
 
 def function_tool_warnings(config: SessionConfig) -> list[str]:

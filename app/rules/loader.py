@@ -30,6 +30,7 @@ from app.rules.accept_body import (
     build_accept_body,
     function_tool_warnings,
     validate_session_config,
+    voice_warnings,
 )
 from app.rules.conditions import (
     ALWAYS,
@@ -492,7 +493,7 @@ def _check_profile(merged: Mapping[str, Any], ctx: _Context) -> _ProfileCheck:
     config = _session_config(body, findings, ctx)
     if config is None:
         return _ProfileCheck(None, tuple(findings))
-    warnings = tuple(function_tool_warnings(config))
+    warnings = (*voice_warnings(config), *function_tool_warnings(config))
     if findings:
         return _ProfileCheck(None, tuple(findings), warnings)
     return _ProfileCheck(_Profile(body, max_duration), (), warnings)
