@@ -494,3 +494,175 @@ def test_line_breaks_and_tabs_from_headers_never_reach_instructions(
     ruleset = load(tmp_path, greeting_rules('[{{ headers["x-name"] }}]'))
     decision = decide(ruleset, FROM, TO, ("X-Name", value))
     assert decision.body["instructions"] == rendered
+
+
+# --- templates in prompt.variables and tracing ---------------------------------------------
+
+TEMPLATED_PROFILE = """\
+    version: 1
+    defaults: {timezone: Europe/Berlin, region: US}
+    profiles:
+      desk:
+        model: gpt-realtime
+        instructions: "Plain text for {{ caller.display_name }}."
+        prompt:
+          id: pmpt_123
+          variables:
+            caller_number: "{{ caller.e164 }}"
+            partner: '{{ headers.get("x-partner-id", "none") }}'
+            plain: "no braces here"
+            logo: {type: input_text, text: "{{ caller.e164 }} stays as written"}
+        tracing:
+          workflow_name: "{{ rule }} is not a template field"
+          group_id: "{{ called.e164 }}"
+          metadata:
+            call: "{{ call_id }}"
+            country: "{{ caller.country }}"
+            count: 3
+            nested: {rule: "{{ rule }}", tags: ["{{ called.country }}", 1]}
+    rules:
+      - {name: desk-rule, accept: {profile: desk}}
+    default: {reject: {}}
+    """
+
+
+def test_prompt_variables_and_tracing_render_per_call(tmp_path: Path) -> None:
+    ruleset = load(tmp_path, TEMPLATED_PROFILE)
+    decision = decide(ruleset, FROM, TO, ("X-Partner-Id", "PH0042"), call_id="rtc_1")
+    assert decision.error is None
+    body = dict(decision.body)
+    assert body["instructions"] == "Plain text for Ada Lovelace."
+    assert body["prompt"] == {
+        "id": "pmpt_123",
+        "variables": {
+            "caller_number": "+14155550123",
+            "partner": "PH0042",
+            "plain": "no braces here",
+            "logo": {"type": "input_text", "text": "{{ caller.e164 }} stays as written"},
+        },
+    }
+    assert body["tracing"] == {
+        "workflow_name": "{{ rule }} is not a template field",
+        "group_id": "+4930901820",
+        "metadata": {
+            "call": "rtc_1",
+            "country": "US",
+            "count": 3,
+            "nested": {"rule": "desk-rule", "tags": ["DE", 1]},
+        },
+    }
+
+
+def test_rendering_one_call_leaves_the_profile_for_the_next(tmp_path: Path) -> None:
+    ruleset = load(tmp_path, TEMPLATED_PROFILE)
+    first = decide(ruleset, FROM, TO, call_id="rtc_first")
+    second = decide(ruleset, ("From", "<sip:+4930901820@a>"), TO, call_id="rtc_second")
+    assert first.body["tracing"]["metadata"]["call"] == "rtc_first"
+    assert second.body["tracing"]["metadata"]["call"] == "rtc_second"
+    assert second.body["prompt"]["variables"]["caller_number"] == "+4930901820"
+    assert first.body["prompt"]["variables"]["caller_number"] == "+14155550123"
+
+
+def test_templates_in_overrides_render_too(tmp_path: Path) -> None:
+    ruleset = load(
+        tmp_path,
+        """\
+        version: 1
+        profiles:
+          desk: {model: gpt-realtime, tracing: {workflow_name: desk}}
+        default:
+          accept:
+            profile: desk
+            overrides: {tracing: {group_id: "{{ caller.e164 }}"}}
+        """,
+    )
+    assert dict(decide(ruleset).body)["tracing"] == {
+        "workflow_name": "desk",
+        "group_id": "+14155550123",
+    }
+
+
+@pytest.mark.parametrize(
+    ("text", "fragment"),
+    [
+        (
+            """\
+            version: 1
+            profiles:
+              desk:
+                prompt:
+                  id: p
+                  variables:
+                    who: "{{ caller.phone }}"  # <-
+            default: {accept: {profile: desk}}
+            """,
+            "unknown field 'caller.phone'",
+        ),
+        (
+            """\
+            version: 1
+            profiles:
+              desk:
+                tracing:
+                  group_id: "{{ callid }}"  # <-
+            default: {accept: {profile: desk}}
+            """,
+            "unknown template variable 'callid'",
+        ),
+        (
+            """\
+            version: 1
+            profiles:
+              desk:
+                tracing:
+                  metadata:
+                    site: berlin
+                    tags: ["ok", "{{ rule "]  # <-
+            default: {accept: {profile: desk}}
+            """,
+            "template syntax error",
+        ),
+        (
+            """\
+            version: 1
+            profiles:
+              desk: {model: gpt-realtime}
+            default:
+              accept:
+                profile: desk
+                overrides:
+                  prompt: {id: p, variables: {x: "{{ nope }}"}}  # <-
+            """,
+            "unknown template variable 'nope'",
+        ),
+    ],
+)
+def test_template_problems_in_accept_fields_are_load_errors_with_their_line(
+    tmp_path: Path, text: str, fragment: str
+) -> None:
+    path = write(tmp_path, text)
+    problems = load_problems(path)
+    line = marked_line(textwrap.dedent(text))
+    assert len(problems) == 1, [str(p) for p in problems]
+    assert str(problems[0]).startswith(f"{path}:{line}: "), str(problems[0])
+    assert fragment in problems[0].message
+
+
+def test_a_failing_accept_field_template_applies_on_error_naming_the_field(
+    tmp_path: Path,
+) -> None:
+    ruleset = load(
+        tmp_path,
+        """\
+        version: 1
+        profiles:
+          desk:
+            prompt: {id: p, variables: {n: "{{ headers['x-missing'] }}"}}
+        default: {accept: {profile: desk}}
+        on_error: {reject: {status_code: 500}}
+        """,
+    )
+    decision = decide(ruleset)
+    assert (decision.action, dict(decision.body)) == ("reject", {"status_code": 500})
+    assert decision.error is not None
+    assert decision.error.startswith("prompt.variables.n template:")

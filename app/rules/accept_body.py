@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from difflib import get_close_matches
 from typing import Annotated, Any, ClassVar, Literal, NoReturn, TypeVar, get_args
 from urllib.parse import urlsplit
@@ -25,8 +26,16 @@ from pydantic import (
 from pydantic.json_schema import SkipJsonSchema
 from pydantic_core import InitErrorDetails, PydanticCustomError
 
+from app.rules.templates import (
+    Template,
+    TemplateCompileError,
+    TemplateRenderError,
+    compile_template,
+)
+
 __all__ = [
     "VOICES",
+    "AcceptTemplates",
     "Audio",
     "AudioInput",
     "AudioOutput",
@@ -53,7 +62,9 @@ __all__ = [
     "VoiceId",
     "accept_body_json_schema",
     "build_accept_body",
+    "compile_accept_templates",
     "function_tool_warnings",
+    "templated_fields",
     "validate_session_config",
     "voice_warnings",
 ]
@@ -645,3 +656,99 @@ def function_tool_warnings(config: SessionConfig) -> list[str]:
 def accept_body_json_schema() -> dict[str, Any]:
     """JSON Schema of a profile's accept fields, for the rule-file schema."""
     return SessionConfig.model_json_schema(mode="validation")
+
+
+# --- templates in the accept body ------------------------------------------------------------
+
+BodyPath = tuple[str | int, ...]
+
+
+def templated_fields(body: Mapping[str, Any]) -> list[tuple[BodyPath, str]]:
+    """The strings of an accept body that are templates, by their path in it.
+
+    `instructions`, the string values of `prompt.variables`, `tracing.group_id`, and the
+    strings among `tracing.metadata`'s values (at any depth; keys stay as written).
+    """
+    found: list[tuple[BodyPath, str]] = []
+    if isinstance(body.get("instructions"), str):
+        found.append((("instructions",), body["instructions"]))
+    prompt = body.get("prompt")
+    variables = prompt.get("variables") if isinstance(prompt, Mapping) else None
+    if isinstance(variables, Mapping):
+        found.extend(
+            (("prompt", "variables", name), value)
+            for name, value in variables.items()
+            if isinstance(value, str)
+        )
+    tracing = body.get("tracing")
+    if isinstance(tracing, Mapping):
+        if isinstance(tracing.get("group_id"), str):
+            found.append((("tracing", "group_id"), tracing["group_id"]))
+        found.extend(_strings_in(tracing.get("metadata"), ("tracing", "metadata")))
+    return found
+
+
+def _strings_in(value: object, path: BodyPath) -> list[tuple[BodyPath, str]]:
+    if isinstance(value, str):
+        return [(path, value)]
+    if isinstance(value, Mapping):
+        return [found for key, item in value.items() for found in _strings_in(item, (*path, key))]
+    if isinstance(value, list):
+        return [found for i, item in enumerate(value) for found in _strings_in(item, (*path, i))]
+    return []
+
+
+class AcceptTemplateError(TemplateCompileError):
+    """A templated field of an accept body that does not compile; `path` says which."""
+
+    def __init__(self, path: BodyPath, error: TemplateCompileError) -> None:
+        super().__init__(str(error), error.lineno)
+        self.path = path
+
+
+def _dotted(path: BodyPath) -> str:
+    return ".".join(str(part) for part in path)
+
+
+@dataclass(frozen=True, slots=True)
+class AcceptTemplates:
+    """The templated fields of one accept body, compiled, rendered per call into it."""
+
+    fields: tuple[tuple[BodyPath, Template], ...]
+
+    def render(self, body: Mapping[str, Any], variables: Mapping[str, Any]) -> dict[str, Any]:
+        """`body` with every templated field rendered; TemplateRenderError names the field."""
+        rendered = dict(body)
+        for path, template in self.fields:
+            try:
+                text = template.render(variables)
+            except TemplateRenderError as exc:
+                raise TemplateRenderError(f"{_dotted(path)} template: {exc}") from None
+            _put(rendered, path, text)
+        return rendered
+
+
+def _put(body: dict[str, Any], path: BodyPath, value: str) -> None:
+    """Place `value` at `path`, copying the containers on the way (the body is shared)."""
+    node: Any = body
+    for key in path[:-1]:
+        child = node[key]
+        node[key] = child = dict(child) if isinstance(child, Mapping) else list(child)
+        node = child
+    node[path[-1]] = value
+
+
+def compile_accept_templates(body: Mapping[str, Any]) -> AcceptTemplates | None:
+    """Compile the templated fields of an accept body; None when none holds a template.
+
+    Raises AcceptTemplateError for the first field that does not compile.
+    """
+    fields: list[tuple[BodyPath, Template]] = []
+    for path, source in templated_fields(body):
+        try:
+            template = compile_template(source)
+        except TemplateCompileError as exc:
+            raise AcceptTemplateError(path, exc) from None
+        if not template.is_static:
+            fields.append((path, template))
+    return AcceptTemplates(tuple(fields)) if fields else None

@@ -425,6 +425,9 @@ _SESSION_KEY_HELP = {
     ),
     "audio": "Audio settings: input (noise reduction, transcription, turn detection) and output"
     " (voice, speed). No format: on SIP the trunk negotiates the codec.",
+    "prompt": "A stored prompt: id, version, variables; string variables are {{ ... }} templates.",
+    "tracing": '"auto" or {workflow_name, group_id, metadata}; group_id and metadata string'
+    " values are {{ ... }} templates.",
     "tools": "Tools for the model. MCP tools are run by OpenAI; function tools need a program"
     " on the call's sideband WebSocket.",
 }

@@ -28,7 +28,9 @@ from app.phone_numbers import NumberFormatError, normalize_number, normalize_pre
 from app.rules.accept_body import (
     SessionConfig,
     build_accept_body,
+    compile_accept_templates,
     function_tool_warnings,
+    templated_fields,
     validate_session_config,
     voice_warnings,
 )
@@ -521,17 +523,18 @@ def _session_config(
     except ValidationError as exc:
         findings.extend(validation_findings(exc, dict(body), SessionConfig, _PROFILE_OWN_KEYS))
         return None
-    instructions = body.get("instructions")
-    if isinstance(instructions, str) and instructions in ctx.checked_templates:
-        return config if ctx.checked_templates[instructions] else None
-    if isinstance(instructions, str):
+    compiles = True
+    for path, source in templated_fields(build_accept_body(config)):
+        # Instructions read from a file were checked there, with the file's own lines.
+        if path == ("instructions",) and source in ctx.checked_templates:
+            compiles = compiles and ctx.checked_templates[source]
+            continue
         try:
-            compile_template(instructions)
+            compile_template(source)
         except TemplateCompileError as exc:
-            path: DataPath = ("instructions",)
             findings.append(Finding(path, path, str(exc)))
-            return None
-    return config
+            compiles = False
+    return config if compiles else None
 
 
 class _RuleCompiler:
@@ -737,13 +740,11 @@ class _RuleCompiler:
             self.ctx.report((*accept_path, "overrides"), findings)
             if overridden is None or findings:
                 return None
-        config = validate_session_config(body)
-        instructions = body.get("instructions")
-        template = compile_template(instructions) if isinstance(instructions, str) else None
+        accept_body = build_accept_body(validate_session_config(body))
         return AcceptAction(
             profile=spec.accept.profile,
-            body=build_accept_body(config),
-            instructions=None if template is None or template.is_static else template,
+            body=accept_body,
+            templates=compile_accept_templates(accept_body),
             max_duration_s=max_duration,
         )
 

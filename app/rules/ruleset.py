@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 from zoneinfo import ZoneInfo
 
+from app.rules.accept_body import AcceptTemplates
 from app.rules.call_context import CallContext
 from app.rules.conditions import Condition
 from app.rules.file_model import TestCaseSpec
@@ -48,22 +49,21 @@ class ActionRenderError(Exception):
 class AcceptAction:
     profile: str
     body: Mapping[str, Any]
-    instructions: Template | None
+    templates: AcceptTemplates | None
     max_duration_s: float | None
     kind: ActionKind = "accept"
 
     @property
     def is_static(self) -> bool:
-        return self.instructions is None
+        return self.templates is None
 
     def render(self, variables: Mapping[str, Any]) -> Mapping[str, Any]:
-        if self.instructions is None:
+        if self.templates is None:
             return self.body
         try:
-            text = self.instructions.render(variables)
+            return self.templates.render(self.body, variables)
         except TemplateRenderError as exc:
-            raise ActionRenderError(f"instructions template: {exc}") from None
-        return {**self.body, "instructions": text}
+            raise ActionRenderError(str(exc)) from None
 
 
 @dataclass(frozen=True, slots=True)
