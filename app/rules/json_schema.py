@@ -11,7 +11,7 @@ from copy import deepcopy
 from typing import Any
 
 from app.rules.accept_body import accept_body_json_schema
-from app.rules.loader import MAX_DURATION_LIMIT_S
+from app.rules.profile_overrides import MAX_DURATION_LIMIT_S
 from app.rules.schedule import WEEKDAYS
 
 SCHEMA_ID = "https://sip-router.dev/rules.schema.json"
