@@ -193,6 +193,7 @@ class Decision:
     error: str | None = None
     # With `error`: the kind of the action that was chosen but could not be rendered.
     failed: ActionKind | None = None
+    failed_profile: str | None = None
     consulted: tuple[ConsultNote, ...] = ()
     variables: Mapping[str, str] = field(default_factory=dict)
 
@@ -242,6 +243,15 @@ class Ruleset:
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "index", build_rule_index([r.when for r in self.rules]))
+
+    @property
+    def consult_budget_s(self) -> float:
+        """The longest time consulting services can add to one decision."""
+        return sum(
+            self.services[rule.action.service].timeout_s
+            for rule in self.rules
+            if isinstance(rule.action, Consult)
+        )
 
     def decide(
         self,
@@ -363,7 +373,12 @@ class Ruleset:
             return self._decision(action, rule, ctx, state, None)
         except ActionRenderError as exc:
             failed = self.fallback(ctx, rule, str(exc), state.trace, variables=state.variables)
-            return _with(failed, failed=action.kind, consulted=state.consulted)
+            if isinstance(action, SplitAction):
+                action = action.pick(ctx.call_id)
+            profile = action.profile if isinstance(action, AcceptAction) else None
+            return _with(
+                failed, failed=action.kind, failed_profile=profile, consulted=state.consulted
+            )
 
     def fallback(
         self,
