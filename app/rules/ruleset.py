@@ -310,14 +310,13 @@ class Ruleset:
         if answer is not None and outcome in ("answered", "continue"):
             variables.update(answer.variables)
         trace = consultation.trace
-        if explain:
+        if explain and trace and trace[-1].rule == rule:
+            # One step per rule: its conditions, then what the service said.
             said = f"answered {answer.kind}" if answer is not None else outcome.replace("_", " ")
             detail = f": {reason}" if reason else ""
             then = "its answer decides" if action is not None else "next rule"
-            trace = (
-                *trace,
-                TraceStep(rule, action is not None, f"{service} {said}{detail}; {then}"),
-            )
+            why = f"{trace[-1].reason}; {service} {said}{detail}; {then}"
+            trace = (*trace[:-1], TraceStep(rule, action is not None, why))
         state = Consultation(
             service, rule, consultation.position, trace, (*consultation.consulted, note), variables
         )
