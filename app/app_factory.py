@@ -20,6 +20,7 @@ from app.metrics import Metrics
 from app.openai_calls import OpenAICallsClient
 from app.rules.problems import RuleFileError
 from app.rules_reloading import RulesHolder, start_load_server
+from app.service_consultation import ServiceConsultant, outbound_http_client
 from app.settings import Settings
 from app.store import Store, StoreAvailability, open_store
 from app.webhook_verification import WebhookVerifier
@@ -31,11 +32,13 @@ def create_app(
     settings: Settings,
     *,
     transport: httpx.AsyncBaseTransport | None = None,
+    outbound_transport: httpx.AsyncBaseTransport | None = None,
     store: Store | None = None,
     handle_signals: bool = False,
     watch_interval_s: float | None = 1.0,
 ) -> FastAPI:
-    """Build the service. `transport` replaces the network (tests); signals only under serve."""
+    """Build the service. `transport` replaces the network to OpenAI, `outbound_transport`
+    the one to your own services (tests); signals only under serve."""
     metrics = Metrics()
     rules = RulesHolder(
         settings.rules,
@@ -59,6 +62,9 @@ def create_app(
         deadline_s=settings.action_deadline_s,
         on_response=metrics.upstream_answered,
     )
+    # Your own services get a client of their own: a slow one cannot hold OpenAI's pool.
+    outbound = outbound_http_client(outbound_transport)
+    consultant = ServiceConsultant(outbound, secret=settings.outbound_secret_value, metrics=metrics)
     processor = CallProcessor(
         verifier=WebhookVerifier(settings.webhook_secrets, settings.timestamp_tolerance_s),
         rules=rules,
@@ -71,6 +77,7 @@ def create_app(
             action_deadline_s=settings.action_deadline_s,
             mask_numbers=settings.mask_numbers,
         ),
+        consultant=consultant,
     )
     services = Services(settings, metrics, rules, store, processor)
 
@@ -98,6 +105,8 @@ def create_app(
         )
         if settings.base_url_warning is not None:
             log.warning(settings.base_url_warning)
+        if ruleset.services:
+            consultant.warn_if_unsigned()
         # A store that does not answer is told at start, and again while it stays away.
         availability = StoreAvailability(store)
         await availability.check()
@@ -123,6 +132,7 @@ def create_app(
                     with contextlib.suppress(asyncio.CancelledError):
                         await task
             await http.aclose()
+            await outbound.aclose()
             await store.aclose()
 
     app = FastAPI(

@@ -25,6 +25,7 @@ from app.recorded_decisions import decision_from_record, decision_record, resent
 from app.rules.call_context import CallContext
 from app.rules.ruleset import Decision, Ruleset
 from app.rules_reloading import RulesHolder
+from app.service_consultation import ServiceConsultant
 from app.sip_identity import Party, SipHeaders, parse_parties
 from app.store import Claim, ClaimResult, Store, StoreUnavailable
 from app.webhook_event import IncomingCall, OtherEvent, parse_event
@@ -55,7 +56,10 @@ class _Record:
     detail: str | None = None
     # The action the rules chose (counted as the decision) and the on_error one that ran.
     chosen: str | None = None
+    chosen_profile: str | None = None
     fallback: str | None = None
+    # What each service a `consult` rule asked answered (no numbers).
+    consulted: list[dict[str, Any]] | None = None
     # What the recorded action asked for: `profile`, `status_code` or `target_uri`.
     request: dict[str, Any] = field(default_factory=dict)
     failed_action: str | None = None
@@ -87,9 +91,11 @@ class CallProcessor:
         calls: OpenAICallsClient,
         metrics: Metrics,
         options: ProcessingOptions,
+        consultant: ServiceConsultant,
         wall_clock: Callable[[], float] = time.time,
     ) -> None:
         self._verifier = verifier
+        self._consultant = consultant
         self._rules = rules
         self._store = store
         self._calls = calls
@@ -158,7 +164,7 @@ class CallProcessor:
         if age > self._options.max_event_age_s:
             record.outcome, record.detail = "stale", f"event is {age:.0f} s old"
             return WebhookAnswer(200, {"status": "stale", "call_id": event.call_id, "action": None})
-        claim = await self._claim(delivery.webhook_id, event.call_id)
+        claim = await self._claim(delivery.webhook_id, event.call_id, ruleset.consult_budget_s)
         if claim.result in (ClaimResult.DUPLICATE_DONE, ClaimResult.CALL_DONE):
             done = claim.outcome or {}
             record.outcome = "duplicate"
@@ -173,9 +179,9 @@ class CallProcessor:
             )
         return await self._act_once(claim, event, ruleset, record)
 
-    async def _claim(self, webhook_id: str, call_id: str) -> Claim:
-        # The lease outlives the action and its on_error, each with its own deadline.
-        lease_s = 2 * self._options.action_deadline_s + 10
+    async def _claim(self, webhook_id: str, call_id: str, consult_s: float) -> Claim:
+        # The lease outlives the services consulted, the action and its on_error.
+        lease_s = consult_s + 2 * self._options.action_deadline_s + 10
         try:
             return await self._store.claim(webhook_id, call_id, lease_s)
         except StoreUnavailable:
@@ -283,14 +289,18 @@ class CallProcessor:
     ) -> tuple[str, Decision, ActionResult | None]:
         ctx = self._context(event, ruleset, record)
         record.ruleset = ruleset.version
-        decision = ruleset.decide(ctx)
+        decision = await self._consultant.decide(ruleset, ctx)
+        if decision.consulted:
+            record.consulted = [note.as_record() for note in decision.consulted]
         if decision.error is not None:
             # The chosen action could not be rendered; the decision is already on_error's.
-            record.chosen = chosen_action(ruleset, decision.rule)
+            record.chosen = decision.failed or chosen_action(ruleset, decision.rule)
+            record.chosen_profile = decision.failed_profile
             record.fallback = decision.action
             record.failed_action, record.failure = record.chosen, decision.error
         else:
             record.chosen = decision.action
+            record.chosen_profile = decision.profile
         self._note(record, decision)
         if self._options.dry_run:
             record.outcome = "dry_run"
@@ -307,7 +317,10 @@ class CallProcessor:
         # The action had no effect upstream: run on_error.
         record.failed_action, record.failure = decision.action, result.detail
         fallback = ruleset.fallback(
-            ctx, decision.rule, f"{decision.action} failed: {result.detail}"
+            ctx,
+            decision.rule,
+            f"{decision.action} failed: {result.detail}",
+            variables=decision.variables,
         )
         record.fallback = fallback.action
         self._note(record, fallback)
@@ -393,7 +406,11 @@ class CallProcessor:
             "latency_ms": latency_ms,
             "ruleset": record.ruleset,
         }
-        why = {"failed_action": record.failed_action, "failure": record.failure}
+        why = {
+            "failed_action": record.failed_action,
+            "failure": record.failure,
+            "consulted": record.consulted,
+        }
         self._metrics.webhooks.labels(outcome=record.outcome).inc()
         if record.action is not None and record.outcome not in ("duplicate", "in_flight"):
             self._count_decision(record)
@@ -424,7 +441,7 @@ class CallProcessor:
         """One decision per call: a delivery released for redelivery (`failed`) decides again."""
         if record.outcome == "failed" or record.chosen is None or record.rule is None:
             return
-        self._metrics.decided(record.rule, record.chosen)
+        self._metrics.decided(record.rule, record.chosen, record.chosen_profile)
         if record.fallback is not None:
             self._metrics.fell_back(record.rule, record.fallback)
 

@@ -16,6 +16,7 @@ import time
 from collections.abc import Sequence
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 import httpx
 
@@ -23,7 +24,14 @@ from app.rules.loader import load_ruleset
 from app.rules.problems import RuleFileError
 from app.rules.ruleset import Ruleset
 from app.rules.simulation import decision_json, run_rule_tests, simulated_context
-from app.settings import ConfigurationError, Settings, load_settings, load_webhook_secrets
+from app.settings import (
+    UNSIGNED_SERVICES_WARNING,
+    ConfigurationError,
+    Settings,
+    load_settings,
+    load_webhook_secrets,
+    outbound_secret_configured,
+)
 from app.simulated_numbers import simulated_number_problem
 
 EXIT_OK, EXIT_PROBLEMS, EXIT_CONFIG = 0, 1, 2
@@ -169,6 +177,8 @@ def cmd_check(args: argparse.Namespace) -> int:
     ruleset = _load(path)
     if ruleset is None:
         return EXIT_PROBLEMS
+    if ruleset.services:
+        _warn_if_unsigned()
     results = run_rule_tests(ruleset, datetime.now(tz=UTC))
     failed = [r for r in results if not r.passed]
     for result in failed:
@@ -183,6 +193,16 @@ def cmd_check(args: argparse.Namespace) -> int:
         f" {len(ruleset.warnings)} warnings, ruleset {ruleset.version}"
     )
     return EXIT_OK
+
+
+def _warn_if_unsigned() -> None:
+    try:
+        configured = outbound_secret_configured()
+    except ConfigurationError as exc:
+        print(f"warning: {exc}", file=sys.stderr)
+        return
+    if not configured:
+        print(f"warning: {UNSIGNED_SERVICES_WARNING}", file=sys.stderr)
 
 
 def cmd_test(args: argparse.Namespace) -> int:
@@ -222,22 +242,45 @@ def _parse_at(text: str | None) -> datetime | None:
         ) from None
 
 
+def _read_stubbed_answers(values: Sequence[str]) -> dict[str, Any]:
+    """`--consult NAME=FILE.json` options: each service's answer, read from its file."""
+    answers: dict[str, Any] = {}
+    for item in values:
+        name, sep, file = item.partition("=")
+        if not sep or not name.strip() or not file.strip():
+            raise ValueError(f"--consult takes SERVICE=FILE.json, got {item!r}")
+        try:
+            answers[name.strip()] = json.loads(Path(file.strip()).read_text(encoding="utf-8"))
+        except OSError as exc:
+            raise ValueError(f"--consult {item}: cannot read {file}: {exc.strerror}") from None
+        except ValueError as exc:
+            raise ValueError(f"--consult {item}: not JSON: {exc}") from None
+    return answers
+
+
 def cmd_simulate(args: argparse.Namespace) -> int:
     try:
         headers = _parse_headers(args.header)
         at = _parse_at(args.at)
+        answers = _read_stubbed_answers(args.consult)
     except ValueError as exc:
         return _fail(str(exc), EXIT_PROBLEMS)
     path = Path(args.rules) if args.rules else _default_rules()
     ruleset = _load(path)
     if ruleset is None:
         return EXIT_PROBLEMS
+    for name in answers:
+        if name not in ruleset.services:
+            known = ", ".join(sorted(ruleset.services)) or "none"
+            return _fail(
+                f"--consult {name}: no such service in {path} (services: {known})", EXIT_PROBLEMS
+            )
     for option, number, caller in (("--from", args.from_, True), ("--to", args.to, False)):
         problem = simulated_number_problem(number, ruleset.region, caller=caller)
         if problem is not None:
             return _fail(f"{option} {number!r}: {problem}")
     ctx = simulated_context(ruleset, args.from_, args.to, at or datetime.now(tz=UTC), headers)
-    decision = ruleset.decide(ctx, explain=True)
+    decision = ruleset.decide(ctx, explain=True, answers=answers)
     result = decision_json(decision)
     if args.json:
         print(json.dumps(result, ensure_ascii=False))
@@ -253,6 +296,12 @@ def cmd_simulate(args: argparse.Namespace) -> int:
         print(f"  {mark} {step.rule}: {step.reason}")
     if decision.rule is None:
         print("  no rule matched: default applies")
+    for note in decision.consulted:
+        if note.outcome == "not_asked":
+            print(
+                f"  {note.service} was not asked (simulate sends no requests); answer for it"
+                f" with --consult {note.service}=FILE.json"
+            )
     return EXIT_OK
 
 
@@ -328,6 +377,14 @@ def build_parser() -> argparse.ArgumentParser:
     simulate.add_argument("--at", metavar="ISO-8601", help="the call's time (default: now)")
     simulate.add_argument("--rules", help="rule file (default: $SIP_ROUTER_RULES)")
     simulate.add_argument("--json", action="store_true", help="print one JSON object")
+    simulate.add_argument(
+        "--consult",
+        action="append",
+        default=[],
+        metavar="SERVICE=FILE.json",
+        help="the answer a consulted service gives (default: it is not asked; the next rule"
+        " decides)",
+    )
     simulate.set_defaults(func=cmd_simulate)
 
     send = commands.add_parser("send-test-call", help="send one signed test webhook")

@@ -53,14 +53,22 @@ class Metrics:
         )
         self.decisions = Counter(
             "sip_router_decisions_total",
-            "Calls decided, by the rule and the action it chose (one per call).",
-            ["rule", "action"],
+            "Calls decided, by the rule, the action it chose and the profile of an accept"
+            " (empty for other actions; one per call).",
+            ["rule", "action", "profile"],
             registry=self.registry,
         )
         self.fallbacks = Counter(
             "sip_router_fallbacks_total",
             "Calls whose chosen action failed, by rule and the on_error action that ran.",
             ["rule", "action"],
+            registry=self.registry,
+        )
+        self.consults = Counter(
+            "sip_router_consult_total",
+            "Services asked by consult rules, by service and what became of the request"
+            " (answered, continue, timeout, error, invalid).",
+            ["service", "outcome"],
             registry=self.registry,
         )
         self.upstream_requests = Counter(
@@ -127,10 +135,14 @@ class Metrics:
         self._ruleset = version
         self.ruleset_info.labels(version=version).set(1)
 
-    def decided(self, rule: str, action: str) -> None:
+    def decided(self, rule: str, action: str, profile: str | None = None) -> None:
         """One call decided by `rule` (`default` when no rule matched) to `action`."""
-        self.decisions.labels(rule=rule, action=action).inc()
+        self.decisions.labels(rule=rule, action=action, profile=profile or "").inc()
         self.rule_hits[rule] += 1
+
+    def consulted(self, service: str, outcome: str) -> None:
+        """One request to a service of `services` and what became of it."""
+        self.consults.labels(service=service, outcome=outcome).inc()
 
     def fell_back(self, rule: str, action: str) -> None:
         """The action `rule` chose failed and on_error's `action` ran instead."""

@@ -19,6 +19,11 @@ API_VERSION_PATH = "/v1"
 
 _S = TypeVar("_S", bound=BaseSettings)
 
+UNSIGNED_SERVICES_WARNING = (
+    "SIP_ROUTER_OUTBOUND_SECRET is not set: requests to the rule file's services are sent"
+    " unsigned, so they cannot tell them from anyone else's"
+)
+
 
 class ConfigurationError(Exception):
     """Invalid configuration; the message is one line naming the variable or file."""
@@ -80,6 +85,8 @@ class Settings(BaseSettings):
         default=120.0, gt=0, le=3600, alias="SIP_ROUTER_RELOAD_TIMEOUT_S"
     )
     reload_memory_mb: int = Field(default=2048, ge=64, alias="SIP_ROUTER_RELOAD_MEMORY_MB")
+    # Signs sip-router's requests to your own services (SPEC section 13); unset: unsigned.
+    outbound_secret: SecretStr | None = Field(default=None, alias="SIP_ROUTER_OUTBOUND_SECRET")
 
     @field_validator("openai_api_key", "admin_token", "redis_url", mode="before")
     @classmethod
@@ -93,6 +100,11 @@ class Settings(BaseSettings):
     @classmethod
     def _split_secrets(cls, value: object) -> object:
         return split_webhook_secrets(value)
+
+    @field_validator("outbound_secret", mode="before")
+    @classmethod
+    def _check_outbound_secret(cls, value: object) -> object:
+        return parse_optional_secret(value)
 
     @field_validator("openai_base_url")
     @classmethod
@@ -128,6 +140,11 @@ class Settings(BaseSettings):
         return tuple(s.get_secret_value() for s in self.openai_webhook_secret)
 
     @property
+    def outbound_secret_value(self) -> str | None:
+        """SIP_ROUTER_OUTBOUND_SECRET in clear, for the signer only."""
+        return self.outbound_secret.get_secret_value() if self.outbound_secret else None
+
+    @property
     def base_url_warning(self) -> str | None:
         """Why OPENAI_BASE_URL looks wrong (its path does not end in /v1), or None."""
         url = urlsplit(self.openai_base_url)
@@ -148,6 +165,15 @@ def split_webhook_secrets(value: object) -> object:
         return _parse_secret_list(
             [v.get_secret_value() if isinstance(v, SecretStr) else str(v) for v in value]
         )
+    return value
+
+
+def parse_optional_secret(value: object) -> object:
+    """One `whsec_...` secret, checked; empty text means not set."""
+    if isinstance(value, SecretStr):
+        value = value.get_secret_value()
+    if isinstance(value, str):
+        return parse_webhook_secret(value) if value.strip() else None
     return value
 
 
@@ -179,6 +205,19 @@ class WebhookSecretSettings(BaseSettings):
         return split_webhook_secrets(value)
 
 
+class OutboundSecretSettings(BaseSettings):
+    """Only SIP_ROUTER_OUTBOUND_SECRET, from the same sources as Settings (for `check`)."""
+
+    model_config = Settings.model_config
+
+    outbound_secret: SecretStr | None = Field(default=None, alias="SIP_ROUTER_OUTBOUND_SECRET")
+
+    @field_validator("outbound_secret", mode="before")
+    @classmethod
+    def _check(cls, value: object) -> object:
+        return parse_optional_secret(value)
+
+
 def load_settings(**overrides: object) -> Settings:
     """Build the settings or raise ConfigurationError with one line naming the variable."""
     return _load(Settings, overrides)
@@ -188,6 +227,11 @@ def load_webhook_secrets() -> tuple[str, ...]:
     """OPENAI_WEBHOOK_SECRET as serve reads it (environment, `.env`, /run/secrets), in clear."""
     loaded = _load(WebhookSecretSettings, {})
     return tuple(s.get_secret_value() for s in loaded.openai_webhook_secret)
+
+
+def outbound_secret_configured() -> bool:
+    """True when SIP_ROUTER_OUTBOUND_SECRET is set where serve reads it (and valid)."""
+    return _load(OutboundSecretSettings, {}).outbound_secret is not None
 
 
 def _load(cls: type[_S], overrides: dict[str, object]) -> _S:

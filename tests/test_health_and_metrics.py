@@ -343,9 +343,10 @@ async def test_metrics_count_each_kind_of_delivery_exactly(
         "stale": 1,
         "ignored": 1,
     }
-    assert by_label(text, "sip_router_decisions_total", "rule", "action") == {
-        ("default", "accept"): 1,
-        ("blocked-callers", "reject"): 1,
+    # An accept names its profile; other actions have an empty one.
+    assert by_label(text, "sip_router_decisions_total", "rule", "action", "profile") == {
+        ("default", "accept", "desk"): 1,
+        ("blocked-callers", "reject", ""): 1,
     }
     assert by_label(text, "sip_router_upstream_requests_total", "verb", "status") == {
         ("accept", "200"): 1,
@@ -379,8 +380,8 @@ async def test_metrics_count_upstream_failures_by_status_and_on_error_decisions(
         ("accept", "200"): 1,
     }
     # One decision per call, as the rules made it; the on_error reject is a fallback.
-    assert by_label(text, "sip_router_decisions_total", "rule", "action") == {
-        ("default", "accept"): 2,
+    assert by_label(text, "sip_router_decisions_total", "rule", "action", "profile") == {
+        ("default", "accept", "desk"): 2,
     }
     assert by_label(text, "sip_router_fallbacks_total", "rule", "action") == {
         ("default", "reject"): 1,
@@ -411,8 +412,8 @@ async def test_a_call_released_for_redelivery_is_decided_once_when_it_is_settled
         text = await metrics_text(client)
 
     assert by_label(text, "sip_router_webhooks_total", "outcome") == {"failed": 1, "processed": 1}
-    assert by_label(text, "sip_router_decisions_total", "rule", "action") == {
-        ("default", "accept"): 1
+    assert by_label(text, "sip_router_decisions_total", "rule", "action", "profile") == {
+        ("default", "accept", "desk"): 1
     }
     assert samples(text, "sip_router_fallbacks_total") == {}
 
@@ -432,8 +433,8 @@ async def test_an_action_that_cannot_be_rendered_is_the_rules_decision_and_a_fal
         text = await metrics_text(client)
 
     assert [(r.verb, r.status) for r in fake.requests] == [("reject", 200)]
-    assert by_label(text, "sip_router_decisions_total", "rule", "action") == {
-        ("default", "accept"): 1
+    assert by_label(text, "sip_router_decisions_total", "rule", "action", "profile") == {
+        ("default", "accept", "desk"): 1
     }
     assert by_label(text, "sip_router_fallbacks_total", "rule", "action") == {
         ("default", "reject"): 1
@@ -497,7 +498,7 @@ from app.metrics import Metrics
 metrics = Metrics()
 for version in sys.argv[1:]:
     metrics.set_ruleset(version)
-metrics.decisions.labels(rule="default", action="accept").inc()
+metrics.decided("default", "accept", "desk")
 print("ready", flush=True)
 sys.stdin.readline()
 """
@@ -546,6 +547,6 @@ def test_workers_metrics_show_the_versions_live_workers_serve_without_a_pid(
     text = rendered.stdout.decode()
     assert by_label(text, "sip_router_ruleset_info", "version") == {"v-new": 1}
     # Counters still add up every worker that ever ran, the dead one included.
-    assert by_label(text, "sip_router_decisions_total", "rule", "action") == {
-        ("default", "accept"): 2
+    assert by_label(text, "sip_router_decisions_total", "rule", "action", "profile") == {
+        ("default", "accept", "desk"): 2
     }

@@ -103,6 +103,7 @@ WHEN = ("rules", 0, "when")
 WINDOW = ("schedules", "office", "weekly", 0)
 CONCIERGE = ("profiles", "concierge")
 TEST_CASE = {"from": "+12125550123", "to": "+14155550100", "expect": "first"}
+WITH_CRM = {**BASE, "services": {"crm": {"url": "https://crm.example.com/decide"}}}
 
 # (path in BASE, new value or DELETE, whether the loader and the schema accept the result)
 CASES: list[tuple[str, tuple[Any, ...], Any, bool]] = [
@@ -314,6 +315,64 @@ CASES: list[tuple[str, tuple[Any, ...], Any, bool]] = [
     ("test expecting hangup", ("tests",), [{**TEST_CASE, "expect": {"action": "hangup"}}], False),
     ("test without expect", ("tests",), [{"from": "+12125550123", "to": "+14155550100"}], False),
     ("test at a bad time", ("tests",), [{**TEST_CASE, "at": "yesterday"}], False),
+    # consult and services
+    ("consult a service", (), {**WITH_CRM, "rules": [{"name": "ask", "consult": "crm"}]}, True),
+    (
+        "consult and reject",
+        (),
+        {**WITH_CRM, "rules": [{"name": "ask", "consult": "crm", "reject": {}}]},
+        False,
+    ),
+    ("consult in default", (), {**WITH_CRM, "default": {"consult": "crm"}}, False),
+    (
+        "service timeout 5",
+        ("services",),
+        {"crm": {"url": "https://a.example", "timeout_s": 5}},
+        True,
+    ),
+    (
+        "service timeout 6",
+        ("services",),
+        {"crm": {"url": "https://a.example", "timeout_s": 6}},
+        False,
+    ),
+    (
+        "service timeout 0",
+        ("services",),
+        {"crm": {"url": "https://a.example", "timeout_s": 0}},
+        False,
+    ),
+    ("service without url", ("services",), {"crm": {"timeout_s": 1}}, False),
+    ("service ftp url", ("services",), {"crm": {"url": "ftp://a.example"}}, False),
+    ("service unknown key", ("services",), {"crm": {"url": "https://a", "retries": 1}}, False),
+    (
+        "test with a stubbed answer",
+        (),
+        {**WITH_CRM, "tests": [{**TEST_CASE, "consult": {"crm": {"continue": True}}}]},
+        True,
+    ),
+    # split
+    ("split", ("default", "accept"), {"split": [{"profile": "concierge", "weight": 1}]}, True),
+    (
+        "split weight 0",
+        ("default", "accept"),
+        {"split": [{"profile": "concierge", "weight": 0}]},
+        False,
+    ),
+    ("split without weight", ("default", "accept"), {"split": [{"profile": "concierge"}]}, False),
+    ("split empty", ("default", "accept"), {"split": []}, False),
+    (
+        "split and profile",
+        ("default", "accept"),
+        {"profile": "concierge", "split": [{"profile": "concierge", "weight": 1}]},
+        False,
+    ),
+    (
+        "split with overrides",
+        ("default", "accept"),
+        {"split": [{"profile": "concierge", "weight": 1}], "overrides": {"instructions": "x"}},
+        False,
+    ),
     # the top level
     ("unknown top-level key", ("rule",), [], False),
     ("version 2", ("version",), 2, False),

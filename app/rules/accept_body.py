@@ -727,6 +727,22 @@ class AcceptTemplates:
             _put(rendered, path, text)
         return rendered
 
+    def without_overridden(self, overrides: Mapping[str, Any]) -> AcceptTemplates | None:
+        """These templates less the fields `overrides` writes: what overrides say is kept as
+        written (a consulted service's text is never a template)."""
+        kept = tuple((path, t) for path, t in self.fields if not _reaches(overrides, path))
+        return AcceptTemplates(kept) if kept else None
+
+
+def _reaches(overrides: Mapping[str, Any], path: BodyPath) -> bool:
+    """Whether `overrides` writes the value at `path` or a container on the way to it."""
+    node: Any = overrides
+    for key in path:
+        if not isinstance(node, Mapping) or key not in node:
+            return isinstance(node, list)  # a list in overrides replaces the profile's
+        node = node[key]
+    return True
+
 
 def _put(body: dict[str, Any], path: BodyPath, value: str) -> None:
     """Place `value` at `path`, copying the containers on the way (the body is shared)."""

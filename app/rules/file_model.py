@@ -7,7 +7,7 @@ Shorthands (`caller: "+1415*"`, `expect: rule-name`, `vip: [..]`) are expanded b
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, ClassVar, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt, model_validator
 
@@ -118,11 +118,33 @@ class WhenSpec(BaseModel):
         return value
 
 
-class AcceptSpec(BaseModel):
+class SplitChoiceSpec(BaseModel):
+    """One profile of a split and its share of the calls."""
+
     model_config = _FROZEN
 
     profile: Name
+    weight: StrictInt = Field(ge=1, le=1_000_000)
+
+
+class AcceptSpec(BaseModel):
+    """`{profile, overrides?}`, or `{split: [{profile, weight}, ...]}` (A/B by call_id)."""
+
+    model_config = _FROZEN
+
+    profile: Name | None = None
     overrides: dict[str, Any] | None = None
+    split: Annotated[tuple[SplitChoiceSpec, ...], Field(min_length=1)] | None = None
+
+    @model_validator(mode="after")
+    def _profile_or_split(self) -> AcceptSpec:
+        if (self.profile is None) == (self.split is None):
+            raise ValueError("accept takes either a profile or a split")
+        if self.split is not None and self.overrides is not None:
+            raise ValueError(
+                "a split takes no overrides: give each variant its own profile (extends helps)"
+            )
+        return self
 
 
 class ReferSpec(BaseModel):
@@ -141,6 +163,7 @@ class ActionSpec(BaseModel):
     """Exactly one of accept, refer, reject."""
 
     model_config = _FROZEN
+    choices: ClassVar[tuple[str, ...]] = ("accept", "refer", "reject")
 
     accept: AcceptSpec | None = None
     refer: ReferSpec | None = None
@@ -148,9 +171,9 @@ class ActionSpec(BaseModel):
 
     @model_validator(mode="after")
     def _exactly_one(self) -> ActionSpec:
-        chosen = [k for k in ("accept", "refer", "reject") if getattr(self, k) is not None]
+        chosen = [k for k in self.choices if getattr(self, k) is not None]
         if len(chosen) != 1:
-            raise ValueError("takes exactly one of accept, refer, reject")
+            raise ValueError(f"takes exactly one of {', '.join(self.choices)}")
         return self
 
     @property
@@ -161,10 +184,13 @@ class ActionSpec(BaseModel):
 
 
 class RuleSpec(ActionSpec):
-    """One rule: a name, a `when`, and its action."""
+    """One rule: a name, a `when`, and its action (or `consult: SERVICE`, which asks for one)."""
+
+    choices: ClassVar[tuple[str, ...]] = ("accept", "refer", "reject", "consult")
 
     name: Name
     when: WhenSpec | None = None
+    consult: Name | None = None
 
 
 class ExpectSpec(BaseModel):
@@ -189,6 +215,8 @@ class TestCaseSpec(BaseModel):
     to: str
     headers: dict[str, str] | None = None
     at: datetime | None = None
+    # Stubbed answers of `services`, by service name: the JSON a service would answer.
+    consult: dict[Name, dict[str, Any]] | None = None
     expect: ExpectSpec
 
     @model_validator(mode="before")
@@ -224,6 +252,15 @@ class ListSpec(BaseModel):
         return self
 
 
+class ServiceSpec(BaseModel):
+    """One of your own services that `consult` rules ask (SPEC section 13)."""
+
+    model_config = _FROZEN
+
+    url: str = Field(min_length=1, max_length=2048)
+    timeout_s: float = Field(default=1.5, gt=0, le=5)
+
+
 class DefaultsSpec(BaseModel):
     model_config = _FROZEN
 
@@ -241,6 +278,7 @@ class RuleFileSpec(BaseModel):
     profiles: dict[Name, dict[str, Any]] = Field(default_factory=dict)
     lists: dict[Name, ListSpec] = Field(default_factory=dict)
     schedules: dict[Name, ScheduleSpec] = Field(default_factory=dict)
+    services: dict[Name, ServiceSpec] = Field(default_factory=dict)
     rules: tuple[RuleSpec, ...] = ()
     default: ActionSpec
     on_error: ActionSpec | None = None

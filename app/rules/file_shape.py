@@ -24,6 +24,7 @@ from app.rules.file_model import (
     Name,
     RuleFileSpec,
     RuleSpec,
+    ServiceSpec,
     TestCaseSpec,
 )
 from app.rules.schedule import ScheduleSpec
@@ -58,6 +59,7 @@ class FileParts:
     profiles: Mapping[str, Mapping[str, Any]]
     lists: Mapping[str, ListSpec]
     schedules: Mapping[str, ScheduleSpec]
+    services: Mapping[str, ServiceSpec]
     rules: tuple[tuple[int, RuleSpec], ...]
     default: ActionSpec | None
     on_error: ActionSpec | None
@@ -79,6 +81,7 @@ def check_shape(data: dict[str, Any]) -> tuple[FileParts, list[Finding]]:
         profiles=spec.profiles,
         lists=spec.lists,
         schedules=spec.schedules,
+        services=spec.services,
         rules=tuple(enumerate(spec.rules)),
         default=spec.default,
         on_error=spec.on_error,
@@ -118,6 +121,7 @@ def _salvaged_parts(data: dict[str, Any]) -> FileParts:
         },
         lists=named("lists", ListSpec),
         schedules=named("schedules", ScheduleSpec),
+        services=named("services", ServiceSpec),
         rules=indexed("rules", RuleSpec),
         default=_salvage(ActionSpec, data["default"]) if "default" in data else None,
         on_error=_salvage(ActionSpec, data["on_error"]) if "on_error" in data else None,

@@ -11,7 +11,7 @@ from copy import deepcopy
 from typing import Any
 
 from app.rules.accept_body import accept_body_json_schema
-from app.rules.loader import MAX_DURATION_LIMIT_S
+from app.rules.profile_overrides import MAX_DURATION_LIMIT_S
 from app.rules.schedule import WEEKDAYS
 
 SCHEMA_ID = "https://sip-router.dev/rules.schema.json"
@@ -137,6 +137,11 @@ def _top_level_properties() -> Schema:
             _ref("Name"),
             _ref("Schedule"),
             "Opening hours by name, used by `schedule: name` in conditions.",
+        ),
+        "services": _map_of(
+            _ref("Name"),
+            _ref("Service"),
+            "Your own services, by name, that `consult` rules ask for a decision.",
         ),
         "rules": {
             "type": "array",
@@ -369,10 +374,15 @@ def _action_defs(partial_session_props: Schema) -> Schema:
                 "description": "Conditions, all of which must hold. Empty or left out: always.",
             },
             **_action_properties(),
+            "consult": _described(
+                _ref("Name"),
+                "Ask this service (under `services`) for the decision; when it does not"
+                " answer in time, fails or says `continue`, the next rule decides.",
+            ),
         },
         required=("name",),
-        oneOf=_exactly_one_action(),
-        description="A rule: a name, a `when`, and exactly one of accept, refer, reject.",
+        oneOf=[*_exactly_one_action(), {"required": ["consult"]}],
+        description="A rule: a name, a `when`, and exactly one of accept, refer, reject, consult.",
     )
     return {
         "Rule": rule,
@@ -385,8 +395,54 @@ def _action_defs(partial_session_props: Schema) -> Schema:
             {
                 "profile": _described(_ref("Name"), "A profile under `profiles`."),
                 "overrides": overrides,
+                "split": {
+                    "type": "array",
+                    "minItems": 1,
+                    "items": _object(
+                        {
+                            "profile": _described(_ref("Name"), "A profile under `profiles`."),
+                            "weight": {
+                                "type": "integer",
+                                "minimum": 1,
+                                "maximum": 1_000_000,
+                                "description": "This profile's share: weight / sum of weights.",
+                            },
+                        },
+                        required=("profile", "weight"),
+                    ),
+                    "description": "Accept with one of these profiles, picked by weight and"
+                    " the same for every delivery of a call (a hash of its call_id).",
+                },
             },
-            required=("profile",),
+            oneOf=[
+                {"required": ["profile"]},
+                {"required": ["split"], "not": {"required": ["overrides"]}},
+            ],
+            description="A profile (with overrides), or a split between profiles.",
+        ),
+        "Service": _object(
+            {
+                "url": {
+                    "type": "string",
+                    "minLength": 1,
+                    "maxLength": 2048,
+                    "pattern": "^https?://",
+                    "description": "Where the call is posted: https://, or http:// only to"
+                    " loopback and private addresses.",
+                    "examples": ["https://crm.example.com/sip-router/decide"],
+                },
+                "timeout_s": {
+                    "type": "number",
+                    "exclusiveMinimum": 0,
+                    "maximum": 5,
+                    "default": 1.5,
+                    "description": "How long to wait for the answer before the next rule"
+                    " decides. Default 1.5, at most 5.",
+                },
+            },
+            required=("url",),
+            description="A service of yours that `consult` rules ask (signed with"
+            " SIP_ROUTER_OUTBOUND_SECRET).",
         ),
         "Refer": _object(
             {
@@ -420,8 +476,8 @@ def _action_defs(partial_session_props: Schema) -> Schema:
 _SESSION_KEY_HELP = {
     "model": "The Realtime model, e.g. gpt-realtime.",
     "instructions": (
-        "System instructions; {{ ... }} templates see caller, called, call_id, rule, headers"
-        " and now."
+        "System instructions; {{ ... }} templates see caller, called, call_id, rule, headers,"
+        " now and vars (from consulted services)."
     ),
     "audio": "Audio settings: input (noise reduction, transcription, turn detection) and output"
     " (voice, speed). No format: on SIP the trunk negotiates the codec.",
@@ -701,6 +757,12 @@ def _test_defs() -> Schema:
                 "description": "When the call arrives, ISO 8601. Without an offset: in"
                 " defaults.timezone.",
             },
+            "consult": _map_of(
+                _ref("Name"),
+                {"type": "object"},
+                "The answer each consulted service gives in this case, by service name;"
+                " a service without one is not asked.",
+            ),
             "expect": expect,
         },
         required=("from", "to", "expect"),

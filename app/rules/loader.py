@@ -15,7 +15,6 @@ import json
 import posixpath
 import re
 from collections.abc import Collection, Iterable, Mapping
-from copy import deepcopy
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -52,10 +51,12 @@ from app.rules.conditions import (
     ScheduleCondition,
     all_of,
 )
+from app.rules.consultation import check_service_url
 from app.rules.file_model import (
     ActionSpec,
     NumberTermSpec,
     RuleSpec,
+    SplitChoiceSpec,
     WhenSpec,
 )
 from app.rules.file_reading import (
@@ -75,13 +76,20 @@ from app.rules.file_shape import (
 from app.rules.linear_regex import Regex, RegexError, compile_regex
 from app.rules.number_set import NumberListError, NumberSet
 from app.rules.problems import Problem, RuleFileError
+from app.rules.profile_overrides import NOT_OVERRIDABLE
+from app.rules.profile_overrides import deep_merge as _deep_merge
+from app.rules.profile_overrides import max_duration as _max_duration
 from app.rules.ruleset import (
     AcceptAction,
     Action,
     CompiledRule,
+    Consult,
+    ProfileBody,
     ReferAction,
     RejectAction,
     Ruleset,
+    ServiceTarget,
+    SplitAction,
     check_target_uri,
 )
 from app.rules.schedule import (
@@ -95,7 +103,6 @@ from app.rules.templates import TemplateCompileError, compile_template
 from app.rules.yaml_source import LineIndex, describe_path, load_yaml
 from app.rules.yaml_source import Path as DataPath
 
-MAX_DURATION_LIMIT_S = 24 * 3600
 _HEADER_NAME = re.compile(r"[A-Za-z0-9!#$%&'*+\-.^_`|~]{1,100}")
 _PATTERN_TOKEN = re.compile(r"[0-9]|X|Z|N|\[(?:[0-9](?:-[0-9])?)+\]")
 _DEFAULT_ON_ERROR = RejectAction(503)
@@ -272,7 +279,8 @@ def _compile(parts: FileParts, ctx: _Context) -> Ruleset:
     lists = _compile_lists(parts, ctx)
     schedules = _compile_schedules(parts, ctx, timezone.key)
     profiles = _resolve_profiles(parts, ctx)
-    compiler = _RuleCompiler(ctx, lists, schedules, profiles)
+    services = _compile_services(parts, ctx)
+    compiler = _RuleCompiler(ctx, lists, schedules, profiles, services)
     rules = tuple(compiler.rule(i, rule) for i, rule in parts.rules)
     _check_unique_rule_names(parts, ctx)
     default = compiler.action(parts.default, ("default",)) if parts.default else None
@@ -303,7 +311,24 @@ def _compile(parts: FileParts, ctx: _Context) -> Ruleset:
         warnings=tuple(str(w) for w in _sorted(ctx.warnings)),
         tests=tuple((ctx.lines.line_of(("tests", i)), t) for i, t in parts.tests),
         main_file=ctx.main,
+        services=services,
+        profiles=compiler.profile_bodies() if services else {},
     )
+
+
+def _compile_services(parts: FileParts, ctx: _Context) -> dict[str, ServiceTarget]:
+    """`services`, each URL checked (SPEC section 13): https, or http to a private address."""
+    services = {}
+    for name, spec in parts.services.items():
+        path: DataPath = ("services", name, "url")
+        problem, warning = check_service_url(spec.url)
+        if problem is not None:
+            ctx.error(path, f"services.{name}.url: {problem}")
+            continue
+        if warning is not None:
+            ctx.warn(path, f"services.{name}.url: {warning}")
+        services[name] = ServiceTarget(spec.url, spec.timeout_s)
+    return services
 
 
 def _version(sources: Mapping[str, str]) -> str:
@@ -386,17 +411,6 @@ class _ProfileCheck:
     profile: _Profile | None
     findings: tuple[Finding, ...] = ()
     warnings: tuple[str, ...] = ()
-
-
-def _deep_merge(base: Mapping[str, Any], override: Mapping[str, Any]) -> dict[str, Any]:
-    """Mappings merge key by key; any other value (lists included) replaces the base's."""
-    merged = deepcopy(dict(base))
-    for key, value in override.items():
-        if isinstance(value, Mapping) and isinstance(merged.get(key), Mapping):
-            merged[key] = _deep_merge(merged[key], value)
-        else:
-            merged[key] = deepcopy(value)
-    return merged
 
 
 def _resolve_profiles(parts: FileParts, ctx: _Context) -> dict[str, _Profile]:
@@ -501,19 +515,6 @@ def _check_profile(merged: Mapping[str, Any], ctx: _Context) -> _ProfileCheck:
     return _ProfileCheck(_Profile(body, max_duration), (), warnings)
 
 
-def _max_duration(value: Any, findings: list[Finding]) -> float | None:
-    if value is None:
-        return None
-    path: DataPath = ("max_duration_s",)
-    if isinstance(value, bool) or not isinstance(value, int | float):
-        findings.append(Finding(path, (), "max_duration_s must be a number of seconds"))
-        return None
-    if not 0 < value <= MAX_DURATION_LIMIT_S:
-        findings.append(Finding(path, (), "max_duration_s must be between 0 and 86400"))
-        return None
-    return float(value)
-
-
 def _session_config(
     body: Mapping[str, Any], findings: list[Finding], ctx: _Context
 ) -> SessionConfig | None:
@@ -544,11 +545,13 @@ class _RuleCompiler:
         lists: Mapping[str, NumberSet],
         schedules: Mapping[str, CompiledSchedule],
         profiles: Mapping[str, _Profile],
+        services: Mapping[str, ServiceTarget],
     ) -> None:
         self.ctx = ctx
         self.lists = lists
         self.schedules = schedules
         self.profiles = profiles
+        self.services = services
         # Each rule's index, name, and what its `when` requires, for the shadowed-rule warning.
         self.signatures: list[tuple[int, str, dict[str, Any] | None]] = []
 
@@ -557,11 +560,29 @@ class _RuleCompiler:
         errors_before = len(self.ctx.problems)
         when = self.when(spec.when, (*path, "when")) if spec.when is not None else ALWAYS
         signature = _signature(spec.when, when) if spec.when is not None else {}
+        if spec.consult is not None:
+            # A service may answer `continue`: a consult rule never hides the rules after it.
+            signature = None
         self.signatures.append((index, spec.name, signature))
-        action = self.action(spec, path)
+        action: Action | Consult | None
+        if spec.consult is not None:
+            action = self.consult(spec.consult, (*path, "consult"))
+        else:
+            action = self.action(spec, path)
         if len(self.ctx.problems) > errors_before or action is None:
             return None
         return CompiledRule(spec.name, when, action, self.ctx.lines.line_of(path))
+
+    def consult(self, service: str, path: DataPath) -> Consult | None:
+        if service in self.services:
+            return Consult(service)
+        if self.ctx.undeclared("services", service):
+            self.ctx.error(
+                path,
+                f"{self.ctx.describe(path)}: unknown service '{service}'"
+                + did_you_mean(service, self.ctx.declared("services")),
+            )
+        return None
 
     def when(self, spec: WhenSpec, path: DataPath) -> Condition:
         parts: list[Condition] = []
@@ -712,23 +733,53 @@ class _RuleCompiler:
             return ReferAction(target)
         assert spec.accept is not None
         accept_path = (*path, "accept")
-        profile = self.profiles.get(spec.accept.profile)
-        if profile is None:
-            if self.ctx.undeclared("profiles", spec.accept.profile):
+        if spec.accept.split is not None:
+            return self.split(spec.accept.split, (*accept_path, "split"))
+        assert spec.accept.profile is not None
+        return self.accept(
+            spec.accept.profile, spec.accept.overrides, accept_path, (*accept_path, "profile")
+        )
+
+    def split(self, choices: tuple[SplitChoiceSpec, ...], path: DataPath) -> SplitAction | None:
+        compiled: list[tuple[AcceptAction, int]] = []
+        seen: set[str] = set()
+        for i, choice in enumerate(choices):
+            if choice.profile in seen:
                 self.ctx.error(
-                    (*accept_path, "profile"),
-                    f"unknown profile '{spec.accept.profile}'"
-                    + did_you_mean(spec.accept.profile, self.ctx.declared("profiles")),
+                    (*path, i, "profile"),
+                    f"{self.ctx.describe(path)}: profile '{choice.profile}' is listed twice",
+                )
+            seen.add(choice.profile)
+            action = self.accept(choice.profile, None, path, (*path, i, "profile"))
+            if action is not None:
+                compiled.append((action, choice.weight))
+        if len(compiled) != len(choices):
+            return None
+        return SplitAction(tuple(compiled))
+
+    def accept(
+        self,
+        name: str,
+        overrides_spec: Mapping[str, Any] | None,
+        accept_path: DataPath,
+        name_path: DataPath,
+    ) -> AcceptAction | None:
+        profile = self.profiles.get(name)
+        if profile is None:
+            if self.ctx.undeclared("profiles", name):
+                self.ctx.error(
+                    name_path,
+                    f"unknown profile '{name}'" + did_you_mean(name, self.ctx.declared("profiles")),
                 )
             return None
         body = profile.merged
         max_duration = profile.max_duration_s
-        if spec.accept.overrides:
-            overrides = dict(spec.accept.overrides)
+        if overrides_spec:
+            overrides = dict(overrides_spec)
             findings: list[Finding] = []
             if "max_duration_s" in overrides:
                 max_duration = _max_duration(overrides.pop("max_duration_s"), findings)
-            for key in ("extends", "instructions_file"):
+            for key in NOT_OVERRIDABLE:
                 if key in overrides:
                     self.ctx.error(
                         (*accept_path, "overrides", key),
@@ -742,11 +793,20 @@ class _RuleCompiler:
                 return None
         accept_body = build_accept_body(validate_session_config(body))
         return AcceptAction(
-            profile=spec.accept.profile,
+            profile=name,
             body=accept_body,
             templates=compile_accept_templates(accept_body),
             max_duration_s=max_duration,
         )
+
+    def profile_bodies(self) -> dict[str, ProfileBody]:
+        """Every valid profile as consulted services' accept answers use it."""
+        bodies = {}
+        for name, profile in self.profiles.items():
+            action = self.accept(name, None, (), ())
+            if action is not None:
+                bodies[name] = ProfileBody(profile.merged, profile.max_duration_s, action)
+        return bodies
 
 
 def _pattern_regex(pattern: str) -> Regex | None:
@@ -785,6 +845,13 @@ def _check_test_expectations(parts: FileParts, ctx: _Context) -> None:
                 f"tests[{i}].expect: unknown rule '{expect.rule}'"
                 + did_you_mean(expect.rule, rules),
             )
+        for service in case.consult or {}:
+            if ctx.undeclared("services", service):
+                ctx.error(
+                    ("tests", i, "consult", service),
+                    f"tests[{i}].consult: unknown service '{service}'"
+                    + did_you_mean(service, ctx.declared("services")),
+                )
         if expect.profile is not None and ctx.undeclared("profiles", expect.profile):
             ctx.error(
                 ("tests", i, "expect"),

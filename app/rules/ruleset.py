@@ -2,16 +2,33 @@
 
 from __future__ import annotations
 
+import hashlib
 import re
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Literal
 from zoneinfo import ZoneInfo
 
-from app.rules.accept_body import AcceptTemplates
+from pydantic import ValidationError
+
+from app.rules.accept_body import (
+    AcceptTemplates,
+    SessionConfig,
+    build_accept_body,
+    validate_session_config,
+)
 from app.rules.call_context import CallContext
 from app.rules.conditions import Condition
+from app.rules.consultation import (
+    ConsultNote,
+    InvalidAnswer,
+    ServiceAnswer,
+    ServiceReply,
+    answer_from_data,
+)
 from app.rules.file_model import TestCaseSpec
+from app.rules.file_shape import Finding, validation_findings
+from app.rules.profile_overrides import NOT_OVERRIDABLE, deep_merge, max_duration
 from app.rules.rule_index import RuleIndex, build_rule_index
 from app.rules.templates import (
     Template,
@@ -99,17 +116,63 @@ class RejectAction:
         return {"status_code": self.status_code}
 
 
-Action = AcceptAction | ReferAction | RejectAction
+@dataclass(frozen=True, slots=True)
+class SplitAction:
+    """Accept with one of several profiles, chosen by weight from the call_id (A/B tests).
+
+    The choice is a stable hash of the call_id, so a redelivery of the same call, another
+    replica and a replay all pick the same profile.
+    """
+
+    choices: tuple[tuple[AcceptAction, int], ...]
+    kind: ActionKind = "accept"
+
+    def pick(self, call_id: str) -> AcceptAction:
+        total = sum(weight for _, weight in self.choices)
+        point = int.from_bytes(hashlib.sha256(call_id.encode()).digest()[:8], "big") % total
+        for action, weight in self.choices:
+            if point < weight:
+                return action
+            point -= weight
+        raise AssertionError("weights are positive")  # pragma: no cover
+
+
+Action = AcceptAction | SplitAction | ReferAction | RejectAction
 
 # When even `on_error` cannot be rendered, the caller still gets a clear answer.
 LAST_RESORT = RejectAction(503)
 
 
 @dataclass(frozen=True, slots=True)
+class Consult:
+    """A rule's `consult: SERVICE`: the service's answer decides, or the next rule does."""
+
+    service: str
+    kind: Literal["consult"] = "consult"
+
+
+@dataclass(frozen=True, slots=True)
+class ServiceTarget:
+    """Where one of `services` is, and how long it may take to answer."""
+
+    url: str
+    timeout_s: float
+
+
+@dataclass(frozen=True, slots=True)
+class ProfileBody:
+    """A profile's merged accept fields (what answers' overrides apply to) and its action."""
+
+    body: Mapping[str, Any]
+    max_duration_s: float | None
+    action: AcceptAction
+
+
+@dataclass(frozen=True, slots=True)
 class CompiledRule:
     name: str
     when: Condition
-    action: Action
+    action: Action | Consult
     line: int
 
 
@@ -132,9 +195,26 @@ class Decision:
     ruleset: str
     trace: tuple[TraceStep, ...] = ()
     error: str | None = None
+    # With `error`: the kind of the action that was chosen but could not be rendered.
+    failed: ActionKind | None = None
+    failed_profile: str | None = None
+    consulted: tuple[ConsultNote, ...] = ()
+    variables: Mapping[str, str] = field(default_factory=dict)
 
     def path(self, call_id: str) -> str:
         return f"/realtime/calls/{call_id}/{self.action}"
+
+
+@dataclass(frozen=True, slots=True)
+class Consultation:
+    """Evaluation stopped at a `consult` rule: ask `service`, then `Ruleset.resume` with it."""
+
+    service: str
+    rule: str
+    position: int
+    trace: tuple[TraceStep, ...] = ()
+    consulted: tuple[ConsultNote, ...] = ()
+    variables: Mapping[str, str] = field(default_factory=dict)
 
 
 def party_fields(party: Party) -> dict[str, Any]:
@@ -160,18 +240,106 @@ class Ruleset:
     warnings: tuple[str, ...] = ()
     tests: tuple[tuple[int, TestCaseSpec], ...] = field(default=(), repr=False)
     main_file: str = ""
+    services: Mapping[str, ServiceTarget] = field(default_factory=dict)
+    # Profiles by name, for the accept answers of consulted services.
+    profiles: Mapping[str, ProfileBody] = field(default_factory=dict, repr=False)
     index: RuleIndex = field(init=False, repr=False)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "index", build_rule_index([r.when for r in self.rules]))
 
-    def decide(self, ctx: CallContext, *, explain: bool = False) -> Decision:
-        """The first rule whose `when` holds decides, else `default`."""
-        trace: list[TraceStep] = []
+    @property
+    def consult_budget_s(self) -> float:
+        """The longest time consulting services can add to one decision."""
+        return sum(
+            self.services[rule.action.service].timeout_s
+            for rule in self.rules
+            if isinstance(rule.action, Consult)
+        )
+
+    def decide(
+        self,
+        ctx: CallContext,
+        *,
+        explain: bool = False,
+        answers: Mapping[str, Any] | None = None,
+    ) -> Decision:
+        """The first rule whose `when` holds decides, else `default`.
+
+        A `consult` rule is followed with the stubbed answer in `answers` (by service name,
+        as `tests:` and `simulate` give them); without one the service is not asked and
+        the next rule decides, as when a service does not answer.
+        """
+        step = self.evaluate(ctx, explain=explain)
+        while isinstance(step, Consultation):
+            stub = (answers or {}).get(step.service)
+            if stub is None:
+                reply = ServiceReply("not_asked", reason="no answer given for this service")
+            else:
+                try:
+                    reply = ServiceReply("answered", answer_from_data(stub))
+                except InvalidAnswer as exc:
+                    reply = ServiceReply("invalid", reason=str(exc))
+            step = self.resume(ctx, step, reply, explain=explain)
+        return step
+
+    def evaluate(self, ctx: CallContext, *, explain: bool = False) -> Decision | Consultation:
+        """The decision, or the consultation a `consult` rule asks for before it (`resume`)."""
+        return self._evaluate(ctx, explain, Consultation("", "", -1))
+
+    def resume(
+        self,
+        ctx: CallContext,
+        consultation: Consultation,
+        reply: ServiceReply,
+        *,
+        explain: bool = False,
+    ) -> Decision | Consultation:
+        """Go on after `consultation`: follow the service's answer, else the next rule."""
+        service, rule = consultation.service, consultation.rule
+        answer, outcome, reason = reply.answer, reply.outcome, reply.reason
+        action: Action | None = None
+        if answer is not None and answer.kind == "continue":
+            outcome = "continue"
+        elif answer is not None:
+            try:
+                action = self.answer_action(answer)
+            except InvalidAnswer as exc:
+                outcome, reason = "invalid", str(exc)
+            else:
+                outcome = "answered"
+        summary = answer.summary() if answer is not None else None
+        note = ConsultNote(service, rule, outcome, reason, summary)
+        variables = dict(consultation.variables)
+        if answer is not None and outcome in ("answered", "continue"):
+            variables.update(answer.variables)
+        trace = consultation.trace
+        if explain and trace and trace[-1].rule == rule:
+            # One step per rule: its conditions, then what the service said.
+            said = f"answered {answer.kind}" if answer is not None else outcome.replace("_", " ")
+            detail = f": {reason}" if reason else ""
+            then = "its answer decides" if action is not None else "next rule"
+            why = f"{trace[-1].reason}; {service} {said}{detail}; {then}"
+            trace = (*trace[:-1], TraceStep(rule, action is not None, why))
+        state = Consultation(
+            service, rule, consultation.position, trace, (*consultation.consulted, note), variables
+        )
+        if action is None:
+            return self._evaluate(ctx, explain, state)
+        return self._decide_with(action, rule, ctx, state)
+
+    def _evaluate(
+        self, ctx: CallContext, explain: bool, state: Consultation
+    ) -> Decision | Consultation:
+        """Rules after `state.position` in order; the first that holds decides or consults."""
+        trace = list(state.trace)
         chosen: CompiledRule | None = None
+        position = -1
+        start = state.position + 1
         if explain:
             # Every rule in order, so the trace says why each earlier one did not match.
-            for rule in self.rules:
+            for position in range(start, len(self.rules)):
+                rule = self.rules[position]
                 ok, reason = rule.when.explain(ctx)
                 trace.append(TraceStep(rule.name, ok, reason))
                 if ok:
@@ -180,15 +348,40 @@ class Ruleset:
         else:
             rules = self.rules
             for position in self.index.candidates(ctx):
-                if rules[position].when.matches(ctx):
+                if position >= start and rules[position].when.matches(ctx):
                     chosen = rules[position]
                     break
+        state = Consultation("", "", position, tuple(trace), state.consulted, state.variables)
+        if chosen is not None and isinstance(chosen.action, Consult):
+            if explain:
+                trace[-1] = TraceStep(
+                    chosen.name, True, f"{trace[-1].reason}; asks {chosen.action.service}"
+                )
+            return Consultation(
+                chosen.action.service,
+                chosen.name,
+                position,
+                tuple(trace),
+                state.consulted,
+                state.variables,
+            )
         action = chosen.action if chosen is not None else self.default
-        rule_name = chosen.name if chosen is not None else None
+        assert not isinstance(action, Consult)
+        return self._decide_with(action, chosen.name if chosen else None, ctx, state)
+
+    def _decide_with(
+        self, action: Action, rule: str | None, ctx: CallContext, state: Consultation
+    ) -> Decision:
         try:
-            return self._decision(action, rule_name, ctx, tuple(trace), None)
+            return self._decision(action, rule, ctx, state, None)
         except ActionRenderError as exc:
-            return self.fallback(ctx, rule_name, str(exc), tuple(trace))
+            failed = self.fallback(ctx, rule, str(exc), state.trace, variables=state.variables)
+            if isinstance(action, SplitAction):
+                action = action.pick(ctx.call_id)
+            profile = action.profile if isinstance(action, AcceptAction) else None
+            return _with(
+                failed, failed=action.kind, failed_profile=profile, consulted=state.consulted
+            )
 
     def fallback(
         self,
@@ -196,22 +389,27 @@ class Ruleset:
         rule: str | None,
         error: str,
         trace: tuple[TraceStep, ...] = (),
+        *,
+        variables: Mapping[str, str] | None = None,
     ) -> Decision:
         """The `on_error` decision, used when the chosen action fails."""
+        state = Consultation("", "", -1, trace, (), variables or {})
         try:
-            return self._decision(self.on_error, rule, ctx, trace, error)
+            return self._decision(self.on_error, rule, ctx, state, error)
         except ActionRenderError as exc:
-            return self._decision(LAST_RESORT, rule, ctx, trace, f"{error}; on_error: {exc}")
+            return self._decision(LAST_RESORT, rule, ctx, state, f"{error}; on_error: {exc}")
 
     def _decision(
         self,
         action: Action,
         rule: str | None,
         ctx: CallContext,
-        trace: tuple[TraceStep, ...],
+        state: Consultation,
         error: str | None,
     ) -> Decision:
-        variables = {} if action.is_static else self.template_variables(ctx, rule)
+        if isinstance(action, SplitAction):
+            action = action.pick(ctx.call_id)
+        variables = {} if action.is_static else self.template_variables(ctx, rule, state.variables)
         body = action.render(variables)
         accept = action if isinstance(action, AcceptAction) else None
         return Decision(
@@ -221,11 +419,15 @@ class Ruleset:
             profile=accept.profile if accept else None,
             max_duration_s=accept.max_duration_s if accept else None,
             ruleset=self.version,
-            trace=trace,
+            trace=state.trace,
             error=error,
+            consulted=state.consulted,
+            variables=state.variables,
         )
 
-    def template_variables(self, ctx: CallContext, rule: str | None) -> dict[str, Any]:
+    def template_variables(
+        self, ctx: CallContext, rule: str | None, variables: Mapping[str, str] | None = None
+    ) -> dict[str, Any]:
         return template_variables(
             caller=party_fields(ctx.parties.caller),
             called=party_fields(ctx.parties.called),
@@ -233,4 +435,58 @@ class Ruleset:
             rule=rule,
             headers=ctx.headers.as_template_dict(),
             now=ctx.at.astimezone(self.timezone),
+            variables=variables or {},
         )
+
+    def answer_action(self, answer: ServiceAnswer) -> Action:
+        """The action a service's answer asks for, validated like a rule's; else InvalidAnswer."""
+        if answer.kind == "reject":
+            assert answer.status_code is not None
+            return RejectAction(answer.status_code)
+        if answer.kind == "refer":
+            assert answer.target_uri is not None
+            problem = check_target_uri(answer.target_uri)
+            if problem is not None:
+                raise InvalidAnswer(problem)
+            # Taken as written: a service's text is never a template.
+            return ReferAction(Template(answer.target_uri, None, "uri"))
+        if answer.kind != "accept" or answer.profile is None:
+            raise InvalidAnswer(f"{answer.kind} is not an action")
+        profile = self.profiles.get(answer.profile)
+        if profile is None:
+            raise InvalidAnswer(f"unknown profile '{answer.profile}'")
+        if not answer.overrides:
+            return profile.action
+        return _overridden(answer.profile, profile, answer.overrides)
+
+
+def _overridden(name: str, profile: ProfileBody, overrides: Mapping[str, Any]) -> AcceptAction:
+    """`profile` with an answer's overrides, validated against the accept schema."""
+    overrides = dict(overrides)
+    refused = [key for key in NOT_OVERRIDABLE if key in overrides]
+    if refused:
+        raise InvalidAnswer(f"overrides: {refused[0]} is not allowed in overrides")
+    findings: list[Finding] = []
+    limit = profile.max_duration_s
+    if "max_duration_s" in overrides:
+        limit = max_duration(overrides.pop("max_duration_s"), findings)
+    body = deep_merge(profile.body, overrides)
+    try:
+        config: SessionConfig = validate_session_config(body)
+    except ValidationError as exc:
+        findings.extend(validation_findings(exc, body, SessionConfig))
+    if findings:
+        first = findings[0]
+        place = ".".join(str(p) for p in first.where)
+        raise InvalidAnswer(f"overrides{'.' + place if place else ''}: {first.message}")
+    templates = profile.action.templates
+    return AcceptAction(
+        profile=name,
+        body=build_accept_body(config),
+        templates=templates.without_overridden(overrides) if templates else None,
+        max_duration_s=limit,
+    )
+
+
+def _with(decision: Decision, **changes: Any) -> Decision:
+    return replace(decision, **changes)

@@ -1,5 +1,8 @@
 """Decisions for calls described by numbers rather than by a webhook: `simulate`, `tests:`.
 
+Services that `consult` rules ask are not called here: a case's `consult:` (or
+`simulate --consult`) gives their answers, and a service without one is passed over.
+
 A simulated call goes through the same SIP header parsing as a real one: its numbers
 are written into `From` and `To` headers first.
 """
@@ -66,6 +69,8 @@ def decision_json(decision: Decision, call_id: str = SIMULATED_CALL_ID) -> dict[
         result["max_duration_s"] = decision.max_duration_s
     if decision.error is not None:
         result["error"] = decision.error
+    if decision.consulted:
+        result["consulted"] = [note.as_record() for note in decision.consulted]
     return result
 
 
@@ -89,7 +94,7 @@ def run_rule_tests(ruleset: Ruleset, now: datetime) -> list[RuleTestResult]:
     for line, case in ruleset.tests:
         at = case.at or now
         ctx = simulated_context(ruleset, case.from_, case.to, at, case.headers)
-        decision = ruleset.decide(ctx)
+        decision = ruleset.decide(ctx, answers=case.consult)
         description = f"{case.from_} -> {case.to}" + (
             f" at {case.at.isoformat()}" if case.at else ""
         )
@@ -102,7 +107,7 @@ def run_rule_tests(ruleset: Ruleset, now: datetime) -> list[RuleTestResult]:
 def _mismatch(case: TestCaseSpec, decision: Decision) -> str | None:
     expect = case.expect
     got_rule = decision.rule or "default"
-    got = f"got {decision.action} by {got_rule}"
+    got = f"got {decision.action} by {got_rule}{_consulted(decision)}"
     if expect.rule is not None and expect.rule != got_rule:
         return f"expected rule {expect.rule}, {got}"
     if expect.action is not None and expect.action != decision.action:
@@ -116,3 +121,12 @@ def _mismatch(case: TestCaseSpec, decision: Decision) -> str | None:
     if decision.error is not None:
         return f"{got} after an error: {decision.error}"
     return None
+
+
+def _consulted(decision: Decision) -> str:
+    """How the decision's consultations went, for a failure message."""
+    notes = [
+        f"{note.service} {note.outcome}" + (f" ({note.reason})" if note.reason else "")
+        for note in decision.consulted
+    ]
+    return f" [consulted: {'; '.join(notes)}]" if notes else ""

@@ -1,5 +1,8 @@
 """`{{ ... }}` in `instructions` and `target_uri`, rendered in Jinja2's immutable sandbox.
 
+Variables: caller, called, call_id, rule, headers, now, and `vars` (the `variables` of
+consulted services' answers, SPEC section 13).
+
 Unknown variables and attributes of `caller`/`called` are load-time errors; anything
 only detectable while rendering raises TemplateRenderError, and `on_error` applies.
 Header values and display names come from the caller's INVITE: they are untrusted,
@@ -21,7 +24,7 @@ import jinja2
 from jinja2 import meta, nodes
 from jinja2.sandbox import ImmutableSandboxedEnvironment
 
-VARIABLES = frozenset({"caller", "called", "call_id", "rule", "headers", "now"})
+VARIABLES = frozenset({"caller", "called", "call_id", "rule", "headers", "now", "vars"})
 PARTY_FIELDS = frozenset({"e164", "display_name", "country", "anonymous"})
 MAX_UNTRUSTED_CHARS = 256
 MAX_RENDERED_CHARS = 64 * 1024
@@ -155,6 +158,7 @@ def template_variables(
     rule: str | None,
     headers: Mapping[str, str],
     now: datetime,
+    variables: Mapping[str, str] | None = None,
 ) -> dict[str, Any]:
     """The template variables of the rule language, with untrusted values cleaned."""
     return {
@@ -164,4 +168,15 @@ def template_variables(
         "rule": rule or "default",
         "headers": {name: clean_untrusted(value) for name, value in headers.items()},
         "now": now,
+        "vars": ServiceVariables(
+            {name: clean_untrusted(value) for name, value in (variables or {}).items()}
+        ),
     }
+
+
+class ServiceVariables(dict[str, str]):
+    """`vars`: what consulted services answered. A name no service sent renders empty, so a
+    service that is down (or says less) never turns a call into `on_error`."""
+
+    def __missing__(self, key: str) -> str:
+        return ""
