@@ -13,7 +13,7 @@ import httpx
 from fastapi import FastAPI
 
 from app.call_processing import CallProcessor, ProcessingOptions
-from app.http import admin, health, replay, webhooks
+from app.http import admin, console, health, replay, webhooks
 from app.http.metrics_port import MetricsPortMiddleware
 from app.http.services import Services
 from app.metrics import Metrics
@@ -156,6 +156,7 @@ def create_app(
         # Without a token the admin API does not exist: 404 for every method and path.
         app.include_router(admin.router)
         app.include_router(replay.router)
+        app.include_router(console.router)
     return app
 
 
