@@ -24,6 +24,9 @@ MAX_KEPT_HEADER_BYTES = 16 * 1024
 MAX_HEADER_VALUE_CHARS = 256
 # Trace steps kept per decision: the rules tried before the one that matched, then it.
 MAX_TRACE_STEPS = 20
+# The call's later life when sip-router stays with it (section 10), written into the record
+# by the call's session: shown as they are by `GET /admin/calls/{call_id}`, absent otherwise.
+LIFECYCLE_KEYS = ("ended_at", "duration_s", "end_reason", "transfer", "events", "transcript")
 
 
 def kept_inputs(created_at: int, sip_headers: Iterable[tuple[str, str]]) -> dict[str, Any]:
@@ -138,6 +141,9 @@ def call_json(record: Mapping[str, Any]) -> dict[str, Any]:
     requests = record.get("requests")
     shown["requests"] = list(requests) if isinstance(requests, list) else []
     shown["inputs_kept"] = isinstance(record.get("inputs"), Mapping)
+    for key in LIFECYCLE_KEYS:
+        if key in record:
+            shown[key] = record[key]
     return shown
 
 

@@ -7,8 +7,6 @@ Screenshots of every view, at desktop and at phone width, go to tests/artifacts/
 from __future__ import annotations
 
 import re
-import socket
-import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -16,12 +14,12 @@ from pathlib import Path
 
 import httpx
 import pytest
-import uvicorn
 
 from app.app_factory import create_app
 from app.webhook_signing import signed_test_call
 from tests.conftest import app_settings
 from tests.fake_openai import FakeOpenAI
+from tests.loopback_service import serve_on_loopback
 
 CHROMIUM = Path("/usr/bin/chromium")
 CHROMIUM_ARGS = [
@@ -92,23 +90,8 @@ def console(tmp_path: Path, secret: str) -> Iterator[Console]:
     fake = FakeOpenAI("sk-test")
     settings = app_settings(rules, secret, admin_token=TOKEN, action_deadline_s=1.0)
     app = create_app(settings, transport=fake.mock_transport(), watch_interval_s=None)
-    sock = socket.socket()
-    sock.bind(("127.0.0.1", 0))
-    config = uvicorn.Config(app, log_config=None, log_level="warning", access_log=False)
-    server = uvicorn.Server(config)
-    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 20
-    while not server.started:
-        assert thread.is_alive(), "the service did not start"
-        assert time.monotonic() < deadline, "the service did not start in 20 s"
-        time.sleep(0.01)
-    try:
-        yield Console(f"http://127.0.0.1:{sock.getsockname()[1]}", secret, rules)
-    finally:
-        server.should_exit = True
-        thread.join(timeout=15)
-        sock.close()
+    with serve_on_loopback(app) as url:
+        yield Console(url, secret, rules)
 
 
 @pytest.fixture(scope="module")

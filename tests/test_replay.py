@@ -16,6 +16,7 @@ import httpx
 import pytest
 
 from app.cli import main as cli_main
+from app.recorded_calls import call_json
 from app.rules.file_reading import UploadedRuleFiles
 from app.rules.loader import load_ruleset
 from app.rules.simulation import sip_headers_for
@@ -23,6 +24,7 @@ from app.store import MemoryStore, RedisStore
 from app.webhook_signing import incoming_call_body, sign_delivery
 from tests.conftest import app_settings, build_app, running
 from tests.fake_openai import FakeOpenAI
+from tests.loopback_service import serve_on_loopback
 from tests.redis_server import delete_prefix
 
 TOKEN = "replay-admin"
@@ -276,6 +278,19 @@ async def test_without_keep_call_inputs_nothing_unmasked_is_kept(
     assert CALLER not in json.dumps(exported)
 
 
+def test_a_call_in_full_shows_its_later_life_only_when_recorded() -> None:
+    record = {"call_id": "rtc_x", "entry": {"call_id": "rtc_x", "outcome": "processed"}}
+    assert set(call_json(record)) == {"call_id", "outcome", "requests", "inputs_kept"}
+    later = {"end_reason": "caller_hung_up", "events": [{"type": "greeting", "status": "ok"}]}
+    assert call_json({**record, **later, "inputs": {}}) == {
+        "call_id": "rtc_x",
+        "outcome": "processed",
+        "requests": [],
+        "inputs_kept": True,
+        **later,
+    }
+
+
 def test_uploaded_files_load_to_the_same_version_as_on_disk(rules_dir: Path) -> None:
     on_disk = load_ruleset(rules_dir / "rules.yaml")
     files = {"rules.yaml": RULES, "blocked.txt": BLOCKED_TXT}
@@ -389,3 +404,25 @@ def test_cli_replay_exit_2_when_the_candidate_does_not_load(
     assert code == 2
     err = capsys.readouterr().err
     assert "rules.yaml:6: cannot read" in err
+
+
+def test_cli_replay_reads_the_calls_of_a_running_service(
+    rules_dir: Path, secret: str, fake: FakeOpenAI, capsys: pytest.CaptureFixture[str]
+) -> None:
+    app = build_app(settings_for(rules_dir, secret), fake, store=MemoryStore())
+    candidate_path = rules_dir / "candidate.yaml"
+    candidate_path.write_text(WEEKEND_RULES, encoding="utf-8")
+    with serve_on_loopback(app) as url:
+        for call_id, created_at in (("rtc_cli_mon", MONDAY), ("rtc_cli_sun", SUNDAY)):
+            headers = sip_headers_for(CALLER, LINE)
+            body = incoming_call_body(call_id, created_at, headers)
+            signed = sign_delivery(secret, body, timestamp=int(time.time()))
+            assert httpx.post(f"{url}/webhooks/openai", content=body, headers=signed).is_success
+        args = ["replay", str(candidate_path), "--url", url, "--json"]
+        changed = cli_main([*args, "--token", TOKEN])
+        report = json.loads(capsys.readouterr().out)
+        refused = cli_main([*args, "--token", "wrong"])
+    assert changed == 1
+    assert [c["call_id"] for c in report["changed"]] == ["rtc_cli_sun"]
+    assert refused == 2
+    assert "answered HTTP 401" in capsys.readouterr().err
