@@ -70,10 +70,48 @@ def replay_calls(candidate: Ruleset, records: Iterable[Mapping[str, Any]]) -> Re
             continue
         report.calls += 1
         before = recorded_choice(record)
-        after = choice(candidate, candidate.decide(ctx))
+        after = choice(candidate, candidate.decide(ctx, answers=recorded_answers(record)))
         if before != after:
             report.changed.append(ChangedCall(call_id, _time(record), before, after))
     return report
+
+
+def recorded_answers(record: Mapping[str, Any]) -> dict[str, Any]:
+    """The answers the services consulted for the call gave, as `decide` takes them.
+
+    A replay never asks a service: a candidate's `consult` rule gets the answer recorded
+    for that service (its action; the call log keeps no more of it), and one that was not
+    consulted then (or did not answer) is not asked, so the next rule decides.
+    """
+    entry = record.get("entry")
+    notes = (entry if isinstance(entry, Mapping) else record).get("consulted")
+    answers: dict[str, Any] = {}
+    for note in notes if isinstance(notes, list) else []:
+        if not isinstance(note, Mapping) or note.get("outcome") not in ("answered", "continue"):
+            continue
+        summary = note.get("answer")
+        service = note.get("service")
+        if not isinstance(summary, Mapping) or not isinstance(service, str):
+            continue
+        answer = _answer_from_summary(summary)
+        if answer is not None:
+            answers.setdefault(service, answer)
+    return answers
+
+
+def _answer_from_summary(summary: Mapping[str, Any]) -> dict[str, Any] | None:
+    kind = summary.get("action")
+    if kind == "continue":
+        return {"continue": True}
+    if kind == "accept" and isinstance(summary.get("profile"), str):
+        return {"accept": {"profile": summary["profile"]}}
+    if kind == "reject" and isinstance(summary.get("status_code"), int):
+        return {"reject": {"status_code": summary["status_code"]}}
+    if kind == "refer":
+        # The target is not recorded (it may name a number); any valid one gives the
+        # same rule and action.
+        return {"refer": {"target_uri": "sip:replayed@sip-router.invalid"}}
+    return None
 
 
 def choice(ruleset: Ruleset, decision: Decision) -> dict[str, str | None]:

@@ -15,6 +15,7 @@ from typing import Any
 import httpx
 import pytest
 
+from app.call_replay import replay_calls
 from app.cli import main as cli_main
 from app.recorded_calls import call_json
 from app.rules.file_reading import UploadedRuleFiles
@@ -426,3 +427,59 @@ def test_cli_replay_reads_the_calls_of_a_running_service(
     assert [c["call_id"] for c in report["changed"]] == ["rtc_cli_sun"]
     assert refused == 2
     assert "answered HTTP 401" in capsys.readouterr().err
+
+
+CONSULT_RULES = """\
+version: 1
+defaults: {timezone: UTC, region: US}
+profiles:
+  desk: {model: gpt-realtime, instructions: "Hello."}
+services:
+  crm: {url: "https://crm.example.com/decide", timeout_s: 2}
+rules:
+  - name: ask-crm
+    when: {caller: "+1415*"}
+    consult: crm
+default: {accept: {profile: desk}}
+"""
+
+
+def consulted_record(call_id: str, notes: list[dict[str, Any]], rule: str, action: str) -> Any:
+    headers = [list(pair) for pair in sip_headers_for(CALLER, LINE)]
+    return {
+        "call_id": call_id,
+        "entry": {"call_id": call_id, "rule": rule, "action": action, "consulted": notes},
+        "decision": {"rule": rule, "action": action},
+        "inputs": {"created_at": MONDAY, "sip_headers": headers},
+    }
+
+
+def test_replay_answers_consult_rules_with_the_recorded_answers_never_the_service() -> None:
+    files = {"rules.yaml": CONSULT_RULES}
+    candidate = load_ruleset("rules.yaml", source=UploadedRuleFiles(files, "rules.yaml"))
+    rejected = {"service": "crm", "rule": "ask-crm", "outcome": "answered"}
+    records = [
+        consulted_record(
+            "rtc_rejected",
+            [{**rejected, "answer": {"action": "reject", "status_code": 486}}],
+            "ask-crm",
+            "reject",
+        ),
+        consulted_record(
+            "rtc_unanswered",
+            [{"service": "crm", "rule": "ask-crm", "outcome": "timeout"}],
+            "default",
+            "accept",
+        ),
+        # Recorded before the rule consulted anyone: replay does not ask, the default decides.
+        consulted_record("rtc_before", [], "default", "accept"),
+    ]
+    report = replay_calls(candidate, records)
+    assert (report.calls, report.changed) == (3, [])
+    changed = replay_calls(
+        candidate,
+        [consulted_record("rtc_x", [{**rejected, "answer": {"action": "continue"}}], "x", "refer")],
+    ).changed
+    assert [(c.before, c.after) for c in changed] == [
+        ({"rule": "x", "action": "refer"}, {"rule": "default", "action": "accept"})
+    ]
