@@ -13,7 +13,7 @@ import httpx
 from fastapi import FastAPI
 
 from app.call_processing import CallProcessor, ProcessingOptions
-from app.http import admin, health, webhooks
+from app.http import admin, console, health, replay, webhooks
 from app.http.metrics_port import MetricsPortMiddleware
 from app.http.services import Services
 from app.metrics import Metrics
@@ -76,6 +76,7 @@ def create_app(
             max_event_age_s=settings.max_event_age_s,
             action_deadline_s=settings.action_deadline_s,
             mask_numbers=settings.mask_numbers,
+            keep_call_inputs=settings.keep_call_inputs,
         ),
         consultant=consultant,
     )
@@ -154,6 +155,8 @@ def create_app(
     if settings.admin_token is not None:
         # Without a token the admin API does not exist: 404 for every method and path.
         app.include_router(admin.router)
+        app.include_router(replay.router)
+        app.include_router(console.router)
     return app
 
 

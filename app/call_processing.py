@@ -19,8 +19,9 @@ from typing import Any
 
 from app.errors import DeliveryError, ServiceUnavailable, StoreDown
 from app.metrics import Metrics
-from app.openai_calls import ActionResult, OpenAICallsClient
+from app.openai_calls import ActionResult, OpenAICallsClient, Verb
 from app.phone_numbers import mask_number
+from app.recorded_calls import compact_trace, decision_fields, kept_inputs
 from app.recorded_decisions import decision_from_record, decision_record, resent_outcome
 from app.rules.call_context import CallContext
 from app.rules.ruleset import Decision, Ruleset
@@ -65,6 +66,10 @@ class _Record:
     failed_action: str | None = None
     failure: str | None = None
     store_down: bool = False
+    # For the call's side record (app.recorded_calls): inputs, decision, upstream requests.
+    inputs: dict[str, Any] | None = None
+    decided: dict[str, Any] | None = None
+    requests: list[dict[str, Any]] = field(default_factory=list)
 
 
 class _LeaseLost(Exception):
@@ -77,6 +82,7 @@ class ProcessingOptions:
     max_event_age_s: float
     action_deadline_s: float
     mask_numbers: bool
+    keep_call_inputs: bool = True
 
 
 class CallProcessor:
@@ -237,6 +243,8 @@ class CallProcessor:
         parties = parse_parties(headers, ruleset.region or "ZZ")
         record.caller = self._shown(parties.caller)
         record.called = self._shown(parties.called)
+        if self._options.keep_call_inputs:
+            record.inputs = kept_inputs(event.created_at, event.sip_headers)
         return CallContext(
             call_id=event.call_id,
             parties=parties,
@@ -244,7 +252,9 @@ class CallProcessor:
             at=datetime.fromtimestamp(event.created_at, tz=UTC),
         )
 
-    async def _send(self, claim: Claim, call_id: str, decision: Decision) -> ActionResult:
+    async def _send(
+        self, claim: Claim, call_id: str, decision: Decision, record: _Record
+    ) -> ActionResult:
         """Record the decision under the call's lease, then send its request."""
         try:
             recorded = await self._store.record_decision(claim, decision_record(decision))
@@ -252,7 +262,24 @@ class CallProcessor:
             raise StoreDown("the shared store does not answer") from None
         if not recorded:
             raise _LeaseLost
-        return await self._calls.perform(decision.action, call_id, decision.body)
+        return await self._perform(decision.action, call_id, decision.body, record)
+
+    async def _perform(
+        self, verb: Verb, call_id: str, body: Mapping[str, Any] | None, record: _Record
+    ) -> ActionResult:
+        """Send one action upstream; its verb, status and latency go to the call's record."""
+        started = time.perf_counter()
+        result = await self._calls.perform(verb, call_id, body)
+        record.requests.append(
+            {
+                "verb": verb,
+                "status": result.status,
+                "outcome": result.outcome,
+                "attempts": result.attempts,
+                "latency_ms": round((time.perf_counter() - started) * 1000, 2),
+            }
+        )
+        return result
 
     async def _send_recorded(
         self, recorded: dict[str, Any], event: IncomingCall, ruleset: Ruleset, record: _Record
@@ -271,7 +298,7 @@ class CallProcessor:
         if self._options.dry_run:
             record.outcome = "dry_run"
             return "ok", decision, None
-        result = await self._calls.perform(decision.action, event.call_id, decision.body)
+        result = await self._perform(decision.action, event.call_id, decision.body, record)
         record.upstream_status = result.status
         status = resent_outcome(result)
         if status is None:
@@ -301,11 +328,15 @@ class CallProcessor:
         else:
             record.chosen = decision.action
             record.chosen_profile = decision.profile
+        record.decided = {
+            **decision_fields(decision, record.chosen),
+            "trace": compact_trace(ruleset, ctx, decision.rule, mask=self._options.mask_numbers),
+        }
         self._note(record, decision)
         if self._options.dry_run:
             record.outcome = "dry_run"
             return "ok", decision, None
-        result = await self._send(claim, event.call_id, decision)
+        result = await self._send(claim, event.call_id, decision, record)
         record.upstream_status = result.status
         if result.outcome != "failed":
             # A decision that already is `on_error` (its action could not be rendered) says so.
@@ -324,7 +355,7 @@ class CallProcessor:
         )
         record.fallback = fallback.action
         self._note(record, fallback)
-        second = await self._send(claim, event.call_id, fallback)
+        second = await self._send(claim, event.call_id, fallback, record)
         record.upstream_status = second.status
         if second.outcome == "failed":
             record.outcome = "failed"
@@ -417,8 +448,9 @@ class CallProcessor:
             self._metrics.decision_seconds.observe(elapsed_s)
             now = datetime.fromtimestamp(self._wall_clock(), tz=UTC).isoformat()
             entry = {"time": now, **decided, **record.request, **why}
+            entry = {k: v for k, v in entry.items() if v is not None}
             try:
-                await self._store.append({k: v for k, v in entry.items() if v is not None})
+                await self._store.append(entry, call_record(entry, record))
             except StoreUnavailable:
                 log.warning("could not append to the call log")
         fields = {
@@ -444,6 +476,19 @@ class CallProcessor:
         self._metrics.decided(record.rule, record.chosen, record.chosen_profile)
         if record.fallback is not None:
             self._metrics.fell_back(record.rule, record.fallback)
+
+
+def call_record(entry: Mapping[str, Any], record: _Record) -> dict[str, Any] | None:
+    """The side record of a call log entry (app.recorded_calls), None without a call id."""
+    if record.call_id is None:
+        return None
+    kept: dict[str, Any] = {"call_id": record.call_id, "entry": dict(entry)}
+    if record.decided is not None:
+        kept["decision"] = record.decided
+    kept["requests"] = record.requests
+    if record.inputs is not None:
+        kept["inputs"] = record.inputs
+    return kept
 
 
 def chosen_action(ruleset: Ruleset, rule: str | None) -> str:

@@ -1,4 +1,4 @@
-"""The `sip-router` command: serve, check, test, simulate, send-test-call, schema."""
+"""The `sip-router` command: serve, check, test, simulate, send-test-call, replay, schema."""
 
 from __future__ import annotations
 
@@ -333,6 +333,77 @@ def cmd_send_test_call(args: argparse.Namespace) -> int:
     return EXIT_OK if response.is_success else EXIT_PROBLEMS
 
 
+def _recorded_calls(args: argparse.Namespace) -> list[dict[str, object]]:
+    """The recorded calls to replay: a JSONL file, or the export of a running service."""
+    from app.call_replay import read_jsonl
+
+    if args.calls is not None:
+        try:
+            with open(args.calls, encoding="utf-8") as lines:
+                return read_jsonl(lines)
+        except OSError as exc:
+            raise ValueError(f"--calls {args.calls}: {exc.strerror or exc}") from None
+        except ValueError as exc:
+            raise ValueError(f"--calls {args.calls}: {exc}") from None
+    token = args.token or os.environ.get("SIP_ROUTER_ADMIN_TOKEN")
+    if not token:
+        raise ValueError("--url needs --token (or SIP_ROUTER_ADMIN_TOKEN)")
+    url = f"{args.url.rstrip('/')}/admin/calls"
+    try:
+        response = httpx.get(
+            url,
+            params={"inputs": "true", "limit": args.limit},
+            headers={"Authorization": f"Bearer {token}"},
+            timeout=30,
+        )
+    except httpx.HTTPError as exc:
+        raise ValueError(f"could not reach {url}: {exc}") from None
+    if response.status_code != 200:
+        raise ValueError(f"{url} answered HTTP {response.status_code}")
+    try:
+        calls = response.json()["calls"]
+    except (ValueError, KeyError, TypeError):
+        raise ValueError(f"{url} did not answer a call list") from None
+    return [c for c in calls if isinstance(c, dict) and isinstance(c.get("call_id"), str)]
+
+
+def cmd_replay(args: argparse.Namespace) -> int:
+    from app.call_replay import replay_calls
+    from app.rules_reloading import load_checked_ruleset
+
+    if (args.calls is None) == (args.url is None):
+        return _fail("replay takes one of --calls FILE.jsonl or --url BASE_URL")
+    if not 1 <= args.limit <= 1000:
+        return _fail("--limit takes 1 to 1000")
+    try:
+        candidate = load_checked_ruleset(Path(args.rules), datetime.now(tz=UTC))
+    except RuleFileError as exc:
+        _print_problems(exc)
+        return _fail(f"{args.rules}: the candidate rules do not load")
+    try:
+        records = _recorded_calls(args)
+    except ValueError as exc:
+        return _fail(str(exc))
+    report = replay_calls(candidate, records[: args.limit])
+    if args.json:
+        print(json.dumps(report.as_json(), ensure_ascii=False))
+        return EXIT_PROBLEMS if report.changed else EXIT_OK
+    for warning in candidate.warnings:
+        print(warning, file=sys.stderr)
+    skipped = f" ({report.skipped} skipped: recorded without inputs)" if report.skipped else ""
+    print(
+        f"{len(report.changed)} of {report.calls} recorded calls decided differently{skipped};"
+        f" candidate ruleset {report.version}"
+    )
+    for change in report.changed:
+        before, after = change.before, change.after
+        print(
+            f"  {change.call_id}  {change.time or '-'}  {before['rule']} {before['action']}"
+            f" -> {after['rule']} {after['action']}"
+        )
+    return EXIT_PROBLEMS if report.changed else EXIT_OK
+
+
 def cmd_schema(args: argparse.Namespace) -> int:
     from app.rules.json_schema import rule_file_schema
 
@@ -394,6 +465,22 @@ def build_parser() -> argparse.ArgumentParser:
     send.add_argument("--secret", help="whsec_... (default: $OPENAI_WEBHOOK_SECRET)")
     send.add_argument("--header", action="append", default=[], metavar="'Name: value'")
     send.set_defaults(func=cmd_send_test_call)
+
+    replay = commands.add_parser(
+        "replay", help="decide recorded calls again with candidate rules; list what changes"
+    )
+    replay.add_argument("rules", metavar="CANDIDATE_RULES", help="the candidate main rule file")
+    source = replay.add_mutually_exclusive_group()
+    source.add_argument(
+        "--calls",
+        metavar="FILE.jsonl",
+        help="recorded calls, one GET /admin/calls?inputs=true entry a line",
+    )
+    source.add_argument("--url", metavar="BASE_URL", help="a running sip-router to read them from")
+    replay.add_argument("--token", help="admin token for --url (default: $SIP_ROUTER_ADMIN_TOKEN)")
+    replay.add_argument("--limit", type=int, default=1000, help="newest calls to replay (max 1000)")
+    replay.add_argument("--json", action="store_true", help="print one JSON object")
+    replay.set_defaults(func=cmd_replay)
 
     schema = commands.add_parser("schema", help="print the JSON Schema of rule files")
     schema.set_defaults(func=cmd_schema)

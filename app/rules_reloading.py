@@ -16,7 +16,7 @@ import multiprocessing
 import os
 import resource
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from multiprocessing import forkserver
@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from app.metrics import Metrics
-from app.rules.file_reading import size_text
+from app.rules.file_reading import RuleSource, UploadedRuleFiles, size_text
 from app.rules.loader import load_ruleset
 from app.rules.problems import Problem, RuleFileError
 from app.rules.ruleset import Ruleset
@@ -40,9 +40,9 @@ LOAD_TIMEOUT_S = 120.0
 LOAD_MEMORY_BYTES = 2 * 1024**3
 
 
-def load_checked_ruleset(path: Path, now: datetime) -> Ruleset:
+def load_checked_ruleset(path: Path, now: datetime, *, source: RuleSource | None = None) -> Ruleset:
     """Load the rules and run their `tests:`; a failing test makes the whole file invalid."""
-    ruleset = load_ruleset(path)
+    ruleset = load_ruleset(path, source=source)
     failures = [r for r in run_rule_tests(ruleset, now) if not r.passed]
     if failures:
         raise RuleFileError(
@@ -73,16 +73,19 @@ def load_in_process(
     *,
     timeout_s: float = LOAD_TIMEOUT_S,
     memory_bytes: int = LOAD_MEMORY_BYTES,
+    files: Mapping[str, str] | None = None,
 ) -> Ruleset:
     """`load_checked_ruleset` in a fresh process limited to `memory_bytes` and `timeout_s`.
 
+    With `files` (path relative to the main file -> text), the rules are read from those
+    texts, sent to the process, never from the disk; `path` is then the main file's name.
     Blocking: call it from a thread. Every failure is a RuleFileError naming the rule file.
     """
     context = _load_context()
     receiver, sender = context.Pipe(duplex=False)
     process = context.Process(
         target=_load_in_child,
-        args=(sender, path, now, memory_bytes),
+        args=(sender, path, now, memory_bytes, dict(files) if files is not None else None),
         name="sip-router-rules-load",
         daemon=True,
     )
@@ -106,15 +109,22 @@ def load_in_process(
     if outcome[0] == "ok":
         ruleset: Ruleset = outcome[1]
         return ruleset
-    _, problems, files = outcome
-    raise RuleFileError(problems, files)
+    _, problems, read = outcome
+    raise RuleFileError(problems, read)
 
 
-def _load_in_child(sender: Connection, path: Path, now: datetime, memory_bytes: int) -> None:
+def _load_in_child(
+    sender: Connection,
+    path: Path,
+    now: datetime,
+    memory_bytes: int,
+    files: dict[str, str] | None = None,
+) -> None:
     resource.setrlimit(resource.RLIMIT_AS, (memory_bytes, memory_bytes))
+    source = UploadedRuleFiles(files, str(path)) if files is not None else None
     outcome: tuple[Any, ...]
     try:
-        outcome = ("ok", load_checked_ruleset(path, now))
+        outcome = ("ok", load_checked_ruleset(path, now, source=source))
     except RuleFileError as exc:
         outcome = ("error", exc.problems, exc.files)
     except MemoryError:

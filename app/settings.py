@@ -74,6 +74,8 @@ class Settings(BaseSettings):
         default="info", alias="SIP_ROUTER_LOG_LEVEL"
     )
     mask_numbers: bool = Field(default=True, alias="SIP_ROUTER_MASK_NUMBERS")
+    # Each recorded call keeps its decision inputs (unmasked) for `replay` (SPEC section 12).
+    keep_call_inputs: bool = Field(default=True, alias="SIP_ROUTER_KEEP_CALL_INPUTS")
     # What one HTTP client may hold (app/http/connection_limits.py), and the metrics port.
     max_connections: int = Field(default=2000, ge=1, alias="SIP_ROUTER_MAX_CONNECTIONS")
     request_timeout_s: float = Field(

@@ -119,7 +119,7 @@ async def test_without_a_configured_token_every_admin_path_is_404(
     assert fake.requests == []
 
 
-@pytest.mark.parametrize("path", ["/admin", "/admin/", "/admin/unknown", "/admin/calls/x"])
+@pytest.mark.parametrize("path", ["/admin/unknown", "/admin/calls/x", "/admin/console/x.js"])
 async def test_unknown_admin_paths_are_404_with_or_without_a_token(
     rules_file: Path, secret: str, fake: FakeOpenAI, path: str
 ) -> None:

@@ -5,17 +5,24 @@ Without a configured token every admin path answers 404, as if it did not exist.
 
 from __future__ import annotations
 
+import asyncio
 import hmac
 import json
 import logging
+import os
+from collections.abc import Sequence
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, HTTPException, Query, Request
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from app.call_replay import export_json
 from app.http.services import Services, ServicesDep
+from app.recorded_calls import call_json
+from app.rules.file_reading import FileRefused, RuleFolder
 from app.rules.problems import RuleFileError
 from app.rules.simulation import decision_json, simulated_context
 from app.simulated_numbers import simulated_number_problem
@@ -23,6 +30,7 @@ from app.store import StoreUnavailable
 from app.webhook_event import CallId
 
 audit = logging.getLogger("sip_router.audit")
+MAX_SHOWN_FILE_BYTES = 256 * 1024
 
 
 async def require_admin(request: Request, services: ServicesDep) -> Services:
@@ -53,7 +61,7 @@ class SimulateRequest(BaseModel):
 
 
 @router.get("/rules")
-async def rules(services: AdminDep) -> dict[str, Any]:
+async def rules(services: AdminDep, contents: bool = False) -> dict[str, Any]:
     status = services.rules.status()
     ruleset = services.rules.current
     # Every rule in service is listed, 0 when it never decided; `default` counts the calls
@@ -68,7 +76,35 @@ async def rules(services: AdminDep) -> dict[str, Any]:
         "last_error": status.last_error,
         "warnings": list(ruleset.warnings) if ruleset else [],
         "rule_hits": hits,
+        **(
+            {
+                "contents": await asyncio.to_thread(
+                    rule_file_texts, services.rules.path, status.files
+                )
+            }
+            if contents
+            else {}
+        ),
     }
+
+
+def rule_file_texts(main: Path, files: Sequence[str]) -> list[dict[str, Any]]:
+    """The rule files as they are on disk now (which may be newer than the rules in
+    service), read with the loader's containment; files over 256 KiB are not shown."""
+    folder = RuleFolder(main)
+    texts: list[dict[str, Any]] = []
+    for name in files:
+        shown: dict[str, Any] = {"file": name}
+        try:
+            if Path(name) == main:
+                shown["text"] = folder.read_main()
+            else:
+                relative = os.path.relpath(name, main.parent)
+                shown["text"] = folder.read_named(relative, MAX_SHOWN_FILE_BYTES)
+        except FileRefused as exc:
+            shown["error"] = f"not shown: {exc}"
+        texts.append(shown)
+    return texts
 
 
 @router.post("/reload")
@@ -106,13 +142,38 @@ async def simulate(request: Request, services: AdminDep) -> JSONResponse:
 
 @router.get("/calls")
 async def calls(
-    services: AdminDep, limit: Annotated[int, Query(ge=1, le=1000)] = 100
+    services: AdminDep,
+    limit: Annotated[int, Query(ge=1, le=1000)] = 100,
+    inputs: bool = False,
 ) -> JSONResponse:
+    """The call log; `inputs=true` exports the calls with their recorded decision inputs
+    (unmasked), one per call, for `sip-router replay --calls` (one call a JSONL line)."""
     try:
+        if inputs:
+            records = await services.store.call_records(limit)
+            return JSONResponse({"calls": [export_json(r) for r in records]})
         entries = await services.store.recent(limit)
     except StoreUnavailable:
         return JSONResponse({"error": "the shared store does not answer"}, status_code=503)
     return JSONResponse({"calls": entries})
+
+
+@router.get("/calls/{call_id}")
+async def call(call_id: str, services: AdminDep) -> JSONResponse:
+    """One call in full: its call log entry, the decision with its trace, every upstream
+    request. The call's later life (sideband events, transcript, end) joins the entry's
+    keys when sip-router stays with the call; absent keys mean nothing was recorded."""
+    try:
+        CallIdModel.model_validate({"call_id": call_id})
+    except ValidationError:
+        return JSONResponse({"error": "not a call id"}, status_code=400)
+    try:
+        record = await services.store.call_record(call_id)
+    except StoreUnavailable:
+        return JSONResponse({"error": "the shared store does not answer"}, status_code=503)
+    if record is None:
+        return JSONResponse({"error": "no such call in the call log"}, status_code=404)
+    return JSONResponse(call_json(record))
 
 
 @router.post("/calls/{call_id}/hangup")

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import asyncio
+from dataclasses import dataclass, field
 from typing import Annotated
 
 from fastapi import Depends, Request
@@ -21,6 +22,8 @@ class Services:
     rules: RulesHolder
     store: Store
     processor: CallProcessor
+    # One replay of candidate rules at a time (each loads them in its own process).
+    replay_lock: asyncio.Lock = field(default_factory=asyncio.Lock)
 
 
 async def get_services(request: Request) -> Services:

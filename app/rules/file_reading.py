@@ -10,9 +10,12 @@ reason, never what the file holds.
 from __future__ import annotations
 
 import os
+import posixpath
 import stat
+from collections.abc import Mapping
 from dataclasses import dataclass, field
-from pathlib import Path
+from pathlib import Path, PurePosixPath
+from typing import Protocol
 
 KIB = 1024
 MIB = 1024 * KIB
@@ -98,3 +101,55 @@ class RuleFolder:
             return data.decode("utf-8")
         except UnicodeDecodeError as exc:
             raise FileRefused(f"not UTF-8 text (byte {exc.start + 1})") from None
+
+
+class RuleSource(Protocol):
+    """Where a load reads the main rule file and the files it names (the loader's only I/O)."""
+
+    def read_main(self) -> str: ...
+
+    def read_named(self, written: str, limit: int) -> str: ...
+
+
+@dataclass
+class UploadedRuleFiles:
+    """Rule files held in memory (a candidate uploaded for replay), read like a RuleFolder.
+
+    `files` maps paths relative to the main file's folder to their text; a name the rule
+    file writes is looked up there after normalization, never on the disk. The same size
+    caps and the same refusals (absolute paths, paths leaving the folder) apply.
+    """
+
+    files: Mapping[str, str]
+    main: str
+    total_limit: int = MAX_RULESET_BYTES
+    read_bytes: int = 0
+
+    def read_main(self) -> str:
+        return self._read(self.main, MAX_RULE_FILE_BYTES)
+
+    def read_named(self, written: str, limit: int) -> str:
+        if PurePosixPath(written).is_absolute() or Path(written).is_absolute():
+            raise FileRefused("an absolute path; name files relative to the rule file's folder")
+        base = posixpath.dirname(posixpath.normpath(self.main))
+        name = posixpath.normpath(posixpath.join(base, written))
+        if name == ".." or name.startswith("../"):
+            raise FileRefused("outside the rule file's folder")
+        return self._read(name, limit)
+
+    def _read(self, name: str, limit: int) -> str:
+        text = self.files.get(name)
+        if text is None:
+            text = self.files.get(posixpath.normpath(name))
+        if text is None:
+            raise FileRefused("no such file among the uploaded files")
+        size = len(text.encode("utf-8", "surrogatepass"))
+        left = self.total_limit - self.read_bytes
+        if size > min(limit, left):
+            if left >= limit:
+                raise FileTooLarge(f"larger than {size_text(limit)}")
+            raise FileRefused(
+                f"the rule files together are larger than {size_text(self.total_limit)}"
+            )
+        self.read_bytes += size
+        return text

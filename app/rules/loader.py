@@ -64,6 +64,7 @@ from app.rules.file_reading import (
     MAX_LIST_FILE_BYTES,
     FileRefused,
     RuleFolder,
+    RuleSource,
 )
 from app.rules.file_shape import (
     FileParts,
@@ -118,7 +119,7 @@ class _Context:
     data: Any
     lines: LineIndex
     base_dir: Path
-    folder: RuleFolder
+    folder: RuleSource
     region: str = "ZZ"
     # `defaults.region` was written but is not usable: numbers in national form cannot be
     # judged, and saying they are wrong would only repeat the region's problem.
@@ -224,11 +225,15 @@ def _rule_name(data: Any, index: int) -> str | None:
     return None
 
 
-def load_ruleset(path: Path | str) -> Ruleset:
-    """Load, validate and compile the rule file at `path`; raise RuleFileError listing problems."""
+def load_ruleset(path: Path | str, *, source: RuleSource | None = None) -> Ruleset:
+    """Load, validate and compile the rule file at `path`; raise RuleFileError listing problems.
+
+    `source` reads the files instead of the disk (uploaded files, app.rules.file_reading);
+    `path` then is the main file's name among them.
+    """
     main_path = Path(path)
     shown = str(main_path)
-    folder = RuleFolder(main_path)
+    folder = source if source is not None else RuleFolder(main_path)
     try:
         text = folder.read_main()
     except FileRefused as exc:

@@ -9,14 +9,29 @@ CALL_LOG_SIZE = 1000
 
 
 class CallLog(Protocol):
-    """A bounded list of already-masked decision entries (JSON objects)."""
+    """A bounded list of already-masked decision entries (JSON objects).
 
-    async def append(self, entry: Mapping[str, Any]) -> None:
-        """Add one entry; only the last CALL_LOG_SIZE entries are kept."""
+    An entry may come with its call's side record (app.recorded_calls: decision, trace,
+    upstream requests, decision inputs), kept by call id for as long as the entry: while
+    its call id is among the last CALL_LOG_SIZE appended with a record.
+    """
+
+    async def append(
+        self, entry: Mapping[str, Any], record: Mapping[str, Any] | None = None
+    ) -> None:
+        """Add one entry (and its call's record); only the last CALL_LOG_SIZE are kept."""
         ...
 
     async def recent(self, limit: int) -> list[dict[str, Any]]:
         """Up to `limit` entries (at most CALL_LOG_SIZE), newest first."""
+        ...
+
+    async def call_record(self, call_id: str) -> dict[str, Any] | None:
+        """The side record of `call_id`, or None when it is not (or no longer) kept."""
+        ...
+
+    async def call_records(self, limit: int) -> list[dict[str, Any]]:
+        """Up to `limit` side records, one per call, newest first."""
         ...
 
 

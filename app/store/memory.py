@@ -6,7 +6,7 @@ import json
 import logging
 import secrets
 import time
-from collections import deque
+from collections import Counter, deque
 from collections.abc import Callable, Iterator, Mapping
 from itertools import islice
 from typing import Any
@@ -98,6 +98,10 @@ class MemoryStore:
         self._forgotten = 0
         self._forget_logged_at: float | None = None
         self._calls: deque[str] = deque(maxlen=CALL_LOG_SIZE)
+        # Side records by call id; the ids in append order, and how often each is listed.
+        self._records: dict[str, str] = {}
+        self._record_order: deque[str] = deque()
+        self._record_counts: Counter[str] = Counter()
 
     async def claim(self, webhook_id: str, call_id: str, lease_s: float) -> Claim:
         """Check both done records, then both leases, and lease both ids if free."""
@@ -162,9 +166,35 @@ class MemoryStore:
             self._decisions.delete(keys[1])
         return self._drop_leases(keys, token, now)
 
-    async def append(self, entry: Mapping[str, Any]) -> None:
-        """Add one call log entry, dropping the oldest beyond CALL_LOG_SIZE."""
+    async def append(
+        self, entry: Mapping[str, Any], record: Mapping[str, Any] | None = None
+    ) -> None:
+        """Add one call log entry (and its call's record), dropping the oldest beyond
+        CALL_LOG_SIZE."""
         self._calls.append(json.dumps(dict(entry), separators=(",", ":")))
+        call_id = entry.get("call_id")
+        if record is None or not isinstance(call_id, str):
+            return
+        self._records[call_id] = json.dumps(dict(record), separators=(",", ":"))
+        self._record_order.append(call_id)
+        self._record_counts[call_id] += 1
+        while len(self._record_order) > CALL_LOG_SIZE:
+            oldest = self._record_order.popleft()
+            self._record_counts[oldest] -= 1
+            if self._record_counts[oldest] == 0:
+                del self._record_counts[oldest]
+                del self._records[oldest]
+
+    async def call_record(self, call_id: str) -> dict[str, Any] | None:
+        """The side record of `call_id`, or None."""
+        text = self._records.get(call_id)
+        return None if text is None else dict(json.loads(text))
+
+    async def call_records(self, limit: int) -> list[dict[str, Any]]:
+        """Up to `limit` side records, one per call, newest first."""
+        count = check_limit(limit)
+        ids = list(dict.fromkeys(reversed(self._record_order)))[:count]
+        return [json.loads(self._records[call_id]) for call_id in ids]
 
     async def recent(self, limit: int) -> list[dict[str, Any]]:
         """Up to `limit` call log entries, newest first."""

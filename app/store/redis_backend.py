@@ -72,6 +72,22 @@ end
 return dropped
 """
 
+# KEYS: call log, record ids, records. ARGV: entry JSON, size, then optionally call id and
+# record JSON. A record is dropped when the last of its id's places leaves the id list.
+_APPEND = """
+redis.call('LPUSH', KEYS[1], ARGV[1])
+redis.call('LTRIM', KEYS[1], 0, tonumber(ARGV[2]) - 1)
+if #ARGV == 4 then
+  redis.call('HSET', KEYS[3], ARGV[3], ARGV[4])
+  redis.call('LPUSH', KEYS[2], ARGV[3])
+  while redis.call('LLEN', KEYS[2]) > tonumber(ARGV[2]) do
+    local oldest = redis.call('RPOP', KEYS[2])
+    if not redis.call('LPOS', KEYS[2], oldest) then redis.call('HDEL', KEYS[3], oldest) end
+  end
+end
+return 1
+"""
+
 _CLAIM_RESULTS = {
     0: ClaimResult.ACQUIRED,
     1: ClaimResult.DUPLICATE_DONE,
@@ -94,6 +110,7 @@ class RedisStore:
         self._claim = client.register_script(_CLAIM)
         self._record_decision = client.register_script(_RECORD_DECISION)
         self._finish = client.register_script(_FINISH)
+        self._append = client.register_script(_APPEND)
 
     @classmethod
     def from_url(cls, url: str, *, prefix: str = KEY_PREFIX) -> RedisStore:
@@ -171,15 +188,35 @@ class RedisStore:
             )
         return int(dropped) == 2
 
-    async def append(self, entry: Mapping[str, Any]) -> None:
-        """Add one call log entry and trim the list to CALL_LOG_SIZE in one transaction."""
-        text = json.dumps(dict(entry), separators=(",", ":"))
-        key = self._calls_key()
+    async def append(
+        self, entry: Mapping[str, Any], record: Mapping[str, Any] | None = None
+    ) -> None:
+        """Add one call log entry (and its call's record) and trim to CALL_LOG_SIZE, in one
+        script."""
+        args: list[Any] = [json.dumps(dict(entry), separators=(",", ":")), CALL_LOG_SIZE]
+        call_id = entry.get("call_id")
+        if record is not None and isinstance(call_id, str):
+            args += [call_id, json.dumps(dict(record), separators=(",", ":"))]
+        keys = [self._calls_key(), self._record_ids_key(), self._records_key()]
         with _unavailable():
-            async with self._redis.pipeline(transaction=True) as pipe:
-                pipe.lpush(key, text)
-                pipe.ltrim(key, 0, CALL_LOG_SIZE - 1)
-                await pipe.execute()
+            await self._append(keys=keys, args=args)
+
+    async def call_record(self, call_id: str) -> dict[str, Any] | None:
+        """The side record of `call_id`, or None."""
+        with _unavailable():
+            text = await self._redis.hget(self._records_key(), call_id)
+        return None if text is None else dict(json.loads(text))
+
+    async def call_records(self, limit: int) -> list[dict[str, Any]]:
+        """Up to `limit` side records, one per call, newest first."""
+        count = check_limit(limit)
+        if count == 0:
+            return []
+        with _unavailable():
+            ids = await self._redis.lrange(self._record_ids_key(), 0, CALL_LOG_SIZE - 1)
+            unique = list(dict.fromkeys(ids))[:count]
+            texts = await self._redis.hmget(self._records_key(), unique) if unique else []
+        return [json.loads(text) for text in texts if text is not None]
 
     async def recent(self, limit: int) -> list[dict[str, Any]]:
         """Up to `limit` call log entries, newest first."""
@@ -210,6 +247,12 @@ class RedisStore:
 
     def _calls_key(self) -> str:
         return f"{self._prefix}calls"
+
+    def _record_ids_key(self) -> str:
+        return f"{self._prefix}call-record-ids"
+
+    def _records_key(self) -> str:
+        return f"{self._prefix}call-records"
 
 
 @contextlib.contextmanager
