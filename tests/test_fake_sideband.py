@@ -10,7 +10,14 @@ import pytest
 from websockets.asyncio.client import connect
 from websockets.exceptions import InvalidStatus
 
-from tests.fake_openai import AgentCallsFunction, Emit, FakeOpenAI, HangUp, client_event_problems
+from tests.fake_openai import (
+    AgentCallsFunction,
+    AwaitClient,
+    Emit,
+    FakeOpenAI,
+    HangUp,
+    client_event_problems,
+)
 
 
 @pytest.fixture
@@ -75,7 +82,14 @@ async def test_the_agent_plays_its_script_and_answers_response_create(
     fake, url = served
     fake.activate("rtc_s")
     fake.script_sideband(
-        "rtc_s", [Emit("{garbage"), AgentCallsFunction("end_call", {}, "call_1"), HangUp()]
+        "rtc_s",
+        [
+            Emit("{garbage"),
+            AgentCallsFunction("end_call", {}, "call_1"),
+            # The caller hangs up only after the client spoke: no race with its send.
+            AwaitClient("response.create"),
+            HangUp(),
+        ],
     )
     received: list[str] = []
     async with connect(url + "rtc_s", additional_headers={"Authorization": "Bearer sk-test"}) as ws:
