@@ -23,6 +23,7 @@ from app.rules_reloading import RulesHolder, start_load_server
 from app.service_consultation import ServiceConsultant, outbound_http_client
 from app.settings import Settings
 from app.store import Store, StoreAvailability, open_store
+from app.upstream_transport import upstream_http_client
 from app.webhook_verification import WebhookVerifier
 
 log = logging.getLogger("sip_router")
@@ -49,11 +50,7 @@ def create_app(
     if store is None:
         redis_url = settings.redis_url.get_secret_value() if settings.redis_url else None
         store = open_store(redis_url, memory_max_calls=settings.memory_max_calls)
-    http = httpx.AsyncClient(
-        transport=transport,
-        limits=httpx.Limits(max_connections=200, max_keepalive_connections=50),
-        follow_redirects=False,
-    )
+    http = upstream_http_client(transport)
     api_key = settings.openai_api_key.get_secret_value() if settings.openai_api_key else ""
     calls = OpenAICallsClient(
         http,
