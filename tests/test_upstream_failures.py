@@ -12,13 +12,17 @@ from __future__ import annotations
 import asyncio
 import socket
 import ssl
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable
+from pathlib import Path
+from typing import Any
 
 import aiohttp
 import httpx
 import pytest
 from aiohttp.client_reqrep import ConnectionKey
 
+from app.app_factory import create_app
 from app.openai_calls import (
     _NOT_SENT,
     MAX_ATTEMPTS_PER_ACTION,
@@ -26,7 +30,10 @@ from app.openai_calls import (
     ActionResult,
     OpenAICallsClient,
 )
+from app.settings import Settings
 from app.upstream_transport import UPSTREAM_LIMITS, transport_failure, upstream_http_client
+from app.webhook_signing import signed_test_call
+from tests.conftest import DEFAULT_RULES, deliver, running
 
 CALL_ID = "rtc_0123456789abcdef"
 ACCEPT = {"type": "realtime", "model": "gpt-realtime"}
@@ -42,6 +49,7 @@ class ScriptedServer:
         self.script = script
         self.connections = 0
         self.requests = 0  # requests read in full
+        self.paths: list[str] = []
         self._tasks: set[asyncio.Task[None]] = set()
         self._server: asyncio.Server | None = None
         self.port = 0
@@ -85,6 +93,7 @@ class ScriptedServer:
                 length = int(value)
         await reader.readexactly(length)
         self.requests += 1
+        self.paths.append(head.split(b" ", 2)[1].decode())
         return True
 
 
@@ -223,6 +232,31 @@ async def test_keep_alive_connection_closed_under_a_request_is_sent_again(
     assert (first.sent, second.sent) == (1, 2)
     assert server.requests == 3
     assert server.connections == 2
+
+
+async def test_the_service_never_contradicts_an_accept_that_may_have_been_applied(
+    settings_factory: Callable[..., Settings],
+    write_rules: Callable[[str], Path],
+    webhook_secret: str,
+) -> None:
+    # The service's own transport (none injected), over a real socket.
+    async def read_then_close(server: ScriptedServer, reader: Reader, writer: Writer) -> None:
+        await server.read_request(reader)
+
+    async with ScriptedServer(read_then_close) as server:
+        settings = settings_factory(
+            openai_base_url=f"http://127.0.0.1:{server.port}/v1",
+            rules=write_rules(DEFAULT_RULES + "on_error: {reject: {status_code: 486}}\n"),
+        )
+        delivery = signed_test_call(
+            webhook_secret, "+14155550123", "+14155550100", now=int(time.time())
+        )
+        async with running(create_app(settings, watch_interval_s=None)) as client:
+            response = await deliver(client, delivery)
+    answer: dict[str, Any] = response.json()
+    assert answer == {"status": "unknown", "call_id": delivery.call_id, "action": "accept"}
+    accept_path = f"/v1/realtime/calls/{delivery.call_id}/accept"
+    assert server.paths == [accept_path] * MAX_REQUESTS_PER_ACTION  # and no reject
 
 
 @pytest.mark.parametrize(
