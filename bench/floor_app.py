@@ -1,9 +1,9 @@
 """The floor: the least an ASGI app on sip-router's server stack can do per webhook.
 
 It reads the body, takes `data.call_id` out of it and forwards the raw body to the fake
-upstream's accept endpoint with the same shared `httpx.AsyncClient` settings as the
-service; no signature check, no rules, no store, no logging. It runs under uvicorn with
-the settings `sip-router serve` uses, so the service's latency can be read as a ratio.
+upstream's accept endpoint with the service's `httpx.AsyncClient` (app/upstream_transport.py);
+no signature check, no rules, no store, no logging. It runs under uvicorn with the settings
+`sip-router serve` uses, so the service's latency can be read as a ratio.
 """
 
 from __future__ import annotations
@@ -13,8 +13,11 @@ import json
 from collections.abc import Awaitable, Callable, MutableMapping
 from typing import Any
 
+import aiohttp
 import httpx
 import uvicorn
+
+from app.upstream_transport import UpstreamTransport, upstream_http_client
 
 Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]
@@ -52,7 +55,7 @@ class FloorApp:
         call_id = json.loads(body)["data"]["call_id"]
         url = f"{self.upstream}/realtime/calls/{call_id}/accept"
         headers = {"Authorization": "Bearer sk-bench", "content-type": "application/json"}
-        if self.client in ("httpx", "lean"):
+        if self.client in ("httpx", "httpcore", "lean"):
             assert self.http is not None
             response = await self.http.post(url, content=body, headers=headers)
             ok = response.is_success
@@ -88,12 +91,11 @@ class FloorApp:
                         transport=LeanTransport(self.limits.max_keepalive_connections or 50),
                         follow_redirects=False,
                     )
-                else:
+                elif self.client == "httpcore":
                     self.http = httpx.AsyncClient(limits=self.limits, follow_redirects=False)
+                else:
+                    self.http = upstream_http_client(UpstreamTransport(self.limits))
                 if self.client == "aiohttp":
-                    # Only under `uv run --with aiohttp` (an experiment, not a dependency).
-                    import aiohttp  # type: ignore[import-not-found,unused-ignore]
-
                     self.session = aiohttp.ClientSession(
                         connector=aiohttp.TCPConnector(limit=self.limits.max_connections or 200)
                     )
@@ -116,10 +118,11 @@ def main() -> None:
     parser.add_argument("--keepalive", type=int, default=50)
     parser.add_argument(
         "--client",
-        choices=("httpx", "lean", "aiohttp", "none"),
+        choices=("httpx", "httpcore", "lean", "aiohttp", "none"),
         default="httpx",
-        help="upstream client: httpx (the service's), lean (httpx over bench/lean_transport.py),"
-        " aiohttp (needs `uv run --with aiohttp`), none (sends nothing)",
+        help="upstream client: httpx (the service's: over aiohttp), httpcore (httpx's default"
+        " transport), lean (httpx over bench/lean_transport.py), aiohttp (aiohttp's own client),"
+        " none (sends nothing)",
     )
     args = parser.parse_args()
     # The same uvicorn settings as `sip-router serve` (app/cli.py cmd_serve).

@@ -1,7 +1,8 @@
 """Run the benchmarks and write bench/RESULTS.md: `uv run python -m bench [--quick] [--only ...]`.
 
 Phases (all against 127.0.0.1 only, every process started here and stopped here):
-  latency     service vs the floor app at 50, 200, 500, 1000 webhooks/s (30 s each)
+  latency     service vs the floor app and the OpenAI example receiver at 50, 200, 500,
+              1000 webhooks/s (30 s each)
   info        the service at 500/s with the default log level (info)
   throughput  highest rate held for 30 s with p99 < 50 ms and no errors (1 worker)
   workers2    the same with `--workers 2` and Redis
@@ -210,6 +211,20 @@ class Bench:
         args = [*python, "-m", "bench.floor_app", "--port", str(port), "--client", client]
         args += ["--upstream", f"http://127.0.0.1:{upstream}/v1"]
         proc = Process(args, self._log(f"floor-{client}"))
+        self.place.pin(proc.pid, self.place.service)
+        try:
+            wait_for_port(port, proc, 120.0)
+            yield port, proc
+        finally:
+            proc.stop()
+
+    @contextlib.contextmanager
+    def peer(self, upstream: int) -> Iterator[tuple[int, Process]]:
+        """The receiver from OpenAI's FastAPI SIP example (bench/openai_example_app.py)."""
+        port = free_port()
+        args = [PYTHON, "-m", "bench.openai_example_app", "--port", str(port)]
+        args += ["--upstream", f"http://127.0.0.1:{upstream}/v1", "--secret", SECRET]
+        proc = Process(args, self._log("peer"))
         self.place.pin(proc.pid, self.place.service)
         try:
             wait_for_port(port, proc, 120.0)
@@ -492,9 +507,18 @@ def phase_latency(bench: Bench, cfg: Config, out: dict[str, Any]) -> None:
         for rate in cfg.rates:
             with bench.floor(up) as target:
                 floor = measure(bench, "floor", target, up, rate, cfg.duration_s)
+            with bench.peer(up) as target:
+                peer = measure(bench, "OpenAI example receiver", target, up, rate, cfg.duration_s)
             with bench.service(up, rules=cfg.example_rules) as target:
                 ours = measure(bench, "sip-router (log warning)", target, up, rate, cfg.duration_s)
-            rows.append({"rate": rate, "floor": asdict(floor), "service": asdict(ours)})
+            rows.append(
+                {
+                    "rate": rate,
+                    "floor": asdict(floor),
+                    "peer": asdict(peer),
+                    "service": asdict(ours),
+                }
+            )
     out["latency"] = rows
 
 
@@ -732,10 +756,10 @@ def profile_compile(bench: Bench, directory: Path, sample: Path) -> dict[str, An
 
 
 CLIENT_VARIANTS = (
-    ("httpx", (), "httpx, the service's client and pool settings"),
-    ("httpx", ("sniffio",), "httpx with sniffio installed"),
+    ("httpx", (), "httpx over aiohttp (httpx-aiohttp), the service's client"),
+    ("httpcore", (), "httpx over httpcore, httpx's default transport"),
     ("lean", (), "httpx client over a minimal transport (bench/lean_transport.py)"),
-    ("aiohttp", ("aiohttp",), "aiohttp client, same pool size"),
+    ("aiohttp", (), "aiohttp's own client, same pool size"),
     ("none", (), "no upstream request (uvicorn alone)"),
 )
 CLIENTS_RATE = 500
@@ -1106,12 +1130,16 @@ def render(results: dict[str, Any], notes: str) -> str:
             "or all 512 connections busy; included in the latencies). *CPU ms/req* = the",
             "server's CPU time over the run / webhooks answered. *other load* = CPUs used by",
             "processes outside the benchmark during the run. Unique calls, realistic SIP",
-            "headers, routing_rules/rules.yaml.",
+            "headers, routing_rules/rules.yaml. *OpenAI example* = the receiver from OpenAI's",
+            "FastAPI SIP example (bench/openai_example_app.py: `webhooks.unwrap`,",
+            "`realtime.calls.accept`), accepting every call.",
             "",
             LATENCY_HEADER,
         ]
         for row in results["latency"]:
             lines.append(_latency_row("floor", row["floor"]))
+            if "peer" in row:
+                lines.append(_latency_row("OpenAI example", row["peer"]))
             lines.append(_latency_row("sip-router", row["service"]))
         lines += [
             "",
@@ -1137,8 +1165,8 @@ def render(results: dict[str, Any], notes: str) -> str:
         errors = [
             (row["rate"], who, row[who]["error_kinds"])
             for row in results["latency"]
-            for who in ("floor", "service")
-            if row[who]["error_kinds"]
+            for who in ("floor", "peer", "service")
+            if who in row and row[who]["error_kinds"]
         ]
         for rate, who, kinds in errors:
             lines.append(f"- errors at {rate}/s ({who}): {kinds}")
