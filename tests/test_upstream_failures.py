@@ -189,6 +189,33 @@ async def test_answered_503_twice_then_200(http: httpx.AsyncClient) -> None:
     assert server.connections == 1  # kept alive across the answers
 
 
+async def test_an_error_body_is_read_through_the_transport(http: httpx.AsyncClient) -> None:
+    body = b'{"error": {"type": "invalid_request_error", "code": "decision_already_made"}}'
+    head = f"HTTP/1.1 409 Conflict\r\nContent-Length: {len(body)}\r\n\r\n".encode()
+
+    async def already_decided(server: ScriptedServer, reader: Reader, writer: Writer) -> None:
+        while await server.read_request(reader):
+            writer.write(head + body)
+            await writer.drain()
+
+    async with ScriptedServer(already_decided) as server:
+        result = await accept(http, server.port)
+    assert (result.outcome, result.detail) == ("duplicate", "HTTP 409 decision_already_made")
+    assert result.sent == server.requests == 1
+
+
+async def test_an_answer_cut_short_may_have_been_applied(http: httpx.AsyncClient) -> None:
+    async def cut_short(server: ScriptedServer, reader: Reader, writer: Writer) -> None:
+        if await server.read_request(reader):
+            writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\n{}")
+            await writer.drain()
+
+    async with ScriptedServer(cut_short) as server:
+        result = await accept(http, server.port)
+    assert result.outcome == "unknown"
+    assert result.sent == server.requests == MAX_REQUESTS_PER_ACTION
+
+
 async def test_keep_alive_connection_closed_while_idle_is_not_used(
     http: httpx.AsyncClient,
 ) -> None:
