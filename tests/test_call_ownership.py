@@ -244,6 +244,7 @@ async def test_another_replica_takes_over_a_killed_owners_call_without_answering
                 memory=ownership,
                 answered=memory.answered,
                 greeted=memory.greeted,
+                lost=memory.lost,
             )
 
         owner = DiesWithoutReleasing(clients[0], prefix=prefix)
@@ -279,7 +280,10 @@ async def test_another_replica_takes_over_a_killed_owners_call_without_answering
         assert len(winners) == 1
         [(took, memory)] = taken[winners[0]]
         assert took.call_id == call_id
-        assert memory == CallMemory(frozenset({"call_1"}), greeted=True)
+        assert memory == CallMemory(
+            frozenset({"call_1"}), greeted=True, asking=frozenset({"call_1"})
+        )
+        assert memory.lost == frozenset()
         second = driver(others[winners[0]], memory)
         outcome: CallOutcome = await asyncio.wait_for(
             drive_while_owned(
@@ -327,3 +331,98 @@ async def test_the_orphan_scan_starts_every_call_it_takes_over() -> None:
     with pytest.raises(asyncio.CancelledError):
         await scan
     assert started == [("rtc_2", CallMemory(frozenset({"call_9"}), greeted=False))]
+
+
+@pytest.mark.redis
+async def test_a_function_call_whose_owner_died_while_asking_gets_one_error_output(
+    fake: FakeOpenAI, redis_url: str, prefix: str
+) -> None:
+    call_id = "rtc_lost_answer"
+    fake.script_sideband(
+        call_id,
+        [
+            AwaitClient("response.create"),
+            AgentCallsFunction("lookup_appointment", {"date_of_birth": "1980-02-03"}, "call_1"),
+            Pause(60),
+        ],
+        [
+            AwaitClient("conversation.item.create"),
+            AgentCallsFunction("end_call", {}, "call_2"),
+        ],
+    )
+    client = redis.asyncio.Redis.from_url(redis_url)
+    async with httpx.AsyncClient() as http, function_services() as start_service:
+        # The company's function answers only long after the owner died.
+        slow = await start_service(json_answer({"next": "Tuesday 9:00"}, delay=5))
+        function = CompanyFunction("lookup_appointment", slow.url, timeout_s=10)
+        control = CallControl(
+            greeting="Lakeside Clinic, how can I help?",
+            end_call=True,
+            functions=MappingProxyType({function.name: function}),
+        )
+        calls = OpenAICallsClient(
+            http,
+            base_url=fake.base_url,
+            api_key=fake.api_key,
+            deadline_s=1.0,  # type: ignore[attr-defined]
+        )
+        assert (await calls.perform("accept", call_id, {"type": "realtime"})).outcome == "ok"
+
+        def driver(ownership: CallOwnership, memory: CallMemory) -> SidebandDriver:
+            return SidebandDriver(
+                facts=CallFacts(call_id, {}, {}, "clinic", "desk"),
+                control=control,
+                url=sideband_url(fake.base_url, call_id),  # type: ignore[attr-defined]
+                api_key=fake.api_key,
+                actions=calls,
+                functions=FunctionRequester(http, secret=None),
+                memory=ownership,
+                answered=memory.answered,
+                greeted=memory.greeted,
+                lost=memory.lost,
+            )
+
+        owner = DiesWithoutReleasing(client, prefix=prefix)
+        assert await owner.register(ticket(call_id), "replica-a", TTL_S)
+        first = driver(owner, CallMemory())
+        killed = asyncio.ensure_future(
+            drive_while_owned(
+                owner, call_id, "replica-a", first.run, ttl_s=TTL_S, renew_every_s=0.05
+            )
+        )
+        while "call_1" not in first.session.asking:
+            await asyncio.sleep(0.01)
+        await asyncio.sleep(0.1)
+        killed.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await killed
+
+        other = RedisCallOwnership(client, prefix=prefix)
+        taken: list[tuple[CallTicket, CallMemory]] = []
+        deadline = time.monotonic() + 15
+        while not taken and time.monotonic() < deadline:
+            taken = await other.take_over("replica-b", TTL_S, time.time())
+            await asyncio.sleep(0.05)
+        [(_, memory)] = taken
+        assert memory.lost == frozenset({"call_1"})
+        second = driver(other, memory)
+        outcome = await asyncio.wait_for(
+            drive_while_owned(
+                other, call_id, "replica-b", second.run, ttl_s=TTL_S, renew_every_s=0.05
+            ),
+            15,
+        )
+    await client.aclose()
+    await delete_prefix(redis_url, prefix)
+
+    outputs = [
+        (e["item"]["call_id"], json.loads(e["item"]["output"]))
+        for e in fake.client_events_for(call_id)
+        if e["type"] == "conversation.item.create"
+    ]
+    assert outputs[0] == (
+        "call_1",
+        {"error": "the answer was lost when the call moved; ask again if needed"},
+    )
+    assert [call for call, _ in outputs] == ["call_1", "call_2"]
+    assert outcome.end_reason == "hangup"

@@ -12,6 +12,7 @@ from app.calls.call_control import (
     CallControl,
     CompanyFunction,
     ReferAfterAccept,
+    ReferFailure,
     TransferTarget,
 )
 from app.calls.call_session import (
@@ -505,12 +506,59 @@ def test_a_refer_rule_without_announcement_refers_at_once() -> None:
     ]
 
 
-def test_a_failed_refer_rule_is_reported_for_on_error() -> None:
+def test_a_failed_refer_rule_hangs_up_by_default() -> None:
     session = CallSession("rtc_1", CallControl(refer=ReferAfterAccept("tel:+15550100")))
     session.handle(SidebandOpened(0.0))
     commands = session.handle(ActionFinished("refer", "failed", 1.0))
     assert [c.what for c in commands if isinstance(c, Note)] == ["transfer", "refer_rule_failed"]
     assert sent(commands) == []
+    assert PerformAction("hangup", None) in commands
+    assert Finish("hangup", 2.0) in session.handle(ActionFinished("hangup", "ok", 2.0))
+
+
+def test_a_failed_refer_rule_with_an_accept_on_error_updates_the_live_session() -> None:
+    session_body = {"type": "realtime", "instructions": "Take a message."}
+    refer = ReferAfterAccept(
+        "tel:+15550100", on_error=ReferFailure("session", session=session_body)
+    )
+    session = CallSession("rtc_1", CallControl(refer=refer))
+    session.handle(SidebandOpened(0.0))
+    commands = session.handle(ActionFinished("refer", "failed", 1.0))
+    assert sent(commands) == [
+        {"type": "session.update", "session": session_body},
+        {"type": "response.create"},
+    ]
+    assert not [c for c in commands if isinstance(c, PerformAction)]
+    assert not session.ended
+
+
+def test_a_failed_refer_rule_with_a_refer_on_error_refers_there_once() -> None:
+    refer = ReferAfterAccept(
+        "tel:+15550100", on_error=ReferFailure("refer", target_uri="sip:desk@pbx.example")
+    )
+    session = CallSession("rtc_1", CallControl(refer=refer))
+    session.handle(SidebandOpened(0.0))
+    commands = session.handle(ActionFinished("refer", "failed", 1.0))
+    assert PerformAction("refer", {"target_uri": "sip:desk@pbx.example"}) in commands
+    # When that refer fails too, the call stays with the agent: no third action.
+    again = session.handle(ActionFinished("refer", "failed", 2.0))
+    assert not [c for c in again if isinstance(c, PerformAction)]
+    assert session.transfer is not None
+    assert session.transfer.target_uri == "sip:desk@pbx.example"
+
+
+def test_function_calls_lost_with_the_previous_owner_get_one_error_output() -> None:
+    session = CallSession(
+        "rtc_1", CONTROL, answered={"call_done"}, greeted=True, lost={"call_lost", "call_done"}
+    )
+    commands = session.handle(SidebandOpened(0.0))
+    assert [call_id for call_id, _ in outputs(commands)] == ["call_lost"]
+    assert sent(commands)[-1] == {"type": "response.create"}
+    # The agent repeating that call later is not answered again.
+    assert session.handle(function_call("lookup", "{}", "call_lost")) == [
+        Note("function_call_repeated", "debug", {"call_id": "call_lost"})
+    ]
+    assert outputs(session.handle(SidebandOpened(1.0))) == []
 
 
 def test_a_refer_on_a_call_that_is_gone_ends_it() -> None:

@@ -9,7 +9,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
-from typing import Any
+from typing import Any, Literal
 
 TRANSFER_CALL = "transfer_call"
 END_CALL = "end_call"
@@ -50,11 +50,28 @@ class CompanyFunction:
 
 
 @dataclass(frozen=True, slots=True)
+class ReferFailure:
+    """What the rule file's `on_error` does to a live call whose refer rule failed.
+
+    `session`: a `session.update` with that profile's session (the agent keeps the call);
+    `hangup`: hang up (an `on_error` reject); `refer`: refer to `target_uri` instead.
+    """
+
+    kind: Literal["session", "hangup", "refer"]
+    session: Mapping[str, Any] | None = None
+    target_uri: str | None = None
+
+
+HANG_UP = ReferFailure("hangup")
+
+
+@dataclass(frozen=True, slots=True)
 class ReferAfterAccept:
     """A refer rule carried out on the live call: say `announce` (if any), then refer."""
 
     target_uri: str
     announce: str | None = None
+    on_error: ReferFailure = HANG_UP
 
 
 @dataclass(frozen=True, slots=True)

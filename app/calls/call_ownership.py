@@ -51,6 +51,12 @@ class CallMemory:
 
     answered: frozenset[str] = frozenset()
     greeted: bool = False
+    # Function calls the owner was asking about; those not in `answered` lost their answer.
+    asking: frozenset[str] = frozenset()
+
+    @property
+    def lost(self) -> frozenset[str]:
+        return self.asking - self.answered
 
 
 class CallOwnership(Protocol):
@@ -78,6 +84,8 @@ class CallOwnership(Protocol):
 
     async def record_answered(self, call_id: str, function_call_id: str) -> None: ...
 
+    async def record_asking(self, call_id: str, function_call_id: str) -> None: ...
+
     async def mark_greeted(self, call_id: str) -> None: ...
 
     async def memory(self, call_id: str) -> CallMemory: ...
@@ -92,7 +100,11 @@ class _MemoryCall:
     owner: str | None = None
     lease_until: float = 0.0
     answered: set[str] = field(default_factory=set)
+    asking: set[str] = field(default_factory=set)
     greeted: bool = False
+
+    def memory(self) -> CallMemory:
+        return CallMemory(frozenset(self.answered), self.greeted, frozenset(self.asking))
 
 
 class MemoryCallOwnership:
@@ -138,13 +150,18 @@ class MemoryCallOwnership:
                 del self._calls[call_id]
             elif self._holder(call) is None and len(taken) < MAX_TAKEOVERS_PER_SCAN:
                 call.owner, call.lease_until = owner, self._clock() + ttl_s
-                taken.append((call.ticket, CallMemory(frozenset(call.answered), call.greeted)))
+                taken.append((call.ticket, call.memory()))
         return taken
 
     async def record_answered(self, call_id: str, function_call_id: str) -> None:
         call = self._calls.get(call_id)
         if call is not None:
             call.answered.add(function_call_id)
+
+    async def record_asking(self, call_id: str, function_call_id: str) -> None:
+        call = self._calls.get(call_id)
+        if call is not None:
+            call.asking.add(function_call_id)
 
     async def mark_greeted(self, call_id: str) -> None:
         call = self._calls.get(call_id)
@@ -155,7 +172,7 @@ class MemoryCallOwnership:
         call = self._calls.get(call_id)
         if call is None:
             return CallMemory()
-        return CallMemory(frozenset(call.answered), call.greeted)
+        return call.memory()
 
 
 # --- in Redis --------------------------------------------------------------------------------
@@ -178,16 +195,17 @@ _RELEASE = """
 if redis.call('GET', KEYS[1]) == ARGV[1] then redis.call('DEL', KEYS[1]) end
 return 0
 """
-# KEYS: owner, ticket, answered, greeted, active set. ARGV: owner, call_id.
+# KEYS: owner, ticket, answered, greeted, asking, active set. ARGV: owner, call_id.
 _FINISH = """
 local holder = redis.call('GET', KEYS[1])
 if holder and holder ~= ARGV[1] then return 0 end
-redis.call('DEL', KEYS[1], KEYS[2], KEYS[3], KEYS[4])
-redis.call('ZREM', KEYS[5], ARGV[2])
+redis.call('DEL', KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5])
+redis.call('ZREM', KEYS[6], ARGV[2])
 return 1
 """
-# KEYS: owner, ticket, answered, greeted. ARGV: owner, ttl ms.
-# Returns nil when the call has an owner or no ticket, else {ticket, greeted, answered...}.
+# KEYS: owner, ticket, answered, greeted, asking. ARGV: owner, ttl ms.
+# Returns nil when the call has an owner or no ticket, else
+# {ticket, greeted, number answered, answered..., asking...}.
 _TAKE_OVER = """
 if redis.call('EXISTS', KEYS[1]) == 1 then return nil end
 local ticket = redis.call('GET', KEYS[2])
@@ -195,8 +213,10 @@ if not ticket then return nil end
 redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
 local greeted = redis.call('EXISTS', KEYS[4])
 local answered = redis.call('SMEMBERS', KEYS[3])
-local result = {ticket, tostring(greeted)}
+local asking = redis.call('SMEMBERS', KEYS[5])
+local result = {ticket, tostring(greeted), tostring(#answered)}
 for _, id in ipairs(answered) do table.insert(result, id) end
+for _, id in ipairs(asking) do table.insert(result, id) end
 return result
 """
 
@@ -220,13 +240,14 @@ class RedisCallOwnership:
             f"{p}ticket:{call_id}",
             f"{p}answered:{call_id}",
             f"{p}greeted:{call_id}",
+            f"{p}asking:{call_id}",
         ]
 
     def _active_key(self) -> str:
         return f"{self._prefix}active"
 
     async def register(self, ticket: CallTicket, owner: str, ttl_s: float) -> bool:
-        owner_key, ticket_key, _, _ = self._keys(ticket.call_id)
+        owner_key, ticket_key, *_ = self._keys(ticket.call_id)
         keep_s = max(1, int(ticket.active_until - time.time()) + 1)
         async with self._redis.pipeline(transaction=True) as pipe:
             pipe.set(ticket_key, json.dumps(asdict(ticket)), ex=keep_s)
@@ -256,7 +277,8 @@ class RedisCallOwnership:
             result = await self._take_over(keys=self._keys(call_id), args=[owner, _ms(ttl_s)])
             if not result:
                 continue
-            ticket_text, greeted, *answered = (_text(part) for part in result)
+            ticket_text, greeted, count, *ids = (_text(part) for part in result)
+            answered, asking = ids[: int(count)], ids[int(count) :]
             try:
                 ticket = CallTicket(**json.loads(ticket_text))
             except (ValueError, TypeError):
@@ -264,7 +286,9 @@ class RedisCallOwnership:
                     "an unreadable call ticket was skipped", extra={"fields": {"call_id": call_id}}
                 )
                 continue
-            taken.append((ticket, CallMemory(frozenset(answered), greeted == "1")))
+            taken.append(
+                (ticket, CallMemory(frozenset(answered), greeted == "1", frozenset(asking)))
+            )
         return taken
 
     async def record_answered(self, call_id: str, function_call_id: str) -> None:
@@ -274,14 +298,26 @@ class RedisCallOwnership:
             pipe.expire(answered_key, int(LEASE_TTL_S) + 2 * 3600)
             await pipe.execute()
 
+    async def record_asking(self, call_id: str, function_call_id: str) -> None:
+        asking_key = self._keys(call_id)[4]
+        async with self._redis.pipeline(transaction=True) as pipe:
+            pipe.sadd(asking_key, function_call_id)
+            pipe.expire(asking_key, int(LEASE_TTL_S) + 2 * 3600)
+            await pipe.execute()
+
     async def mark_greeted(self, call_id: str) -> None:
         await self._redis.set(self._keys(call_id)[3], "1", ex=int(LEASE_TTL_S) + 2 * 3600)
 
     async def memory(self, call_id: str) -> CallMemory:
-        _, _, answered_key, greeted_key = self._keys(call_id)
+        _, _, answered_key, greeted_key, asking_key = self._keys(call_id)
         answered = await self._redis.smembers(answered_key)
         greeted = await self._redis.exists(greeted_key)
-        return CallMemory(frozenset(_text(a) for a in answered), bool(greeted))
+        asking = await self._redis.smembers(asking_key)
+        return CallMemory(
+            frozenset(_text(a) for a in answered),
+            bool(greeted),
+            frozenset(_text(a) for a in asking),
+        )
 
 
 def _ms(seconds: float) -> int:

@@ -13,7 +13,7 @@ from collections.abc import Collection, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from app.calls.call_control import END_CALL, TRANSFER_CALL, CallControl
+from app.calls.call_control import END_CALL, HANG_UP, TRANSFER_CALL, CallControl
 
 # How long sip-router waits for the agent's words to finish before a refer or a hangup.
 AUDIO_WAIT_S = 15.0
@@ -21,6 +21,8 @@ AUDIO_TIMER = "audio"
 MAX_TRANSCRIPT_TURNS = 1000
 MAX_TURN_CHARS = 4000
 MAX_ANSWERED_IDS = 10_000
+# The output of a function call whose answer was lost with the replica that ran it.
+LOST_ANSWER = "the answer was lost when the call moved; ask again if needed"
 # Marks the responses sip-router asks for, so their audio can be told from the agent's own.
 RESPONSE_TAG_KEY = "sip_router"
 
@@ -179,6 +181,8 @@ class _AudioWait:
     function_call_id: str | None
     target_name: str | None = None
     response_id: str | None = None
+    # The refer `on_error` asked for after a refer rule failed: no further fallback.
+    fallback: bool = False
 
 
 @dataclass(slots=True)
@@ -190,8 +194,10 @@ class _PendingFunction:
 class CallSession:
     """The state of one call after the accept; `handle` is its only way in.
 
-    `answered` (function call ids already answered or being answered) and `greeted` can be
-    passed in when a call is taken over, so nothing is answered or said twice.
+    `answered` (function call ids already answered) and `greeted` can be passed in when a
+    call is taken over, so nothing is answered or said twice; `lost` are the function calls
+    the previous owner was still asking about: each gets one error output once the sideband
+    is open, so the agent is not left waiting for an answer that will never come.
     """
 
     def __init__(
@@ -201,6 +207,7 @@ class CallSession:
         *,
         answered: Collection[str] = (),
         greeted: bool = False,
+        lost: Collection[str] = (),
     ) -> None:
         self.call_id = call_id
         self.control = control
@@ -217,10 +224,16 @@ class CallSession:
         self._hung_up = False
         self._closed_by_server: SidebandClosed | None = None
         self._tags = 0
+        self._lost = [call_id for call_id in lost if call_id not in self.answered]
 
     @property
     def ended(self) -> bool:
         return self.end_reason is not None
+
+    @property
+    def asking(self) -> frozenset[str]:
+        """The function calls whose company function is being asked right now."""
+        return frozenset(self._pending)
 
     def handle(self, event: Event) -> list[Command]:
         """Apply one event; never raises for anything the outside world sends."""
@@ -242,21 +255,42 @@ class CallSession:
 
     def _opened(self, at: float) -> list[Command]:
         self.connections += 1
+        lost = self._answer_lost()
         if self.greeted:
-            return [Note("sideband_reopened", fields={"connections": self.connections})]
+            return [*lost, Note("sideband_reopened", fields={"connections": self.connections})]
         self.greeted = True
         refer = self.control.refer
         if refer is not None:
             if refer.announce:
                 wait = self._start_wait("refer", refer.target_uri, at, function_call_id=None)
                 return [
+                    *lost,
                     self._tagged_response(wait.tag, _say(refer.announce)),
                     *self._timer_for(wait),
                 ]
-            return self._act(_AudioWait("refer", refer.target_uri, "", at, None))
+            return [*lost, *self._act(_AudioWait("refer", refer.target_uri, "", at, None))]
         if self.control.greeting:
-            return [SendEvent(_response_create(instructions=_say(self.control.greeting)))]
-        return []
+            return [
+                *lost,
+                SendEvent(_response_create(instructions=_say(self.control.greeting))),
+            ]
+        return lost
+
+    def _answer_lost(self) -> list[Command]:
+        """One error output for each function call the previous owner never answered."""
+        commands: list[Command] = []
+        for call_id in self._lost:
+            if call_id in self.answered:
+                continue
+            self.answered.add(call_id)
+            output = json.dumps({"error": LOST_ANSWER}, separators=(",", ":"))
+            item = {"type": "function_call_output", "call_id": call_id, "output": output}
+            commands.append(SendEvent({"type": "conversation.item.create", "item": item}))
+            commands.append(Note("function_call", "warning", {"function": "?", "outcome": "lost"}))
+        self._lost = []
+        if commands:
+            commands.append(SendEvent(_response_create()))
+        return commands
 
     # --- messages from the sideband ------------------------------------------------------
 
@@ -527,11 +561,25 @@ class CallSession:
         )
         if event.outcome == "ok":
             return [note]
+        if wait.fallback:
+            # on_error's own refer failed too: the call stays with the agent.
+            return [note]
         if wait.function_call_id is None:
-            # A refer rule that failed: the driver's owner applies the rule's on_error.
-            return [note, Note("refer_rule_failed", "warning", {"outcome": event.outcome})]
+            # A refer rule that failed: the rule file's on_error applies to the live call.
+            failed = Note("refer_rule_failed", "warning", {"outcome": event.outcome})
+            return [note, failed, *self._refer_rule_failed(event.at)]
         error = f"the transfer to {wait.target_name} failed; tell the caller and offer other help"
         return [note, *self._answer(wait.function_call_id, {"error": error})]
+
+    def _refer_rule_failed(self, at: float) -> list[Command]:
+        failure = self.control.refer.on_error if self.control.refer is not None else HANG_UP
+        if failure.kind == "session" and failure.session is not None:
+            # The agent keeps the call with on_error's profile, and speaks to the caller.
+            update = {"type": "session.update", "session": dict(failure.session)}
+            return [SendEvent(update), SendEvent(_response_create())]
+        if failure.kind == "refer" and failure.target_uri:
+            return self._act(_AudioWait("refer", failure.target_uri, "", at, None, fallback=True))
+        return self._act(_AudioWait("hangup", None, "", at, None))
 
     # --- the end -------------------------------------------------------------------------
 

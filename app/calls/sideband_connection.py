@@ -83,6 +83,8 @@ class CallMemoryWriter(Protocol):
 
     async def record_answered(self, call_id: str, function_call_id: str) -> None: ...
 
+    async def record_asking(self, call_id: str, function_call_id: str) -> None: ...
+
     async def mark_greeted(self, call_id: str) -> None: ...
 
 
@@ -131,6 +133,7 @@ class SidebandDriver:
         active_for_s: float = DEFAULT_ACTIVE_FOR_S,
         answered: Collection[str] = (),
         greeted: bool = False,
+        lost: Collection[str] = (),
         clock: Callable[[], float] = time.monotonic,
         wall_clock: Callable[[], float] = time.time,
         reconnect_delays: Callable[[], Generator[float]] = backoff,
@@ -138,7 +141,9 @@ class SidebandDriver:
         open_timeout_s: float = OPEN_TIMEOUT_S,
     ) -> None:
         self.facts = facts
-        self.session = CallSession(facts.call_id, control, answered=answered, greeted=greeted)
+        self.session = CallSession(
+            facts.call_id, control, answered=answered, greeted=greeted, lost=lost
+        )
         self._url = url
         self._api_key = api_key
         self._actions = actions
@@ -146,6 +151,7 @@ class SidebandDriver:
         self._metrics = metrics
         self._memory = memory
         self._remembered: set[str] = set(answered)
+        self._remembered_asking: set[str] = set(lost)
         self._remembered_greeting = greeted
         self._active_for_s = active_for_s
         self._clock = clock
@@ -213,6 +219,10 @@ class SidebandDriver:
             for function_call_id in self.session.answered - self._remembered:
                 await self._memory.record_answered(self.facts.call_id, function_call_id)
                 self._remembered.add(function_call_id)
+            # A function being asked: a replica taking over answers it with an error.
+            for function_call_id in self.session.asking - self._remembered_asking:
+                await self._memory.record_asking(self.facts.call_id, function_call_id)
+                self._remembered_asking.add(function_call_id)
             if self.session.greeted and not self._remembered_greeting:
                 await self._memory.mark_greeted(self.facts.call_id)
                 self._remembered_greeting = True
