@@ -13,6 +13,10 @@ import httpx
 from fastapi import FastAPI
 
 from app.call_processing import CallProcessor, ProcessingOptions
+from app.calls.active_calls import ActiveCalls
+from app.calls.call_attendant import CallAttendant
+from app.calls.call_ownership import CallOwnership, MemoryCallOwnership, RedisCallOwnership
+from app.calls.function_requests import FunctionRequester
 from app.http import admin, console, health, replay, webhooks
 from app.http.metrics_port import MetricsPortMiddleware
 from app.http.services import Services
@@ -22,7 +26,7 @@ from app.rules.problems import RuleFileError
 from app.rules_reloading import RulesHolder, start_load_server
 from app.service_consultation import ServiceConsultant, outbound_http_client
 from app.settings import Settings
-from app.store import Store, StoreAvailability, open_store
+from app.store import RedisStore, Store, StoreAvailability, open_store
 from app.upstream_transport import upstream_http_client
 from app.webhook_verification import WebhookVerifier
 
@@ -62,6 +66,24 @@ def create_app(
     # Your own services get a client of their own: a slow one cannot hold OpenAI's pool.
     outbound = outbound_http_client(outbound_transport)
     consultant = ServiceConsultant(outbound, secret=settings.outbound_secret_value, metrics=metrics)
+    # The calls sip-router stays with after the accept (SPEC section 10).
+    active_calls = ActiveCalls(metrics)
+    ownership: CallOwnership = (
+        RedisCallOwnership(store.client, prefix=f"{store.prefix}sideband:")
+        if isinstance(store, RedisStore)
+        else MemoryCallOwnership()
+    )
+    attendant = CallAttendant(
+        active=active_calls,
+        ownership=ownership,
+        actions=calls,
+        functions=FunctionRequester(outbound, secret=settings.outbound_secret_value),
+        call_log=store,
+        base_url=settings.openai_base_url,
+        api_key=api_key,
+        metrics=metrics,
+        keep_transcripts=settings.transcripts,
+    )
     processor = CallProcessor(
         verifier=WebhookVerifier(settings.webhook_secrets, settings.timestamp_tolerance_s),
         rules=rules,
@@ -76,6 +98,7 @@ def create_app(
             keep_call_inputs=settings.keep_call_inputs,
         ),
         consultant=consultant,
+        keeper=attendant,
     )
     services = Services(settings, metrics, rules, store, processor)
 
@@ -113,15 +136,27 @@ def create_app(
         watcher = asyncio.create_task(rules.watch(watch_interval_s)) if watch_interval_s else None
         if handle_signals:
             _on_sighup(rules)
+        await active_calls.__aenter__()
+        orphans = asyncio.create_task(attendant.scan_for_orphans())
         try:
             yield
         finally:
             finished = await processor.drain(settings.action_deadline_s * 2 + 1)
             dropped = processor.cancel_scheduled_hangups()
+            # Hand the calls over: their leases are released, another replica takes them.
+            orphans.cancel()
+            # Bounded: a Redis command cut short by the cancel may never answer.
+            await asyncio.wait({orphans}, timeout=1.0)
+            handed_over = len(active_calls)
+            await active_calls.__aexit__(None, None, None)
             log.info(
                 "sip-router stopped",
                 extra={
-                    "fields": {"in_flight_finished": finished, "scheduled_hangups_dropped": dropped}
+                    "fields": {
+                        "in_flight_finished": finished,
+                        "scheduled_hangups_dropped": dropped,
+                        "calls_handed_over": handed_over,
+                    }
                 },
             )
             for task in (store_watch, watcher):

@@ -10,12 +10,14 @@ same request again instead of deciding (app.recorded_decisions).
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
+import re
 import time
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, Protocol
 
 from app.errors import DeliveryError, ServiceUnavailable, StoreDown
 from app.metrics import Metrics
@@ -24,7 +26,8 @@ from app.phone_numbers import mask_number
 from app.recorded_calls import compact_trace, decision_fields, kept_inputs
 from app.recorded_decisions import decision_from_record, decision_record, resent_outcome
 from app.rules.call_context import CallContext
-from app.rules.ruleset import Decision, Ruleset
+from app.rules.profile_control import control_summary
+from app.rules.ruleset import Decision, Ruleset, party_fields
 from app.rules_reloading import RulesHolder
 from app.service_consultation import ServiceConsultant
 from app.sip_identity import Party, SipHeaders, parse_parties
@@ -33,6 +36,7 @@ from app.webhook_event import IncomingCall, OtherEvent, parse_event
 from app.webhook_verification import WebhookVerifier
 
 log = logging.getLogger("sip_router.webhook")
+_E164 = re.compile(r"\+[1-9][0-9]{6,14}")
 
 
 @dataclass(frozen=True, slots=True)
@@ -70,6 +74,22 @@ class _Record:
     inputs: dict[str, Any] | None = None
     decided: dict[str, Any] | None = None
     requests: list[dict[str, Any]] = field(default_factory=list)
+    # Who called whom, as function requests and the call's ticket tell it (unmasked).
+    parties: tuple[dict[str, Any], dict[str, Any]] | None = None
+    # What sip-router does on the call after its accept (tools added, greeting, targets).
+    after_accept: dict[str, Any] | None = None
+
+
+class CallKeeper(Protocol):
+    """Stays with calls after the accept (app.calls.call_attendant.CallAttendant)."""
+
+    async def stay_with(
+        self,
+        call_id: str,
+        decision: Decision,
+        caller: Mapping[str, Any],
+        called: Mapping[str, Any],
+    ) -> None: ...
 
 
 class _LeaseLost(Exception):
@@ -99,6 +119,7 @@ class CallProcessor:
         options: ProcessingOptions,
         consultant: ServiceConsultant,
         wall_clock: Callable[[], float] = time.time,
+        keeper: CallKeeper | None = None,
     ) -> None:
         self._verifier = verifier
         self._consultant = consultant
@@ -108,6 +129,7 @@ class CallProcessor:
         self._metrics = metrics
         self._options = options
         self._wall_clock = wall_clock
+        self._keeper = keeper
         self._in_flight = 0
         self._idle = asyncio.Event()
         self._idle.set()
@@ -229,6 +251,8 @@ class CallProcessor:
             log.error("could not record a finished call in the shared store")
         if status == "ok" and decision and decision.max_duration_s and result is not None:
             self._schedule_hangup(event.call_id, decision.max_duration_s)
+        if status in ("ok", "on_error") and decision is not None and result is not None:
+            await self._stay_with(event.call_id, decision, record)
         return WebhookAnswer(
             200,
             {
@@ -245,6 +269,7 @@ class CallProcessor:
         record.called = self._shown(parties.called)
         if self._options.keep_call_inputs:
             record.inputs = kept_inputs(event.created_at, event.sip_headers)
+        record.parties = (party_fields(parties.caller), party_fields(parties.called))
         return CallContext(
             call_id=event.call_id,
             parties=parties,
@@ -262,7 +287,7 @@ class CallProcessor:
             raise StoreDown("the shared store does not answer") from None
         if not recorded:
             raise _LeaseLost
-        return await self._perform(decision.action, call_id, decision.body, record)
+        return await self._perform(decision.verb, call_id, decision.request_body, record)
 
     async def _perform(
         self, verb: Verb, call_id: str, body: Mapping[str, Any] | None, record: _Record
@@ -281,11 +306,23 @@ class CallProcessor:
         )
         return result
 
+    async def _stay_with(self, call_id: str, decision: Decision, record: _Record) -> None:
+        """Hand an accepted call whose profile asks for it to the keeper (the webhook does not
+        wait for the call, only for its start)."""
+        if self._keeper is None or not decision.stays_with_call or decision.verb != "accept":
+            return
+        caller, called = record.parties or ({}, {})
+        try:
+            await self._keeper.stay_with(call_id, decision, caller, called)
+        except Exception:  # the accept is done; the webhook is answered regardless
+            fields = {"call_id": call_id}
+            log.exception("could not stay with an accepted call", extra={"fields": fields})
+
     async def _send_recorded(
         self, recorded: dict[str, Any], event: IncomingCall, ruleset: Ruleset, record: _Record
     ) -> tuple[str, Decision | None, ActionResult | None]:
         """Send again exactly the request an earlier delivery recorded; decide nothing."""
-        self._context(event, ruleset, record)
+        ctx = self._context(event, ruleset, record)
         record.detail = "sent again the request recorded by an earlier delivery"
         try:
             decision = decision_from_record(recorded)
@@ -298,7 +335,8 @@ class CallProcessor:
         if self._options.dry_run:
             record.outcome = "dry_run"
             return "ok", decision, None
-        result = await self._perform(decision.action, event.call_id, decision.body, record)
+        decision = _with_call_control(decision, ruleset, ctx)
+        result = await self._perform(decision.verb, event.call_id, decision.request_body, record)
         record.upstream_status = result.status
         status = resent_outcome(result)
         if status is None:
@@ -371,6 +409,18 @@ class CallProcessor:
         record.rule = decision.rule or "default"
         record.action = decision.action
         record.request = requested(decision)
+        record.after_accept = (
+            control_summary(decision.control, decision.tools_added)
+            if decision.control is not None
+            else None
+        )
+
+    def _masked(self, shown: dict[str, Any] | None) -> Any:
+        """`shown` with the phone numbers in its texts masked, as the log masks numbers."""
+        if shown is None or not self._options.mask_numbers:
+            return shown
+        text = json.dumps(shown, ensure_ascii=False)
+        return json.loads(_E164.sub(lambda m: mask_number(m.group()), text))
 
     def _shown(self, party: Party) -> str:
         if party.e164 is None:
@@ -459,6 +509,8 @@ class CallProcessor:
             "http_status": answer.status_code,
             "upstream_status": record.upstream_status,
             "dry_run": self._options.dry_run or None,
+            # In a dry run, what would happen on the call after the accept; sent nothing.
+            "after_accept": self._masked(record.after_accept) if self._options.dry_run else None,
             "detail": record.detail,
             **why,
         }
@@ -489,6 +541,17 @@ def call_record(entry: Mapping[str, Any], record: _Record) -> dict[str, Any] | N
     if record.inputs is not None:
         kept["inputs"] = record.inputs
     return kept
+
+
+def _with_call_control(recorded: Decision, ruleset: Ruleset, ctx: CallContext) -> Decision:
+    """A recorded decision with what to do after its accept, when the same rules decide the
+    same request again (the record keeps only the request)."""
+    if recorded.verb != "accept" or ruleset.version != recorded.ruleset:
+        return recorded
+    again = ruleset.decide(ctx)
+    if (again.rule, dict(again.request_body)) != (recorded.rule, dict(recorded.request_body)):
+        return recorded
+    return replace(recorded, control=again.control, tools_added=again.tools_added)
 
 
 def chosen_action(ruleset: Ruleset, rule: str | None) -> str:

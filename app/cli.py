@@ -291,6 +291,9 @@ def cmd_simulate(args: argparse.Namespace) -> int:
     print(f"  POST {result['request']['path']} {body}")
     if decision.error:
         print(f"  on_error applied: {decision.error}")
+    for key, value in result.get("after_accept", {}).items():
+        shown = value if isinstance(value, str) else json.dumps(value, ensure_ascii=False)
+        print(f"  after the accept: {key}: {shown}")
     for step in decision.trace:
         mark = "match" if step.matched else "no   "
         print(f"  {mark} {step.rule}: {step.reason}")

@@ -19,14 +19,15 @@ from app.rules.call_context import CallContext
 from app.rules.ruleset import Decision, Ruleset
 from app.sip_identity import SipHeaders, parse_parties
 
+# The call's later life when sip-router stays with it (section 10), joined to its record
+# when the call ends: shown as they are by `GET /admin/calls/{call_id}`, absent otherwise.
+from app.store.call_log import LIFECYCLE_KEYS
+
 MAX_KEPT_HEADERS = 64
 MAX_KEPT_HEADER_BYTES = 16 * 1024
 MAX_HEADER_VALUE_CHARS = 256
 # Trace steps kept per decision: the rules tried before the one that matched, then it.
 MAX_TRACE_STEPS = 20
-# The call's later life when sip-router stays with it (section 10), written into the record
-# by the call's session: shown as they are by `GET /admin/calls/{call_id}`, absent otherwise.
-LIFECYCLE_KEYS = ("ended_at", "duration_s", "end_reason", "transfer", "events", "transcript")
 
 
 def kept_inputs(created_at: int, sip_headers: Iterable[tuple[str, str]]) -> dict[str, Any]:

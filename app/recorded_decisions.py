@@ -29,6 +29,8 @@ def decision_record(decision: Decision) -> dict[str, Any]:
         "profile": decision.profile,
         "max_duration_s": decision.max_duration_s,
         "error": decision.error,
+        # A refer carried out after an accept: the accept is what was sent.
+        "accept_body": dict(decision.accept_body) if decision.accept_body is not None else None,
     }
     return {key: value for key, value in record.items() if value is not None}
 
@@ -41,6 +43,9 @@ def decision_from_record(record: Mapping[str, Any]) -> Decision:
     texts = {name: record.get(name) for name in ("rule", "profile", "error")}
     if not all(value is None or isinstance(value, str) for value in texts.values()):
         raise ValueError("not a recorded decision")
+    accept_body = record.get("accept_body")
+    if accept_body is not None and not isinstance(accept_body, dict):
+        raise ValueError("not a recorded decision")
     max_duration_s = record.get("max_duration_s")
     if max_duration_s is not None and not isinstance(max_duration_s, int | float):
         raise ValueError("not a recorded decision")
@@ -52,6 +57,7 @@ def decision_from_record(record: Mapping[str, Any]) -> Decision:
         max_duration_s=max_duration_s,
         ruleset=str(record.get("ruleset", "")),
         error=texts["error"],
+        accept_body=accept_body,
     )
 
 

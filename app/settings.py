@@ -89,6 +89,8 @@ class Settings(BaseSettings):
     reload_memory_mb: int = Field(default=2048, ge=64, alias="SIP_ROUTER_RELOAD_MEMORY_MB")
     # Signs sip-router's requests to your own services (SPEC section 13); unset: unsigned.
     outbound_secret: SecretStr | None = Field(default=None, alias="SIP_ROUTER_OUTBOUND_SECRET")
+    # Keep the transcripts of calls whose profile says `transcript: true` (SPEC section 10).
+    transcripts: bool = Field(default=False, alias="SIP_ROUTER_TRANSCRIPTS")
 
     @field_validator("openai_api_key", "admin_token", "redis_url", mode="before")
     @classmethod

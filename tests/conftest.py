@@ -66,7 +66,7 @@ rules:
     reject: {status_code: 603}
   - name: transfer
     when: {called: "+14155550177"}
-    refer: {target_uri: "sip:desk@pbx.example.com"}
+    refer: {target_uri: "sip:desk@pbx.example.com", before_accept: true}
 default: {accept: {profile: desk}}
 """
 

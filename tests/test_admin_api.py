@@ -45,7 +45,7 @@ rules:
     reject: {status_code: 603}
   - name: partners
     when: {header: {X-Partner-Id: {regex: "PH[0-9]{4}"}}}
-    refer: {target_uri: "sip:partners@pbx.example"}
+    refer: {target_uri: "sip:partners@pbx.example", before_accept: true}
   - name: spanish-office
     when: {called: "+14155550177", schedule: office}
     accept: {profile: desk_es}

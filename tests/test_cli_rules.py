@@ -305,10 +305,10 @@ def test_simulate_header_reaches_a_header_rule(capsys: pytest.CaptureFixture[str
         *at,
     )
     assert result["rule"] == "pharmacy-partners"
-    assert result["request"] == {
-        "path": "/realtime/calls/rtc_simulated/refer",
-        "body": {"target_uri": "tel:+14155550150"},
-    }
+    assert result["action"] == "refer"
+    # The refer is carried out after an accept: the ringing call gets the accept.
+    assert result["request"]["path"] == "/realtime/calls/rtc_simulated/accept"
+    assert result["after_accept"]["refer_after_accept"]["target_uri"] == "tel:+14155550150"
     without = simulate_json(capsys, "--from", "+14155550123", "--to", "+14155550100", *at)
     assert without["rule"] == "front-desk-hours"
 

@@ -67,7 +67,7 @@ async def test_a_503_then_success_is_processed_with_one_effective_action(
         pytest.param(None, "reject", {"status_code": 503}, id="default-reject-503"),
         pytest.param("{reject: {status_code: 486}}", "reject", {"status_code": 486}, id="reject"),
         pytest.param(
-            '{refer: {target_uri: "tel:+14155550150"}}',
+            '{refer: {target_uri: "tel:+14155550150", before_accept: true}}',
             "refer",
             {"target_uri": "tel:+14155550150"},
             id="refer",

@@ -17,8 +17,9 @@ from app.metrics import Metrics
 
 log = logging.getLogger("sip_router.sideband")
 
-CallRun = Callable[[], Awaitable[CallOutcome]]
-OnCallEnd = Callable[[CallOutcome], Awaitable[None]]
+# A call's run ends with its outcome, or None when another replica took the call over.
+CallRun = Callable[[], Awaitable[CallOutcome | None]]
+OnCallEnd = Callable[[CallOutcome | None], Awaitable[None]]
 
 
 class ActiveCalls:

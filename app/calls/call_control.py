@@ -103,3 +103,74 @@ class CallControl:
             or self.transcript
             or self.refer is not None
         )
+
+
+def control_to_json(control: CallControl) -> dict[str, Any]:
+    """`control` as JSON data, for a replica that takes the call over (call_ownership.py)."""
+    data: dict[str, Any] = {
+        "greeting": control.greeting,
+        "transfer_targets": {
+            name: {"target_uri": t.target_uri, "description": t.description}
+            for name, t in control.transfer_targets.items()
+        },
+        "end_call": control.end_call,
+        "functions": {
+            name: {
+                "url": f.url,
+                "description": f.description,
+                "parameters": dict(f.parameters),
+                "timeout_s": f.timeout_s,
+            }
+            for name, f in control.functions.items()
+        },
+        "transcript": control.transcript,
+    }
+    if control.refer is not None:
+        on_error = control.refer.on_error
+        data["refer"] = {
+            "target_uri": control.refer.target_uri,
+            "announce": control.refer.announce,
+            "on_error": {
+                "kind": on_error.kind,
+                "session": dict(on_error.session) if on_error.session is not None else None,
+                "target_uri": on_error.target_uri,
+            },
+        }
+    return data
+
+
+def control_from_json(data: Mapping[str, Any]) -> CallControl:
+    """The CallControl `control_to_json` wrote; ValueError/TypeError/KeyError if it is not."""
+    refer = None
+    if data.get("refer") is not None:
+        written = data["refer"]
+        on_error = written["on_error"]
+        refer = ReferAfterAccept(
+            str(written["target_uri"]),
+            written.get("announce"),
+            ReferFailure(on_error["kind"], on_error.get("session"), on_error.get("target_uri")),
+        )
+    return CallControl(
+        greeting=data.get("greeting"),
+        transfer_targets=MappingProxyType(
+            {
+                name: TransferTarget(str(t["target_uri"]), str(t.get("description", "")))
+                for name, t in data.get("transfer_targets", {}).items()
+            }
+        ),
+        end_call=bool(data.get("end_call")),
+        functions=MappingProxyType(
+            {
+                name: CompanyFunction(
+                    name,
+                    str(f["url"]),
+                    str(f.get("description", "")),
+                    MappingProxyType(dict(f.get("parameters", {}))),
+                    float(f.get("timeout_s", DEFAULT_FUNCTION_TIMEOUT_S)),
+                )
+                for name, f in data.get("functions", {}).items()
+            }
+        ),
+        transcript=bool(data.get("transcript")),
+        refer=refer,
+    )

@@ -43,6 +43,10 @@ class CallTicket:
     called: dict[str, Any] = field(default_factory=dict)
     # Wall-clock time after which the call cannot be active any more.
     active_until: float = 0.0
+    # What sip-router does on the call (call_control.control_to_json), and when it was
+    # accepted (wall clock), so a replica taking it over does the same and times it right.
+    control: dict[str, Any] = field(default_factory=dict)
+    accepted_at: float = 0.0
 
 
 @dataclass(frozen=True, slots=True)

@@ -100,6 +100,11 @@ class CallOutcome:
     transcript: tuple[Turn, ...]
     answered: frozenset[str]
     refer_rule_failed: bool
+    # Add to a time of the call's clock (transfer.at, a turn's at) to get the wall clock.
+    clock_offset: float = 0.0
+
+    def wall_time(self, at: float) -> float:
+        return at + self.clock_offset
 
 
 @dataclass(frozen=True, slots=True)
@@ -192,6 +197,7 @@ class SidebandDriver:
             transcript=tuple(self.session.transcript),
             answered=frozenset(self.session.answered),
             refer_rule_failed=self._refer_rule_failed,
+            clock_offset=started_wall - self._started,
         )
 
     # --- the main loop: one event at a time ----------------------------------------------

@@ -11,6 +11,7 @@ from typing import Annotated, Any, ClassVar, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt, model_validator
 
+from app.calls.call_control import DEFAULT_FUNCTION_TIMEOUT_S, MAX_FUNCTION_TIMEOUT_S
 from app.rules.schedule import ScheduleSpec
 
 _FROZEN = ConfigDict(frozen=True, extra="forbid", populate_by_name=True)
@@ -148,9 +149,23 @@ class AcceptSpec(BaseModel):
 
 
 class ReferSpec(BaseModel):
+    """A refer: by default carried out after an accept with `profile` (SPEC section 10)."""
+
     model_config = _FROZEN
 
     target_uri: str = Field(min_length=1, max_length=2048)
+    profile: Name | None = None
+    announce: str | None = Field(default=None, min_length=1, max_length=4000)
+    before_accept: StrictBool = False
+
+    @model_validator(mode="after")
+    def _nothing_to_say_before_accept(self) -> ReferSpec:
+        if self.before_accept and (self.profile is not None or self.announce is not None):
+            raise ValueError(
+                "a refer sent before the accept has no session: profile and announce"
+                " need before_accept: false"
+            )
+        return self
 
 
 class RejectSpec(BaseModel):
@@ -261,6 +276,26 @@ class ServiceSpec(BaseModel):
     timeout_s: float = Field(default=1.5, gt=0, le=5)
 
 
+class TransferTargetSpec(BaseModel):
+    """One of the top-level `transfer_targets`: where `transfer_call` may send the caller."""
+
+    model_config = _FROZEN
+
+    target_uri: str = Field(min_length=1, max_length=2048)
+    description: str = Field(default="", max_length=1000)
+
+
+class FunctionSpec(BaseModel):
+    """One of the top-level `functions`: a tool the company's service answers (section 13)."""
+
+    model_config = _FROZEN
+
+    description: str = Field(default="", max_length=4000)
+    parameters: dict[str, Any] = Field(default_factory=lambda: {"type": "object", "properties": {}})
+    url: str = Field(min_length=1, max_length=2048)
+    timeout_s: float = Field(default=DEFAULT_FUNCTION_TIMEOUT_S, gt=0, le=MAX_FUNCTION_TIMEOUT_S)
+
+
 class DefaultsSpec(BaseModel):
     model_config = _FROZEN
 
@@ -279,6 +314,8 @@ class RuleFileSpec(BaseModel):
     lists: dict[Name, ListSpec] = Field(default_factory=dict)
     schedules: dict[Name, ScheduleSpec] = Field(default_factory=dict)
     services: dict[Name, ServiceSpec] = Field(default_factory=dict)
+    transfer_targets: dict[Name, TransferTargetSpec] = Field(default_factory=dict)
+    functions: dict[Name, FunctionSpec] = Field(default_factory=dict)
     rules: tuple[RuleSpec, ...] = ()
     default: ActionSpec
     on_error: ActionSpec | None = None

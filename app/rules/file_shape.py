@@ -12,7 +12,7 @@ import difflib
 import types
 from collections.abc import Iterable, Mapping
 from copy import deepcopy
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Annotated, Any, Literal, TypeVar, Union, get_args, get_origin
 
 from pydantic import BaseModel, TypeAdapter, ValidationError
@@ -20,12 +20,14 @@ from pydantic import BaseModel, TypeAdapter, ValidationError
 from app.rules.file_model import (
     ActionSpec,
     DefaultsSpec,
+    FunctionSpec,
     ListSpec,
     Name,
     RuleFileSpec,
     RuleSpec,
     ServiceSpec,
     TestCaseSpec,
+    TransferTargetSpec,
 )
 from app.rules.schedule import ScheduleSpec
 from app.rules.yaml_source import Path as DataPath
@@ -64,6 +66,8 @@ class FileParts:
     default: ActionSpec | None
     on_error: ActionSpec | None
     tests: tuple[tuple[int, TestCaseSpec], ...]
+    transfer_targets: Mapping[str, TransferTargetSpec] = field(default_factory=dict)
+    functions: Mapping[str, FunctionSpec] = field(default_factory=dict)
 
 
 def check_shape(data: dict[str, Any]) -> tuple[FileParts, list[Finding]]:
@@ -86,6 +90,8 @@ def check_shape(data: dict[str, Any]) -> tuple[FileParts, list[Finding]]:
         default=spec.default,
         on_error=spec.on_error,
         tests=tuple(enumerate(spec.tests)),
+        transfer_targets=spec.transfer_targets,
+        functions=spec.functions,
     )
     return parts, []
 
@@ -126,6 +132,8 @@ def _salvaged_parts(data: dict[str, Any]) -> FileParts:
         default=_salvage(ActionSpec, data["default"]) if "default" in data else None,
         on_error=_salvage(ActionSpec, data["on_error"]) if "on_error" in data else None,
         tests=indexed("tests", TestCaseSpec),
+        transfer_targets=named("transfer_targets", TransferTargetSpec),
+        functions=named("functions", FunctionSpec),
     )
 
 

@@ -10,6 +10,7 @@ from collections.abc import Iterator, Mapping
 from copy import deepcopy
 from typing import Any
 
+from app.calls.call_control import DEFAULT_FUNCTION_TIMEOUT_S, MAX_FUNCTION_TIMEOUT_S
 from app.rules.accept_body import accept_body_json_schema
 from app.rules.profile_overrides import MAX_DURATION_LIMIT_S
 from app.rules.schedule import WEEKDAYS
@@ -137,6 +138,57 @@ def _top_level_properties() -> Schema:
             _ref("Name"),
             _ref("Schedule"),
             "Opening hours by name, used by `schedule: name` in conditions.",
+        ),
+        "transfer_targets": _map_of(
+            _ref("Name"),
+            _object(
+                {
+                    "target_uri": _described(
+                        _ref("TargetUri"), "Where the caller goes when the agent transfers."
+                    ),
+                    "description": {
+                        "type": "string",
+                        "maxLength": 1000,
+                        "description": "Tells the agent what this target is for.",
+                    },
+                },
+                required=("target_uri",),
+            ),
+            "Destinations of the agent's `transfer_call` tool, named by a profile's `transfer`.",
+        ),
+        "functions": _map_of(
+            _ref("Name"),
+            _object(
+                {
+                    "description": {
+                        "type": "string",
+                        "maxLength": 4000,
+                        "description": "Tells the agent what the function does.",
+                    },
+                    "parameters": {
+                        "type": "object",
+                        "description": 'A JSON Schema object ("type": "object") of the arguments.',
+                    },
+                    "url": {
+                        "type": "string",
+                        "minLength": 1,
+                        "maxLength": 2048,
+                        "pattern": "^https?://",
+                        "description": "Where sip-router posts each call of the function:"
+                        " https://, or http:// to a loopback or private address.",
+                    },
+                    "timeout_s": {
+                        "type": "number",
+                        "exclusiveMinimum": 0,
+                        "maximum": MAX_FUNCTION_TIMEOUT_S,
+                        "default": DEFAULT_FUNCTION_TIMEOUT_S,
+                        "description": "How long the service may take to answer, at most 30 s.",
+                    },
+                },
+                required=("url",),
+            ),
+            "Your own functions the agent may call, named by a profile's `functions`; your"
+            " service answers them (signed requests, SIP_ROUTER_OUTBOUND_SECRET).",
         ),
         "services": _map_of(
             _ref("Name"),
@@ -444,16 +496,34 @@ def _action_defs(partial_session_props: Schema) -> Schema:
             description="A service of yours that `consult` rules ask (signed with"
             " SIP_ROUTER_OUTBOUND_SECRET).",
         ),
+        "TargetUri": {
+            "type": "string",
+            "minLength": 1,
+            "maxLength": 2048,
+            "pattern": r"^(tel|sips?):|\{[{%#]",
+            "description": "tel:+E.164 or a sip:/sips: URI; {{ ... }} templates allowed.",
+            "examples": ["sip:desk@pbx.example.com", "tel:+18005550100"],
+        },
         "Refer": _object(
             {
-                "target_uri": {
+                "target_uri": _ref("TargetUri"),
+                "profile": _described(
+                    _ref("Name"),
+                    "The profile the call is accepted with before the refer. Default: a"
+                    " built-in session that only speaks the announcement.",
+                ),
+                "announce": {
                     "type": "string",
                     "minLength": 1,
-                    "maxLength": 2048,
-                    "pattern": r"^(tel|sips?):|\{[{%#]",
-                    "description": "tel:+E.164 or a sip:/sips: URI; {{ ... }} templates allowed.",
-                    "examples": ["sip:desk@pbx.example.com", "tel:+18005550100"],
-                }
+                    "maxLength": 4000,
+                    "description": "Said to the caller before the refer; {{ ... }} templates.",
+                },
+                "before_accept": {
+                    "type": "boolean",
+                    "default": False,
+                    "description": "Refer the ringing call instead of accepting first (for"
+                    " trunks where that is known to work); takes no profile or announce.",
+                },
             },
             required=("target_uri",),
         ),
@@ -504,6 +574,36 @@ def _profile_defs(full_props: Schema, partial_props: Schema) -> Schema:
         "max_duration_s": _described(
             _ref("MaxDuration"), "sip-router hangs up after this many seconds."
         ),
+        "greeting": {
+            "type": ["string", "null"],
+            "minLength": 1,
+            "maxLength": 4000,
+            "description": "Said first, as soon as sip-router is on the call's sideband;"
+            " {{ ... }} templates.",
+        },
+        "transfer": {
+            "type": ["array", "null"],
+            "items": _ref("Name"),
+            "minItems": 1,
+            "description": "Names of `transfer_targets` the agent may transfer the caller to"
+            " (adds the tool transfer_call).",
+        },
+        "end_call": {
+            "type": ["boolean", "null"],
+            "description": "Let the agent hang up after saying goodbye (adds the tool end_call).",
+        },
+        "functions": {
+            "type": ["array", "null"],
+            "items": _ref("Name"),
+            "minItems": 1,
+            "description": "Names of top-level `functions` the agent may call; each becomes a"
+            " function tool that your service answers.",
+        },
+        "transcript": {
+            "type": ["boolean", "null"],
+            "description": "Keep the call's transcript in the call log (with"
+            " SIP_ROUTER_TRANSCRIPTS=true).",
+        },
     }
     profile = _object(
         {**partial_props, **extras},

@@ -23,6 +23,9 @@ from zoneinfo import ZoneInfo
 import phonenumbers
 from pydantic import ValidationError
 
+from app.calls.call_control import CompanyFunction
+from app.calls.call_tools import with_call_control_tools
+from app.calls.function_requests import function_url_problem
 from app.phone_numbers import NumberFormatError, normalize_number, normalize_prefix
 from app.rules.accept_body import (
     SessionConfig,
@@ -55,6 +58,7 @@ from app.rules.consultation import check_service_url
 from app.rules.file_model import (
     ActionSpec,
     NumberTermSpec,
+    ReferSpec,
     RuleSpec,
     SplitChoiceSpec,
     WhenSpec,
@@ -77,6 +81,13 @@ from app.rules.file_shape import (
 from app.rules.linear_regex import Regex, RegexError, compile_regex
 from app.rules.number_set import NumberListError, NumberSet
 from app.rules.problems import Problem, RuleFileError
+from app.rules.profile_control import (
+    CONTROL_KEYS,
+    CompiledTransferTarget,
+    ProfileControl,
+    ProfileControlSpec,
+    parameters_problem,
+)
 from app.rules.profile_overrides import NOT_OVERRIDABLE
 from app.rules.profile_overrides import deep_merge as _deep_merge
 from app.rules.profile_overrides import max_duration as _max_duration
@@ -91,6 +102,7 @@ from app.rules.ruleset import (
     Ruleset,
     ServiceTarget,
     SplitAction,
+    announcer,
     check_target_uri,
 )
 from app.rules.schedule import (
@@ -108,7 +120,7 @@ _HEADER_NAME = re.compile(r"[A-Za-z0-9!#$%&'*+\-.^_`|~]{1,100}")
 _PATTERN_TOKEN = re.compile(r"[0-9]|X|Z|N|\[(?:[0-9](?:-[0-9])?)+\]")
 _DEFAULT_ON_ERROR = RejectAction(503)
 # Keys of a profile that are not accept fields: sip-router reads them itself.
-_PROFILE_OWN_KEYS = ("extends", "instructions_file", "max_duration_s")
+_PROFILE_OWN_KEYS = ("extends", "instructions_file", "max_duration_s", *CONTROL_KEYS)
 
 
 @dataclass
@@ -283,7 +295,10 @@ def _compile(parts: FileParts, ctx: _Context) -> Ruleset:
         ctx.region_broken = True
     lists = _compile_lists(parts, ctx)
     schedules = _compile_schedules(parts, ctx, timezone.key)
-    profiles = _resolve_profiles(parts, ctx)
+    called = _CallControlParts(
+        _compile_transfer_targets(parts, ctx), _compile_functions(parts, ctx)
+    )
+    profiles = _resolve_profiles(parts, ctx, called)
     services = _compile_services(parts, ctx)
     compiler = _RuleCompiler(ctx, lists, schedules, profiles, services)
     rules = tuple(compiler.rule(i, rule) for i, rule in parts.rules)
@@ -404,9 +419,64 @@ def _compile_schedules(
 
 
 @dataclass(frozen=True)
+class _CallControlParts:
+    """The top-level `transfer_targets` and `functions` that compiled."""
+
+    transfer_targets: Mapping[str, CompiledTransferTarget]
+    functions: Mapping[str, CompanyFunction]
+
+
+def _compile_transfer_targets(parts: FileParts, ctx: _Context) -> dict[str, CompiledTransferTarget]:
+    compiled: dict[str, CompiledTransferTarget] = {}
+    for name, spec in parts.transfer_targets.items():
+        path: DataPath = ("transfer_targets", name, "target_uri")
+        try:
+            target = compile_template(spec.target_uri, "uri")
+        except ValueError as exc:
+            ctx.error(path, f"transfer_targets.{name}.target_uri: {exc}")
+            continue
+        if target.is_static and (problem := check_target_uri(target.source)) is not None:
+            ctx.error(path, f"transfer_targets.{name}.target_uri: {problem}")
+            continue
+        compiled[name] = CompiledTransferTarget(target, spec.description)
+    return compiled
+
+
+def _compile_functions(parts: FileParts, ctx: _Context) -> dict[str, CompanyFunction]:
+    compiled: dict[str, CompanyFunction] = {}
+    for name, spec in parts.functions.items():
+        path: DataPath = ("functions", name)
+        ok = True
+        if name in ("transfer_call", "end_call"):
+            ctx.error(path, f"functions.{name}: '{name}' is a built-in tool (use the profile key)")
+            ok = False
+        problem = function_url_problem(spec.url)
+        if problem is not None:
+            ctx.error((*path, "url"), f"functions.{name}.url: {problem}")
+            ok = False
+        elif spec.url.startswith("http://"):
+            ctx.warn(
+                (*path, "url"),
+                f"functions.{name}.url: http:// to a loopback or private address: requests"
+                " and answers travel unencrypted",
+            )
+        schema_problem = parameters_problem(spec.parameters)
+        if schema_problem is not None:
+            inside, message = schema_problem
+            ctx.error((*path, "parameters", *inside), f"functions.{name}.parameters: {message}")
+            ok = False
+        if ok:
+            compiled[name] = CompanyFunction(
+                name, spec.url, spec.description, dict(spec.parameters), spec.timeout_s
+            )
+    return compiled
+
+
+@dataclass(frozen=True)
 class _Profile:
     merged: dict[str, Any]
     max_duration_s: float | None
+    control: ProfileControl | None = None
 
 
 @dataclass(frozen=True)
@@ -418,7 +488,9 @@ class _ProfileCheck:
     warnings: tuple[str, ...] = ()
 
 
-def _resolve_profiles(parts: FileParts, ctx: _Context) -> dict[str, _Profile]:
+def _resolve_profiles(
+    parts: FileParts, ctx: _Context, called: _CallControlParts
+) -> dict[str, _Profile]:
     own: dict[str, dict[str, Any]] = {}
     for name, raw in parts.profiles.items():
         path: DataPath = ("profiles", name)
@@ -482,7 +554,9 @@ def _resolve_profiles(parts: FileParts, ctx: _Context) -> dict[str, _Profile]:
     def check(name: str) -> _ProfileCheck:
         if name not in checks:
             found = merged(name, ())
-            checks[name] = _ProfileCheck(None) if found is None else _check_profile(found, ctx)
+            checks[name] = (
+                _ProfileCheck(None) if found is None else _check_profile(found, ctx, called)
+            )
         return checks[name]
 
     resolved: dict[str, _Profile] = {}
@@ -507,17 +581,102 @@ def _resolve_profiles(parts: FileParts, ctx: _Context) -> dict[str, _Profile]:
     return resolved
 
 
-def _check_profile(merged: Mapping[str, Any], ctx: _Context) -> _ProfileCheck:
+def _check_profile(
+    merged: Mapping[str, Any], ctx: _Context, called: _CallControlParts
+) -> _ProfileCheck:
     body = {k: v for k, v in merged.items() if k != "extends"}
     findings: list[Finding] = []
     max_duration = _max_duration(body.pop("max_duration_s", None), findings)
+    # The call-control keys are sip-router's own: never part of the accept body.
+    written_control = {key: body.pop(key) for key in CONTROL_KEYS if key in body}
+    control, control_ok = _profile_control(written_control, called, findings, ctx)
     config = _session_config(body, findings, ctx)
     if config is None:
         return _ProfileCheck(None, tuple(findings))
-    warnings = (*voice_warnings(config), *function_tool_warnings(config))
-    if findings:
-        return _ProfileCheck(None, tuple(findings), warnings)
-    return _ProfileCheck(_Profile(body, max_duration), (), warnings)
+    warnings = [*voice_warnings(config), *function_tool_warnings(config)]
+    if control is not None:
+        taken = {getattr(tool, "name", None) for tool in config.tools or ()}
+        for name in control.added_tools:
+            if name in taken:
+                key = {"transfer_call": "transfer", "end_call": "end_call"}.get(name, "functions")
+                at: DataPath = (key,)
+                findings.append(
+                    Finding(
+                        at,
+                        at,
+                        f"adds a tool named '{name}', and the profile's tools already have one;"
+                        " rename the tool",
+                    )
+                )
+        if control.transcript and not _has_input_transcription(body):
+            warnings.append(
+                "transcript: true keeps only the agent's side without input transcription"
+                " (set audio.input.transcription to keep the caller's turns too)"
+            )
+    if findings or not control_ok:
+        return _ProfileCheck(None, tuple(findings), tuple(warnings))
+    return _ProfileCheck(_Profile(body, max_duration, control), (), tuple(warnings))
+
+
+def _has_input_transcription(body: Mapping[str, Any]) -> bool:
+    audio = body.get("audio")
+    audio_input = audio.get("input") if isinstance(audio, Mapping) else None
+    return isinstance(audio_input, Mapping) and audio_input.get("transcription") is not None
+
+
+def _profile_control(
+    written_control: dict[str, Any],
+    called: _CallControlParts,
+    findings: list[Finding],
+    ctx: _Context,
+) -> tuple[ProfileControl | None, bool]:
+    """The profile's call-control keys compiled; False when they cannot be (findings say why,
+    or a name they use is broken and reported where it is defined)."""
+    if not written_control:
+        return None, True
+    try:
+        spec = ProfileControlSpec.model_validate(written_control)
+    except ValidationError as exc:
+        findings.extend(validation_findings(exc, written_control, ProfileControlSpec))
+        return None, False
+    ok = True
+    greeting = None
+    if spec.greeting is not None:
+        try:
+            greeting = compile_template(spec.greeting)
+        except TemplateCompileError as exc:
+            findings.append(Finding(("greeting",), ("greeting",), str(exc)))
+            ok = False
+    targets: dict[str, CompiledTransferTarget] = {}
+    for i, name in enumerate(spec.transfer or ()):
+        if name in called.transfer_targets:
+            targets[name] = called.transfer_targets[name]
+        elif ctx.undeclared("transfer_targets", name):
+            message = f"unknown transfer target '{name}'" + did_you_mean(
+                name, ctx.declared("transfer_targets")
+            )
+            findings.append(Finding(("transfer", i), ("transfer",), message))
+            ok = False
+        else:
+            ok = False
+    functions: dict[str, CompanyFunction] = {}
+    for i, name in enumerate(spec.functions or ()):
+        if name in called.functions:
+            functions[name] = called.functions[name]
+        elif ctx.undeclared("functions", name):
+            message = f"unknown function '{name}'" + did_you_mean(name, ctx.declared("functions"))
+            findings.append(Finding(("functions", i), ("functions",), message))
+            ok = False
+        else:
+            ok = False
+    control = ProfileControl(
+        greeting=greeting,
+        transfer=targets,
+        end_call=bool(spec.end_call),
+        functions=functions,
+        transcript=bool(spec.transcript),
+    )
+    return control, ok
 
 
 def _session_config(
@@ -724,18 +883,7 @@ class _RuleCompiler:
         if spec.reject is not None:
             return RejectAction(spec.reject.status_code)
         if spec.refer is not None:
-            uri_path = (*path, "refer", "target_uri")
-            try:
-                target = compile_template(spec.refer.target_uri, "uri")
-            except ValueError as exc:
-                self.ctx.error(uri_path, f"{self.ctx.describe(uri_path)}: {exc}")
-                return None
-            if target.is_static:
-                problem = check_target_uri(target.source)
-                if problem is not None:
-                    self.ctx.error(uri_path, f"{self.ctx.describe(uri_path)}: {problem}")
-                    return None
-            return ReferAction(target)
+            return self.refer(spec.refer, (*path, "refer"))
         assert spec.accept is not None
         accept_path = (*path, "accept")
         if spec.accept.split is not None:
@@ -744,6 +892,35 @@ class _RuleCompiler:
         return self.accept(
             spec.accept.profile, spec.accept.overrides, accept_path, (*accept_path, "profile")
         )
+
+    def refer(self, spec: ReferSpec, path: DataPath) -> ReferAction | None:
+        uri_path = (*path, "target_uri")
+        try:
+            target = compile_template(spec.target_uri, "uri")
+        except ValueError as exc:
+            self.ctx.error(uri_path, f"{self.ctx.describe(uri_path)}: {exc}")
+            return None
+        if target.is_static:
+            problem = check_target_uri(target.source)
+            if problem is not None:
+                self.ctx.error(uri_path, f"{self.ctx.describe(uri_path)}: {problem}")
+                return None
+        if spec.before_accept:
+            return ReferAction(target)
+        announce = None
+        if spec.announce is not None:
+            try:
+                announce = compile_template(spec.announce)
+            except TemplateCompileError as exc:
+                self.ctx.error((*path, "announce"), f"{self.ctx.describe(path)}.announce: {exc}")
+                return None
+        if spec.profile is None:
+            accept: AcceptAction | None = announcer()
+        else:
+            accept = self.accept(spec.profile, None, path, (*path, "profile"))
+        if accept is None:
+            return None
+        return ReferAction(target, before_accept=False, accept=accept, announce=announce)
 
     def split(self, choices: tuple[SplitChoiceSpec, ...], path: DataPath) -> SplitAction | None:
         compiled: list[tuple[AcceptAction, int]] = []
@@ -796,12 +973,22 @@ class _RuleCompiler:
             self.ctx.report((*accept_path, "overrides"), findings)
             if overridden is None or findings:
                 return None
-        accept_body = build_accept_body(validate_session_config(body))
+        config = validate_session_config(body)
+        if profile.control is not None:
+            try:
+                config = with_call_control_tools(config, profile.control.tool_control())
+            except ValueError as exc:
+                self.ctx.error(
+                    (*accept_path, "overrides"), f"{self.ctx.describe(accept_path)}: {exc}"
+                )
+                return None
+        accept_body = build_accept_body(config)
         return AcceptAction(
             profile=name,
             body=accept_body,
             templates=compile_accept_templates(accept_body),
             max_duration_s=max_duration,
+            control=profile.control,
         )
 
     def profile_bodies(self) -> dict[str, ProfileBody]:

@@ -11,6 +11,13 @@ from zoneinfo import ZoneInfo
 
 from pydantic import ValidationError
 
+from app.calls.call_control import (
+    HANG_UP,
+    CallControl,
+    ReferAfterAccept,
+    ReferFailure,
+)
+from app.calls.call_tools import with_call_control_tools
 from app.rules.accept_body import (
     AcceptTemplates,
     SessionConfig,
@@ -28,6 +35,12 @@ from app.rules.consultation import (
 )
 from app.rules.file_model import TestCaseSpec
 from app.rules.file_shape import Finding, validation_findings
+from app.rules.profile_control import (
+    ANNOUNCER_PROFILE,
+    ANNOUNCER_SESSION,
+    ControlRenderError,
+    ProfileControl,
+)
 from app.rules.profile_overrides import NOT_OVERRIDABLE, deep_merge, max_duration
 from app.rules.rule_index import RuleIndex, build_rule_index
 from app.rules.templates import (
@@ -69,10 +82,20 @@ class AcceptAction:
     templates: AcceptTemplates | None
     max_duration_s: float | None
     kind: ActionKind = "accept"
+    # The profile's call-control keys (section 10); None: sip-router leaves after the accept.
+    control: ProfileControl | None = None
 
     @property
     def is_static(self) -> bool:
-        return self.templates is None
+        return self.templates is None and (self.control is None or self.control.is_static)
+
+    def render_control(self, variables: Mapping[str, Any]) -> CallControl | None:
+        if self.control is None:
+            return None
+        try:
+            return self.control.render(variables)
+        except ControlRenderError as exc:
+            raise ActionRenderError(str(exc)) from None
 
     def render(self, variables: Mapping[str, Any]) -> Mapping[str, Any]:
         if self.templates is None:
@@ -85,12 +108,29 @@ class AcceptAction:
 
 @dataclass(frozen=True, slots=True)
 class ReferAction:
+    """A refer; unless `before_accept`, carried out after accepting with `accept` (section 10)."""
+
     target: Template
     kind: ActionKind = "refer"
+    before_accept: bool = True
+    accept: AcceptAction | None = None
+    announce: Template | None = None
 
     @property
     def is_static(self) -> bool:
-        return self.target.is_static
+        return (
+            self.target.is_static
+            and (self.accept is None or self.accept.is_static)
+            and (self.announce is None or self.announce.is_static)
+        )
+
+    def render_announce(self, variables: Mapping[str, Any]) -> str | None:
+        if self.announce is None:
+            return None
+        try:
+            return self.announce.render(variables)
+        except TemplateRenderError as exc:
+            raise ActionRenderError(f"announce template: {exc}") from None
 
     def render(self, variables: Mapping[str, Any]) -> Mapping[str, Any]:
         try:
@@ -200,9 +240,27 @@ class Decision:
     failed_profile: str | None = None
     consulted: tuple[ConsultNote, ...] = ()
     variables: Mapping[str, str] = field(default_factory=dict)
+    # What sip-router does on the call after the accept (section 10), rendered for it.
+    control: CallControl | None = None
+    # A refer carried out after an accept: the accept body sent first.
+    accept_body: Mapping[str, Any] | None = None
+    tools_added: tuple[str, ...] = ()
+
+    @property
+    def verb(self) -> ActionKind:
+        """The request sent on the ringing call: an after-accept refer sends an accept."""
+        return "accept" if self.accept_body is not None else self.action
+
+    @property
+    def request_body(self) -> Mapping[str, Any]:
+        return self.accept_body if self.accept_body is not None else self.body
+
+    @property
+    def stays_with_call(self) -> bool:
+        return self.control is not None and self.control.needs_sideband
 
     def path(self, call_id: str) -> str:
-        return f"/realtime/calls/{call_id}/{self.action}"
+        return f"/realtime/calls/{call_id}/{self.verb}"
 
 
 @dataclass(frozen=True, slots=True)
@@ -412,6 +470,21 @@ class Ruleset:
         variables = {} if action.is_static else self.template_variables(ctx, rule, state.variables)
         body = action.render(variables)
         accept = action if isinstance(action, AcceptAction) else None
+        control: CallControl | None = None
+        accept_body: Mapping[str, Any] | None = None
+        if isinstance(action, ReferAction) and action.accept is not None:
+            accept = action.accept
+            accept_body = accept.render(variables)
+            profile_control = accept.render_control(variables) or CallControl()
+            refer = ReferAfterAccept(
+                str(body["target_uri"]),
+                action.render_announce(variables),
+                self._refer_failure(ctx, rule),
+            )
+            control = replace(profile_control, refer=refer)
+        elif accept is not None:
+            control = accept.render_control(variables)
+        tools = accept.control.added_tools if accept and accept.control else ()
         return Decision(
             action=action.kind,
             body=body,
@@ -423,7 +496,25 @@ class Ruleset:
             error=error,
             consulted=state.consulted,
             variables=state.variables,
+            control=control if control is not None and control.needs_sideband else None,
+            accept_body=accept_body,
+            tools_added=tools,
         )
+
+    def _refer_failure(self, ctx: CallContext, rule: str | None) -> ReferFailure:
+        """What `on_error` does to a live call whose after-accept refer failed."""
+        on_error = self.on_error
+        if isinstance(on_error, SplitAction):
+            on_error = on_error.pick(ctx.call_id)
+        try:
+            variables = {} if on_error.is_static else self.template_variables(ctx, rule)
+            if isinstance(on_error, AcceptAction):
+                return ReferFailure("session", session=dict(on_error.render(variables)))
+            if isinstance(on_error, ReferAction):
+                return ReferFailure("refer", target_uri=on_error.render(variables)["target_uri"])
+        except ActionRenderError:
+            pass
+        return HANG_UP
 
     def template_variables(
         self, ctx: CallContext, rule: str | None, variables: Mapping[str, str] | None = None
@@ -448,8 +539,11 @@ class Ruleset:
             problem = check_target_uri(answer.target_uri)
             if problem is not None:
                 raise InvalidAnswer(problem)
-            # Taken as written: a service's text is never a template.
-            return ReferAction(Template(answer.target_uri, None, "uri"))
+            # Taken as written: a service's text is never a template. Carried out after an
+            # accept, like a rule's refer.
+            return ReferAction(
+                Template(answer.target_uri, None, "uri"), before_accept=False, accept=announcer()
+            )
         if answer.kind != "accept" or answer.profile is None:
             raise InvalidAnswer(f"{answer.kind} is not an action")
         profile = self.profiles.get(answer.profile)
@@ -479,13 +573,25 @@ def _overridden(name: str, profile: ProfileBody, overrides: Mapping[str, Any]) -
         first = findings[0]
         place = ".".join(str(p) for p in first.where)
         raise InvalidAnswer(f"overrides{'.' + place if place else ''}: {first.message}")
+    control = profile.action.control
+    if control is not None:
+        try:
+            config = with_call_control_tools(config, control.tool_control())
+        except ValueError as exc:
+            raise InvalidAnswer(f"overrides: {exc}") from None
     templates = profile.action.templates
     return AcceptAction(
         profile=name,
         body=build_accept_body(config),
         templates=templates.without_overridden(overrides) if templates else None,
         max_duration_s=limit,
+        control=control,
     )
+
+
+def announcer() -> AcceptAction:
+    """The accept of a refer without a profile: a session that only speaks announcements."""
+    return AcceptAction(ANNOUNCER_PROFILE, {"type": "realtime", **ANNOUNCER_SESSION}, None, None)
 
 
 def _with(decision: Decision, **changes: Any) -> Decision:

@@ -16,6 +16,7 @@ from typing import Any
 
 from app.rules.call_context import CallContext
 from app.rules.file_model import TestCaseSpec
+from app.rules.profile_control import control_summary
 from app.rules.ruleset import Decision, Ruleset
 from app.sip_identity import SipHeaders, parse_parties
 
@@ -56,7 +57,7 @@ def decision_json(decision: Decision, call_id: str = SIMULATED_CALL_ID) -> dict[
     result: dict[str, Any] = {
         "rule": decision.rule,
         "action": decision.action,
-        "request": {"path": decision.path(call_id), "body": dict(decision.body)},
+        "request": {"path": decision.path(call_id), "body": dict(decision.request_body)},
         "trace": [
             {"rule": step.rule, "matched": step.matched, "reason": step.reason}
             for step in decision.trace
@@ -71,6 +72,9 @@ def decision_json(decision: Decision, call_id: str = SIMULATED_CALL_ID) -> dict[
         result["error"] = decision.error
     if decision.consulted:
         result["consulted"] = [note.as_record() for note in decision.consulted]
+    if decision.control is not None:
+        # What sip-router would do on the call's sideband after the accept (section 10).
+        result["after_accept"] = control_summary(decision.control, decision.tools_added)
     return result
 
 

@@ -34,9 +34,24 @@ class CallLog(Protocol):
         """Up to `limit` side records, one per call, newest first."""
         ...
 
+    async def add_to_call(self, call_id: str, fields: Mapping[str, Any]) -> bool:
+        """Join `fields` to the call's record: its later life when sip-router stayed with it
+        (LIFECYCLE_KEYS of app.recorded_calls; SPEC section 10), which `recent` shows with
+        the call's entry too. False when the call has no record (yet, or any more)."""
+        ...
+
 
 def check_limit(limit: int) -> int:
     """The number of entries to return for `limit`; ValueError when it is negative."""
     if limit < 0:
         raise ValueError("limit must not be negative")
     return min(limit, CALL_LOG_SIZE)
+
+
+# The call's later life when sip-router stays with it (SPEC section 10), kept in its record.
+LIFECYCLE_KEYS = ("ended_at", "duration_s", "end_reason", "transfer", "events", "transcript")
+
+
+def later_life(record: Mapping[str, Any]) -> dict[str, Any]:
+    """The lifecycle keys a call's record holds, for its call log entry."""
+    return {key: record[key] for key in LIFECYCLE_KEYS if key in record}

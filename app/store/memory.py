@@ -11,7 +11,7 @@ from collections.abc import Callable, Iterator, Mapping
 from itertools import islice
 from typing import Any
 
-from app.store.call_log import CALL_LOG_SIZE, check_limit
+from app.store.call_log import CALL_LOG_SIZE, check_limit, later_life
 from app.store.dedupe import (
     DONE_KEEP_S,
     Claim,
@@ -199,7 +199,21 @@ class MemoryStore:
     async def recent(self, limit: int) -> list[dict[str, Any]]:
         """Up to `limit` call log entries, newest first."""
         count = check_limit(limit)
-        return [json.loads(text) for text in islice(reversed(self._calls), count)]
+        entries = [json.loads(text) for text in islice(reversed(self._calls), count)]
+        return [{**entry, **self._later_life(entry.get("call_id"))} for entry in entries]
+
+    async def add_to_call(self, call_id: str, fields: Mapping[str, Any]) -> bool:
+        """Join `fields` to the call's record (only while the record is kept)."""
+        text = self._records.get(call_id)
+        if text is None:
+            return False
+        record = {**json.loads(text), **fields}
+        self._records[call_id] = json.dumps(record, separators=(",", ":"))
+        return True
+
+    def _later_life(self, call_id: Any) -> dict[str, Any]:
+        text = self._records.get(call_id) if isinstance(call_id, str) else None
+        return later_life(json.loads(text)) if text is not None else {}
 
     async def ping(self) -> None:
         """Always answers: process memory is available while the process runs."""

@@ -14,7 +14,7 @@ from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 from redis.exceptions import RedisError
 
-from app.store.call_log import CALL_LOG_SIZE, check_limit
+from app.store.call_log import CALL_LOG_SIZE, check_limit, later_life
 from app.store.dedupe import (
     DONE_KEEP_S,
     Claim,
@@ -225,7 +225,35 @@ class RedisStore:
             return []
         with _unavailable():
             texts = await self._redis.lrange(self._calls_key(), 0, count - 1)
-        return [json.loads(text) for text in texts]
+            entries = [json.loads(text) for text in texts]
+            ids = [str(entry.get("call_id", "")) for entry in entries]
+            records = await self._redis.hmget(self._records_key(), ids) if ids else []
+        return [
+            {**entry, **(later_life(json.loads(record)) if record else {})}
+            for entry, record in zip(entries, records, strict=True)
+        ]
+
+    @property
+    def prefix(self) -> str:
+        """The prefix of this store's keys."""
+        return self._prefix
+
+    @property
+    def client(self) -> Redis:
+        """The Redis client, shared with what else lives in the same Redis (call ownership)."""
+        return self._redis
+
+    async def add_to_call(self, call_id: str, fields: Mapping[str, Any]) -> bool:
+        """Join `fields` to the call's record (only while the record is kept)."""
+        with _unavailable():
+            text = await self._redis.hget(self._records_key(), call_id)
+            if text is None:
+                return False
+            record = {**json.loads(text), **fields}
+            await self._redis.hset(
+                self._records_key(), call_id, json.dumps(record, separators=(",", ":"))
+            )
+        return True
 
     async def ping(self) -> None:
         """Return when Redis answers; StoreUnavailable otherwise (readiness)."""

@@ -1,0 +1,205 @@
+"""The calls this replica stays with after the accept (SPEC section 10): start, take over, record.
+
+After a successful accept whose decision asks for it, the call is registered with its
+ownership lease and its driver starts in `ActiveCalls`; the webhook does not wait for it.
+Calls whose owner died are taken over by the scan, with what they remember. When a call
+ends, its later life (end, transfer, transcript) joins its entry in the call log.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import secrets
+import socket
+import time
+from collections.abc import Callable, Generator, Mapping
+from dataclasses import replace
+from datetime import UTC, datetime
+from typing import Any
+
+from redis.exceptions import RedisError
+from websockets.client import backoff
+
+from app.calls.active_calls import ActiveCalls
+from app.calls.call_control import CallControl, control_from_json, control_to_json
+from app.calls.call_ownership import (
+    LEASE_TTL_S,
+    CallMemory,
+    CallOwnership,
+    CallTicket,
+    drive_while_owned,
+    take_over_orphans,
+)
+from app.calls.function_requests import CallFacts, FunctionRequester
+from app.calls.sideband_connection import (
+    DEFAULT_ACTIVE_FOR_S,
+    CallActions,
+    CallOutcome,
+    SidebandDriver,
+    sideband_url,
+)
+from app.metrics import Metrics
+from app.rules.ruleset import Decision
+from app.store import CallLog, StoreUnavailable
+
+log = logging.getLogger("sip_router.sideband")
+RECORD_RETRY_DELAYS_S = (0.2, 0.5, 1.0, 2.0)
+
+
+def replica_id() -> str:
+    """Who owns a call's lease: this process, told apart from its restarts."""
+    return f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(4)}"
+
+
+class CallAttendant:
+    """Starts, takes over and records the calls this replica stays with."""
+
+    def __init__(
+        self,
+        *,
+        active: ActiveCalls,
+        ownership: CallOwnership,
+        actions: CallActions,
+        functions: FunctionRequester,
+        call_log: CallLog,
+        base_url: str,
+        api_key: str,
+        metrics: Metrics | None = None,
+        keep_transcripts: bool = False,
+        owner: str | None = None,
+        wall_clock: Callable[[], float] = time.time,
+        reconnect_delays: Callable[[], Generator[float]] = backoff,
+    ) -> None:
+        self.active = active
+        self.ownership = ownership
+        self.owner = owner or replica_id()
+        self._actions = actions
+        self._functions = functions
+        self._call_log = call_log
+        self._base_url = base_url
+        self._api_key = api_key
+        self._metrics = metrics
+        self._keep_transcripts = keep_transcripts
+        self._wall_clock = wall_clock
+        self._reconnect_delays = reconnect_delays
+
+    async def stay_with(
+        self,
+        call_id: str,
+        decision: Decision,
+        caller: Mapping[str, Any],
+        called: Mapping[str, Any],
+    ) -> None:
+        """Start driving a call just accepted for `decision`; returns once it is started."""
+        control = decision.control
+        if control is None or not control.needs_sideband:
+            return
+        if not self._keep_transcripts:
+            control = replace(control, transcript=False)
+        now = self._wall_clock()
+        ticket = CallTicket(
+            call_id,
+            decision.rule or "default",
+            decision.profile or "",
+            dict(caller),
+            dict(called),
+            active_until=now + (decision.max_duration_s or DEFAULT_ACTIVE_FOR_S),
+            control=control_to_json(control),
+            accepted_at=now,
+        )
+        try:
+            registered = await self.ownership.register(ticket, self.owner, LEASE_TTL_S)
+        except (RedisError, OSError):
+            # Driven without a lease: no other replica can take this call over.
+            log.error("could not register a call's lease", extra={"fields": {"call_id": call_id}})
+            registered = True
+        if registered:
+            self._start(ticket, control, CallMemory())
+
+    def take_over(self, ticket: CallTicket, memory: CallMemory) -> None:
+        """Drive a call whose owner died, with what it remembers."""
+        try:
+            control = control_from_json(ticket.control)
+        except (ValueError, TypeError, KeyError, AttributeError):
+            log.error("a call ticket without call control", extra={"fields": _ids(ticket)})
+            return
+        self._start(ticket, control, memory)
+
+    async def scan_for_orphans(self) -> None:
+        """Take over calls without an owner until cancelled."""
+        await take_over_orphans(self.ownership, self.owner, self.take_over)
+
+    def _start(self, ticket: CallTicket, control: CallControl, memory: CallMemory) -> None:
+        call_id = ticket.call_id
+        facts = CallFacts(call_id, ticket.caller, ticket.called, ticket.rule, ticket.profile)
+
+        async def run() -> Any:
+            driver = SidebandDriver(
+                facts=facts,
+                control=control,
+                url=sideband_url(self._base_url, call_id),
+                api_key=self._api_key,
+                actions=self._actions,
+                functions=self._functions,
+                metrics=self._metrics,
+                memory=self.ownership,
+                active_for_s=max(1.0, ticket.active_until - self._wall_clock()),
+                answered=memory.answered,
+                greeted=memory.greeted,
+                lost=memory.lost,
+                reconnect_delays=self._reconnect_delays,
+            )
+            return await drive_while_owned(self.ownership, call_id, self.owner, driver.run)
+
+        async def on_end(outcome: CallOutcome | None) -> None:
+            if outcome is not None:  # None: the lease was lost, another replica records it
+                await self._record_end(ticket, control, outcome)
+
+        if self.active.start(call_id, run, on_end):
+            log.info("call_attached", extra={"fields": _ids(ticket)})
+
+    async def _record_end(
+        self, ticket: CallTicket, control: CallControl, outcome: CallOutcome
+    ) -> None:
+        duration = (
+            outcome.ended_at - ticket.accepted_at if ticket.accepted_at else outcome.duration_s
+        )
+        fields: dict[str, Any] = {
+            "ended_at": _iso(outcome.ended_at),
+            "duration_s": round(max(0.0, duration), 3),
+            "end_reason": outcome.end_reason,
+        }
+        if outcome.transfer is not None:
+            fields["transfer"] = {
+                "target_uri": outcome.transfer.target_uri,
+                "status": outcome.transfer.status,
+                "at": _iso(outcome.wall_time(outcome.transfer.at)),
+            }
+        if control.transcript:
+            fields["transcript"] = [
+                {"role": turn.role, "text": turn.text, "at": _iso(outcome.wall_time(turn.at))}
+                for turn in outcome.transcript
+            ]
+        try:
+            # The call's record is written just after the webhook's answer: a call that
+            # ends at once may be ahead of it.
+            for delay_s in RECORD_RETRY_DELAYS_S:
+                if await self._call_log.add_to_call(ticket.call_id, fields):
+                    break
+                await asyncio.sleep(delay_s)
+            else:
+                log.warning("the call's record is gone", extra={"fields": _ids(ticket)})
+        except StoreUnavailable:
+            log.warning("could not record a call's end", extra={"fields": _ids(ticket)})
+        summary = {"duration_s": fields["duration_s"], "end_reason": outcome.end_reason}
+        log.info("call_recorded", extra={"fields": {**_ids(ticket), **summary}})
+
+
+def _ids(ticket: CallTicket) -> dict[str, Any]:
+    return {"call_id": ticket.call_id, "rule": ticket.rule, "profile": ticket.profile}
+
+
+def _iso(wall: float) -> str:
+    return datetime.fromtimestamp(wall, tz=UTC).isoformat()
