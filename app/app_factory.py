@@ -126,7 +126,7 @@ def create_app(
         )
         if settings.base_url_warning is not None:
             log.warning(settings.base_url_warning)
-        if ruleset.services:
+        if ruleset.services or ruleset.functions:
             consultant.warn_if_unsigned()
         # A store that does not answer is told at start, and again while it stays away.
         availability = StoreAvailability(store)

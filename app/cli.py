@@ -177,7 +177,7 @@ def cmd_check(args: argparse.Namespace) -> int:
     ruleset = _load(path)
     if ruleset is None:
         return EXIT_PROBLEMS
-    if ruleset.services:
+    if ruleset.services or ruleset.functions:
         _warn_if_unsigned()
     results = run_rule_tests(ruleset, datetime.now(tz=UTC))
     failed = [r for r in results if not r.passed]

@@ -20,8 +20,8 @@ API_VERSION_PATH = "/v1"
 _S = TypeVar("_S", bound=BaseSettings)
 
 UNSIGNED_SERVICES_WARNING = (
-    "SIP_ROUTER_OUTBOUND_SECRET is not set: requests to the rule file's services are sent"
-    " unsigned, so they cannot tell them from anyone else's"
+    "SIP_ROUTER_OUTBOUND_SECRET is not set: requests to the rule file's services and"
+    " functions are sent unsigned, so they cannot tell them from anyone else's"
 )
 
 

@@ -32,6 +32,7 @@ from tests.conftest import API_KEY, WEBHOOK_PATH, new_webhook_secret, running
 from tests.fake_openai import (
     AgentCallsFunction,
     AwaitClient,
+    Emit,
     FakeOpenAI,
     HangUp,
     Pause,
@@ -271,11 +272,29 @@ async def test_end_call_hangs_up_after_the_goodbye(
 ) -> None:
     call_id = "rtc_" + uuid4().hex
     fake.script_sideband(
-        call_id, [AwaitClient("response.create"), AgentCallsFunction("end_call", {}, "call_e")]
+        call_id,
+        [
+            AwaitClient("response.create"),
+            Emit(
+                {
+                    "type": "response.output_audio_transcript.done",
+                    "event_id": "event_2",
+                    "response_id": "resp_1",
+                    "item_id": "item_2",
+                    "output_index": 0,
+                    "content_index": 0,
+                    "transcript": "Goodbye!",
+                }
+            ),
+            AgentCallsFunction("end_call", {}, "call_e"),
+        ],
     )
-    async with replica(settings_for(tmp_path, fake, function_service)) as service:
+    # Without SIP_ROUTER_TRANSCRIPTS no transcript is kept, whatever the profile says.
+    settings = settings_for(tmp_path, fake, function_service, transcripts=False)
+    async with replica(settings) as service:
         await service.call(call_id=call_id)
         entry = await service.ended(call_id)
+    assert "transcript" not in entry
     assert fake.verbs_for(call_id) == ["accept", "hangup"]
     hangup = fake.requests_for(call_id)[1]
     said = [e for e in fake.client_events if e.call_id == call_id][-1]
@@ -291,6 +310,15 @@ async def test_a_function_is_answered_by_the_company_service_signed(
         call_id,
         [
             AwaitClient("response.create"),
+            Emit(
+                {
+                    "type": "conversation.item.input_audio_transcription.completed",
+                    "event_id": "event_1",
+                    "item_id": "item_1",
+                    "content_index": 0,
+                    "transcript": "When is my next appointment?",
+                }
+            ),
             AgentCallsFunction("lookup_appointment", {"date_of_birth": "1980-02-03"}, "call_f"),
             AwaitClient("response.create", count=2),
             HangUp(),
@@ -298,7 +326,10 @@ async def test_a_function_is_answered_by_the_company_service_signed(
     )
     async with replica(settings_for(tmp_path, fake, function_service)) as service:
         await service.call(call_id=call_id)
-        await service.ended(call_id)
+        entry = await service.ended(call_id)
+        shown = await service.client.get(
+            f"/admin/calls/{call_id}", headers={"Authorization": "Bearer admin-token"}
+        )
         assert (
             service.metric(
                 "sip_router_function_calls_total", function="lookup_appointment", outcome="ok"
@@ -314,6 +345,13 @@ async def test_a_function_is_answered_by_the_company_service_signed(
     assert body["caller"]["e164"] == CALLER
     # Signed with SIP_ROUTER_OUTBOUND_SECRET, verifiable with any Standard Webhooks library.
     Webhook(OUTBOUND_SECRET).verify(content, headers)
+    # The call's record shows its sideband events and (SIP_ROUTER_TRANSCRIPTS) transcript.
+    assert [turn["text"] for turn in entry["transcript"]] == ["When is my next appointment?"]
+    assert entry["transcript"][0]["role"] == "caller"
+    events = shown.json()["events"]
+    assert [e["event"] for e in events] == ["greeting", "function_call"]
+    assert (events[1]["function"], events[1]["outcome"]) == ("lookup_appointment", "ok")
+    assert shown.json()["end_reason"] == "caller_hung_up"
 
 
 async def test_a_refer_rule_accepts_announces_then_refers(

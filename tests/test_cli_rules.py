@@ -42,12 +42,26 @@ tests:
 # --- check --------------------------------------------------------------------------------
 
 
-def test_check_the_example_file(capsys: pytest.CaptureFixture[str]) -> None:
+def test_check_the_example_file(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("SIP_ROUTER_OUTBOUND_SECRET", "whsec_" + "c2lwLXJvdXRlci1vdXRib3VuZA==")
     assert main(["check", str(EXAMPLE)]) == 0
     out, err = capsys.readouterr()
     version = load_ruleset(EXAMPLE).version
     assert out == (f"{EXAMPLE}: ok: 6 rules, 9 tests passed, 0 warnings, ruleset {version}\n")
     assert err == ""
+
+
+def test_check_warns_when_the_examples_function_requests_would_go_unsigned(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv("SIP_ROUTER_OUTBOUND_SECRET", raising=False)
+    monkeypatch.chdir(EXAMPLE.parent)  # no .env of the checkout
+    assert main(["check", str(EXAMPLE)]) == 0
+    err = capsys.readouterr().err
+    assert err.startswith("warning: SIP_ROUTER_OUTBOUND_SECRET is not set")
+    assert "functions" in err
 
 
 def test_check_uses_sip_router_rules_by_default(

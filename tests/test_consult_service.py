@@ -38,7 +38,7 @@ rules:
     consult: crm
   - name: after-crm
     when: {{caller: "+1415*"}}
-    refer: {{target_uri: "sip:desk{{{{ vars.ext }}}}@pbx.example.com"}}
+    refer: {{target_uri: "sip:desk{{{{ vars.ext }}}}@pbx.example.com", before_accept: true}}
 default: {{accept: {{profile: desk}}}}
 """
 

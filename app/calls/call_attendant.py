@@ -177,6 +177,10 @@ class CallAttendant:
                 "status": outcome.transfer.status,
                 "at": _iso(outcome.wall_time(outcome.transfer.at)),
             }
+        if outcome.events:
+            fields["events"] = [
+                {**event, "at": _iso(outcome.wall_time(event["at"]))} for event in outcome.events
+            ]
         if control.transcript:
             fields["transcript"] = [
                 {"role": turn.role, "text": turn.text, "at": _iso(outcome.wall_time(turn.at))}

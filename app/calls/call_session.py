@@ -273,6 +273,7 @@ class CallSession:
             return [
                 *lost,
                 SendEvent(_response_create(instructions=_say(self.control.greeting))),
+                Note("greeting", "debug"),
             ]
         return lost
 

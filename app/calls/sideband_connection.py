@@ -56,6 +56,9 @@ DEFAULT_ACTIVE_FOR_S = 2 * 3600.0
 MAX_MESSAGE_BYTES = 1024 * 1024
 MAX_UNSENT_EVENTS = 100
 INBOX_SIZE = 256
+# What the call's record keeps of its sideband events (greeting, function calls, transfer).
+MAX_RECORDED_EVENTS = 200
+_RECORDED_NOTES = ("greeting", "function_call", "transfer", "refer_rule_failed", "hangup_failed")
 OPEN_TIMEOUT_S = 10.0
 API = "realtime"
 
@@ -102,6 +105,8 @@ class CallOutcome:
     refer_rule_failed: bool
     # Add to a time of the call's clock (transfer.at, a turn's at) to get the wall clock.
     clock_offset: float = 0.0
+    # The call's sideband events as the call's record shows them (`at` on the call's clock).
+    events: tuple[dict[str, Any], ...] = ()
 
     def wall_time(self, at: float) -> float:
         return at + self.clock_offset
@@ -171,6 +176,7 @@ class SidebandDriver:
         self._work: set[asyncio.Task[None]] = set()
         self._refer_rule_failed = False
         self._started = 0.0
+        self._events: list[dict[str, Any]] = []
 
     async def run(self) -> CallOutcome:
         """Attach, drive the call to its end, and say how it ended."""
@@ -198,6 +204,7 @@ class SidebandDriver:
             answered=frozenset(self.session.answered),
             refer_rule_failed=self._refer_rule_failed,
             clock_offset=started_wall - self._started,
+            events=tuple(self._events),
         )
 
     # --- the main loop: one event at a time ----------------------------------------------
@@ -381,6 +388,9 @@ class SidebandDriver:
         self._log(level[note.level], note.what, dict(note.fields))
         if note.what == "refer_rule_failed":
             self._refer_rule_failed = True
+        if note.what in _RECORDED_NOTES and len(self._events) < MAX_RECORDED_EVENTS:
+            shown = {k: v for k, v in note.fields.items() if k != "call_id"}
+            self._events.append({"event": note.what, "at": self._clock(), **shown})
         if self._metrics is None:
             return
         if note.what == "function_call":

@@ -332,6 +332,7 @@ def _compile(parts: FileParts, ctx: _Context) -> Ruleset:
         tests=tuple((ctx.lines.line_of(("tests", i)), t) for i, t in parts.tests),
         main_file=ctx.main,
         services=services,
+        functions={name: function.url for name, function in called.functions.items()},
         profiles=compiler.profile_bodies() if services else {},
     )
 

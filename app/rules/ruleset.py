@@ -299,6 +299,8 @@ class Ruleset:
     tests: tuple[tuple[int, TestCaseSpec], ...] = field(default=(), repr=False)
     main_file: str = ""
     services: Mapping[str, ServiceTarget] = field(default_factory=dict)
+    # The URLs of the top-level `functions` (section 10), by name.
+    functions: Mapping[str, str] = field(default_factory=dict)
     # Profiles by name, for the accept answers of consulted services.
     profiles: Mapping[str, ProfileBody] = field(default_factory=dict, repr=False)
     index: RuleIndex = field(init=False, repr=False)
