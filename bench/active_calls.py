@@ -1,0 +1,306 @@
+"""Capacity: one replica holding many active calls with open sidebands (SPEC section 10).
+
+`uv run python -m bench.active_calls [--calls 1000]` starts a peer process (the project's
+fake OpenAI on loopback, scripted so every call's agent calls a company function every
+`--function-every-s` seconds, and that function's service), then in this process the
+service itself (`create_app`, its lifespan running):
+
+1. baseline: webhook decisions (signed deliveries through `CallProcessor.handle`, each an
+   accept sent to the fake) at a steady rate, with no active call;
+2. `--calls` calls are accepted and attached (greeting, then a function call every few
+   seconds per call, answered through the service's outbound client);
+3. the same webhook run again while they are active.
+
+It reports memory per active call (RSS growth / calls), event-loop lag p99 (a 10 ms
+ticker), and decision latency p50/p99 without and with the active calls. The webhook
+path excludes the HTTP server (the same in both runs). The call endpoints (accept, and the
+calls' hangups) go to bench/upstream.py, a cheap loopback stand-in in a third process, so
+the fake's work for 1,000 sidebands (it validates every event) does not slow the accepts.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from app.app_factory import create_app
+from app.rules.simulation import simulated_context
+from app.settings import Settings
+from app.webhook_signing import signed_test_call
+
+SECRET = "whsec_" + "YmVuY2gtYWN0aXZlLWNhbGxzLXNlY3JldC1vZi0zMg=="
+CALLER = "+14155550123"
+MAIN_LINE = "+14155550100"
+STAY_LINE = "+14155550199"
+
+RULES = """\
+version: 1
+defaults: {timezone: UTC, region: US}
+profiles:
+  plain: {model: gpt-realtime, instructions: "Answer politely."}
+  desk:
+    model: gpt-realtime
+    instructions: "You answer the phone for Lakeside Clinic."
+    greeting: "Lakeside Clinic, how can I help?"
+    end_call: true
+    functions: [lookup_appointment]
+functions:
+  lookup_appointment:
+    description: Find the caller's next appointment.
+    parameters: {type: object, properties: {date_of_birth: {type: string}}}
+    url: FUNCTION_URL
+rules:
+  - name: stay
+    when: {called: "+14155550199"}
+    accept: {profile: desk}
+default: {accept: {profile: plain}}
+"""
+
+
+# --- the peer process: fake OpenAI and the function's service ------------------------------
+
+
+def peer(calls: int, every_s: float, duration_s: float) -> None:
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+    from tests.fake_openai import AgentCallsFunction, AwaitClient, FakeOpenAI, Pause
+    from tests.function_service import function_services, json_answer
+
+    fake = FakeOpenAI("sk-bench")
+    fake.audio_s = 0.2
+    rounds = max(1, int(duration_s / every_s))
+    for index in range(calls):
+        call_id = f"rtc_bench{index:05d}"
+        fake.activate(call_id)
+        steps: list[Any] = [AwaitClient("response.create", timeout_s=600)]
+        # Spread the calls' function calls evenly over each period.
+        steps.append(Pause(every_s * index / calls))
+        for round_ in range(rounds):
+            steps.append(
+                AgentCallsFunction(
+                    "lookup_appointment", {"date_of_birth": "1980-02-03"}, f"call_{round_}"
+                )
+            )
+            steps.append(Pause(every_s))
+        steps.append(Pause(3600))
+        fake.script_sideband(call_id, steps)
+
+    async def serve() -> None:
+        async with function_services() as start:
+            service = await start(json_answer({"next": "Tuesday 9:00"}))
+            with fake.serve_on_loopback() as base_url:
+                print(json.dumps({"base_url": base_url, "function_url": service.url}), flush=True)
+                await asyncio.get_running_loop().run_in_executor(None, sys.stdin.read)
+
+    asyncio.run(serve())
+
+
+# --- this process: the service -------------------------------------------------------------
+
+
+class ToCheapUpstream(httpx.AsyncBaseTransport):
+    """The call endpoints' requests, sent to bench/upstream.py instead of the fake."""
+
+    def __init__(self, port: int) -> None:
+        self._port = port
+        self._inner = httpx.AsyncHTTPTransport()
+
+    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+        request.url = request.url.copy_with(port=self._port)
+        return await self._inner.handle_async_request(request)
+
+    async def aclose(self) -> None:
+        await self._inner.aclose()
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+def rss_bytes() -> int:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) * 1024
+    return 0
+
+
+def percentile(values: list[float], share: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(share * len(ordered)))]
+
+
+async def loop_lag(samples: list[float], stop: asyncio.Event) -> None:
+    while not stop.is_set():
+        started = time.perf_counter()
+        await asyncio.sleep(0.01)
+        samples.append(time.perf_counter() - started - 0.01)
+
+
+async def webhooks(app: Any, rate: float, count: int) -> list[float]:
+    processor = app.state.services.processor
+    latencies: list[float] = []
+
+    async def one(index: int) -> None:
+        delivery = signed_test_call(
+            SECRET, CALLER, MAIN_LINE, now=int(time.time()), call_id=f"rtc_hook{index:08d}"
+        )
+        started = time.perf_counter()
+        answer = await processor.handle(delivery.body, dict(delivery.headers))
+        latencies.append(time.perf_counter() - started)
+        assert answer.status_code == 200, answer.body
+
+    tasks = []
+    start = time.perf_counter()
+    for index in range(count):
+        await asyncio.sleep(max(0.0, start + index / rate - time.perf_counter()))
+        tasks.append(asyncio.ensure_future(one(index + int(time.time() * 1000))))
+    await asyncio.gather(*tasks)
+    return latencies
+
+
+async def measure(args: argparse.Namespace, urls: dict[str, str]) -> dict[str, Any]:
+    folder = Path(tempfile.mkdtemp())
+    rules = folder / "rules.yaml"
+    rules.write_text(RULES.replace("FUNCTION_URL", urls["function_url"]), encoding="utf-8")
+    settings = Settings(
+        _env_file=None,
+        openai_api_key="sk-bench",
+        openai_webhook_secret=SECRET,
+        openai_base_url=urls["base_url"],
+        rules=rules,
+        log_level="warning",
+        outbound_secret="whsec_" + "YmVuY2gtb3V0Ym91bmQtc2VjcmV0LW9mLTMyLWJ5dGVz",
+    )
+    transport = ToCheapUpstream(urls["upstream_port"])
+    app = create_app(settings, transport=transport, watch_interval_s=None)
+    results: dict[str, Any] = {"calls": args.calls, "function_every_s": args.function_every_s}
+    async with app.router.lifespan_context(app):
+        services = app.state.services
+        metrics = services.metrics
+        attendant = services.processor._keeper
+        lag: list[float] = []
+        stop = asyncio.Event()
+        ticker = asyncio.ensure_future(loop_lag(lag, stop))
+
+        await webhooks(app, args.rate, min(100, args.webhooks))  # warm-up: connections
+        lag.clear()
+        base = await webhooks(app, args.rate, args.webhooks)
+        results["baseline"] = summary(base)
+        results["baseline_loop_lag_p99_ms"] = round(percentile(lag, 0.99) * 1000, 2)
+        lag.clear()
+
+        rss_before = rss_bytes()
+        ruleset = services.rules.current
+        for index in range(args.calls):
+            call_id = f"rtc_bench{index:05d}"
+            ctx = simulated_context(ruleset, CALLER, STAY_LINE, ruleset_now(), call_id=call_id)
+            decision = ruleset.decide(ctx)
+            await attendant.stay_with(call_id, decision, {"e164": CALLER}, {"e164": STAY_LINE})
+        deadline = time.monotonic() + 120
+        connected = 0.0
+        while time.monotonic() < deadline:
+            connected = (
+                metrics.registry.get_sample_value(
+                    "sip_router_sideband_connections_total",
+                    {"api": "realtime", "outcome": "connected"},
+                )
+                or 0.0
+            )
+            if connected >= args.calls:
+                break
+            await asyncio.sleep(0.2)
+        await asyncio.sleep(args.function_every_s)  # every call has had a function call
+        rss_after = rss_bytes()
+        results["connected"] = int(connected)
+        results["memory_per_call_kib"] = round((rss_after - rss_before) / args.calls / 1024, 1)
+        lag.clear()
+        before_functions = function_calls(metrics)
+        loaded = await webhooks(app, args.rate, args.webhooks)
+        results["with_calls"] = summary(loaded)
+        results["with_calls_loop_lag_p99_ms"] = round(percentile(lag, 0.99) * 1000, 2)
+        results["function_calls_during_run"] = function_calls(metrics) - before_functions
+        results["active_calls"] = len(attendant.active)
+        stop.set()
+        await ticker
+    ratio = results["with_calls"]["p50_ms"] / results["baseline"]["p50_ms"]
+    results["p50_ratio"] = round(ratio, 3)
+    return results
+
+
+def ruleset_now() -> Any:
+    from datetime import UTC, datetime
+
+    return datetime.now(tz=UTC)
+
+
+def function_calls(metrics: Any) -> float:
+    return (
+        metrics.registry.get_sample_value(
+            "sip_router_function_calls_total", {"function": "lookup_appointment", "outcome": "ok"}
+        )
+        or 0.0
+    )
+
+
+def summary(latencies: list[float]) -> dict[str, float]:
+    return {
+        "count": len(latencies),
+        "p50_ms": round(statistics.median(latencies) * 1000, 2),
+        "p99_ms": round(percentile(latencies, 0.99) * 1000, 2),
+    }
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(prog="python -m bench.active_calls")
+    parser.add_argument("--calls", type=int, default=1000)
+    parser.add_argument("--function-every-s", type=float, default=10.0)
+    parser.add_argument("--rate", type=float, default=50.0, help="webhooks per second")
+    parser.add_argument("--webhooks", type=int, default=1000)
+    parser.add_argument("--peer", action="store_true", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    duration_s = 120 + 2 * args.webhooks / args.rate
+    if args.peer:
+        peer(args.calls, args.function_every_s, duration_s)
+        return 0
+    command = [sys.executable, "-m", "bench.active_calls", "--peer", "--calls", str(args.calls)]
+    command += ["--function-every-s", str(args.function_every_s)]
+    command += ["--rate", str(args.rate), "--webhooks", str(args.webhooks)]
+    port = free_port()
+    upstream = subprocess.Popen(
+        [sys.executable, "-m", "bench.upstream", "--port", str(port)], stdout=subprocess.PIPE
+    )
+    assert upstream.stdout is not None
+    upstream.stdout.readline()  # listening
+    with subprocess.Popen(
+        command, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env=os.environ.copy()
+    ) as child:
+        assert child.stdout is not None
+        assert child.stdin is not None
+        urls = {**json.loads(child.stdout.readline()), "upstream_port": port}
+        try:
+            results = asyncio.run(measure(args, urls))
+        finally:
+            child.stdin.close()
+            child.wait(timeout=30)
+            upstream.terminate()
+            upstream.wait(timeout=10)
+    print(json.dumps(results, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
