@@ -137,16 +137,18 @@ def create_app(
         if handle_signals:
             _on_sighup(rules)
         await active_calls.__aenter__()
-        orphans = asyncio.create_task(attendant.scan_for_orphans())
+        stop_scan = asyncio.Event()
+        orphans = asyncio.create_task(attendant.scan_for_orphans(stop_scan))
         try:
             yield
         finally:
             finished = await processor.drain(settings.action_deadline_s * 2 + 1)
             dropped = processor.cancel_scheduled_hangups()
             # Hand the calls over: their leases are released, another replica takes them.
+            # Stopped between scans: a Redis command cut short by a cancel may never answer.
+            stop_scan.set()
+            await asyncio.wait({orphans}, timeout=5.0)
             orphans.cancel()
-            # Bounded: a Redis command cut short by the cancel may never answer.
-            await asyncio.wait({orphans}, timeout=1.0)
             handed_over = len(active_calls)
             await active_calls.__aexit__(None, None, None)
             log.info(

@@ -127,9 +127,9 @@ class CallAttendant:
             return
         self._start(ticket, control, memory)
 
-    async def scan_for_orphans(self) -> None:
-        """Take over calls without an owner until cancelled."""
-        await take_over_orphans(self.ownership, self.owner, self.take_over)
+    async def scan_for_orphans(self, stop: asyncio.Event) -> None:
+        """Take over calls without an owner until `stop` is set."""
+        await take_over_orphans(self.ownership, self.owner, self.take_over, stop=stop)
 
     def _start(self, ticket: CallTicket, control: CallControl, memory: CallMemory) -> None:
         call_id = ticket.call_id

@@ -407,13 +407,17 @@ async def take_over_orphans(
     every_s: float = TAKEOVER_SCAN_S,
     ttl_s: float = LEASE_TTL_S,
     wall_clock: Callable[[], float] = time.time,
+    stop: asyncio.Event | None = None,
 ) -> None:
-    """Scan for active calls without an owner until cancelled; `on_taken` starts each one."""
-    while True:
+    """Scan for active calls without an owner until `stop` is set (or until cancelled);
+    `on_taken` starts each one. Stopped, it ends between scans, never inside one."""
+    stop = stop or asyncio.Event()
+    while not stop.is_set():
         try:
             for ticket, memory in await ownership.take_over(owner, ttl_s, wall_clock()):
                 log.info("call_taken_over", extra={"fields": {"call_id": ticket.call_id}})
                 on_taken(ticket, memory)
         except (RedisError, OSError):
             log.warning("could not look for calls to take over")
-        await asyncio.sleep(every_s)
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(stop.wait(), every_s)
