@@ -11,6 +11,7 @@ from typing import Any
 import pytest
 
 from app.calls.call_control import ReferFailure
+from app.outbound_urls import check_outbound_url
 from app.rules.loader import load_ruleset
 from app.rules.problems import RuleFileError
 from app.rules.ruleset import Decision, Ruleset
@@ -287,6 +288,27 @@ def test_http_to_a_private_address_loads_with_a_warning(tmp_path: Path) -> None:
     )
     warnings = load(tmp_path, text).warnings
     assert any("functions.book_appointment.url" in w and "unencrypted" in w for w in warnings)
+
+
+@pytest.mark.parametrize(
+    ("url", "allowed"),
+    [
+        ("http://crm:8080/book", True),
+        ("http://crm.default.svc/book", True),
+        ("http://localhost/book", True),
+        ("http://crm.example.com/book", False),
+        ("http://8.8.8.8/book", False),
+    ],
+)
+def test_functions_and_consulted_services_follow_the_same_url_rule(
+    tmp_path: Path, url: str, allowed: bool
+) -> None:
+    assert (check_outbound_url(url)[0] is None) is allowed
+    text = with_lines(CLINIC, "url: https://clinic.example.com/hooks/book", f"url: {url}")
+    if allowed:
+        assert any("functions.book_appointment.url" in w for w in load(tmp_path, text).warnings)
+    else:
+        assert any("functions.book_appointment.url" in p for p in problems(tmp_path, text))
 
 
 def test_a_function_tool_listed_by_the_profile_still_warns_but_call_control_tools_do_not(

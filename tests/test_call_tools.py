@@ -9,8 +9,8 @@ import pytest
 
 from app.calls.call_control import CallControl, CompanyFunction, TransferTarget
 from app.calls.call_tools import call_control_tools, with_call_control_tools
-from app.calls.function_requests import function_url_problem
 from app.openai_calls import OpenAICallsClient
+from app.outbound_urls import check_outbound_url
 from app.rules.accept_body import build_accept_body, validate_session_config
 from tests.fake_openai import MOCK_BASE_URL, FakeOpenAI
 
@@ -108,7 +108,7 @@ def test_function_timeouts_are_capped(timeout_s: float) -> None:
     ],
 )
 def test_allowed_function_urls(url: str) -> None:
-    assert function_url_problem(url) is None
+    assert check_outbound_url(url)[0] is None
 
 
 @pytest.mark.parametrize(
@@ -116,4 +116,4 @@ def test_allowed_function_urls(url: str) -> None:
     ["http://api.clinic.example/fn", "http://8.8.8.8/fn", "ftp://x.example/", "https://", "fn"],
 )
 def test_refused_function_urls(url: str) -> None:
-    assert function_url_problem(url) is not None
+    assert check_outbound_url(url)[0] is not None

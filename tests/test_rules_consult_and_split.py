@@ -17,10 +17,10 @@ from typing import Any
 import pytest
 
 from app.cli import main
+from app.outbound_urls import check_outbound_url
 from app.rules.consultation import (
     InvalidAnswer,
     ServiceReply,
-    check_service_url,
     read_answer,
 )
 from app.rules.loader import load_ruleset
@@ -381,7 +381,7 @@ def test_http_to_a_private_address_loads_with_a_warning(tmp_path: Path) -> None:
     ):
         ruleset = load(tmp_path, RULES.replace("https://crm.example.com/decide", url))
         assert any("unencrypted over http://" in w for w in ruleset.warnings), url
-    assert check_service_url("https://crm.example.com/d") == (None, None)
+    assert check_outbound_url("https://crm.example.com/d") == (None, None)
 
 
 def test_a_consult_rule_does_not_hide_the_rules_after_it(tmp_path: Path) -> None:

@@ -8,19 +8,18 @@ becomes an error text the agent can talk about. Never raises for the service's t
 from __future__ import annotations
 
 import asyncio
-import ipaddress
 import json
 import secrets
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
-from urllib.parse import urlsplit
 
 import httpx
 from standardwebhooks import Webhook
 
 from app.calls.call_control import CompanyFunction
+from app.outbound_urls import check_outbound_url
 
 # SPEC section 10: the function call output is at most 16 KiB.
 MAX_ANSWER_BYTES = 16 * 1024
@@ -46,28 +45,6 @@ class FunctionResult:
     error: str | None = None
 
 
-def function_url_problem(url: str) -> str | None:
-    """Why sip-router will not post to `url`, or None: https, or http to loopback/private only."""
-    try:
-        parts = urlsplit(url)
-        host = parts.hostname
-    except ValueError:
-        return "not a URL"
-    if parts.scheme == "https" and host:
-        return None
-    if parts.scheme != "http" or not host:
-        return "must be an https:// URL (http:// only to loopback or private addresses)"
-    if host == "localhost" or host.endswith(".localhost"):
-        return None
-    try:
-        address = ipaddress.ip_address(host)
-    except ValueError:
-        return "http:// is allowed only to a loopback or private IP address; use https://"
-    if address.is_loopback or address.is_private:
-        return None
-    return "http:// is allowed only to a loopback or private IP address; use https://"
-
-
 class FunctionRequester:
     """Posts function calls through one shared `httpx.AsyncClient` (redirects not followed)."""
 
@@ -79,7 +56,7 @@ class FunctionRequester:
         self, function: CompanyFunction, facts: CallFacts, arguments: Mapping[str, Any]
     ) -> FunctionResult:
         """Ask `function` and turn whatever happens into a FunctionResult."""
-        problem = function_url_problem(function.url)
+        problem, _ = check_outbound_url(function.url)
         if problem is not None:
             return FunctionResult(error=f"the function's URL is refused: {problem}")
         body = json.dumps(

@@ -25,7 +25,7 @@ from pydantic import ValidationError
 
 from app.calls.call_control import CompanyFunction
 from app.calls.call_tools import with_call_control_tools
-from app.calls.function_requests import function_url_problem
+from app.outbound_urls import check_outbound_url
 from app.phone_numbers import NumberFormatError, normalize_number, normalize_prefix
 from app.rules.accept_body import (
     SessionConfig,
@@ -54,7 +54,6 @@ from app.rules.conditions import (
     ScheduleCondition,
     all_of,
 )
-from app.rules.consultation import check_service_url
 from app.rules.file_model import (
     ActionSpec,
     NumberTermSpec,
@@ -342,7 +341,7 @@ def _compile_services(parts: FileParts, ctx: _Context) -> dict[str, ServiceTarge
     services = {}
     for name, spec in parts.services.items():
         path: DataPath = ("services", name, "url")
-        problem, warning = check_service_url(spec.url)
+        problem, warning = check_outbound_url(spec.url)
         if problem is not None:
             ctx.error(path, f"services.{name}.url: {problem}")
             continue
@@ -451,16 +450,12 @@ def _compile_functions(parts: FileParts, ctx: _Context) -> dict[str, CompanyFunc
         if name in ("transfer_call", "end_call"):
             ctx.error(path, f"functions.{name}: '{name}' is a built-in tool (use the profile key)")
             ok = False
-        problem = function_url_problem(spec.url)
+        problem, warning = check_outbound_url(spec.url)
         if problem is not None:
             ctx.error((*path, "url"), f"functions.{name}.url: {problem}")
             ok = False
-        elif spec.url.startswith("http://"):
-            ctx.warn(
-                (*path, "url"),
-                f"functions.{name}.url: http:// to a loopback or private address: requests"
-                " and answers travel unencrypted",
-            )
+        elif warning is not None:
+            ctx.warn((*path, "url"), f"functions.{name}.url: {warning}")
         schema_problem = parameters_problem(spec.parameters)
         if schema_problem is not None:
             inside, message = schema_problem
