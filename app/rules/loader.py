@@ -102,7 +102,6 @@ from app.rules.ruleset import (
     ServiceTarget,
     SplitAction,
     announcer,
-    check_target_uri,
 )
 from app.rules.schedule import (
     CompiledSchedule,
@@ -111,6 +110,7 @@ from app.rules.schedule import (
     load_zone,
 )
 from app.rules.shadowed_rules import shadowed_rules
+from app.rules.target_uris import check_target_uri
 from app.rules.templates import TemplateCompileError, compile_template
 from app.rules.yaml_source import LineIndex, describe_path, load_yaml
 from app.rules.yaml_source import Path as DataPath

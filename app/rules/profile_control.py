@@ -23,6 +23,7 @@ from app.calls.call_control import (
 )
 from app.calls.call_tools import call_control_tools
 from app.rules.file_model import Name
+from app.rules.target_uris import check_target_uri
 from app.rules.templates import Template, TemplateRenderError
 
 CONTROL_KEYS = ("greeting", "transfer", "end_call", "functions", "transcript")
@@ -113,7 +114,6 @@ class ProfileControl:
     def render(self, variables: Mapping[str, Any]) -> CallControl:
         """The call's CallControl; ControlRenderError when a template fails."""
         # The rules' own URI check; imported here because the ruleset imports this module.
-        from app.rules.ruleset import check_target_uri
 
         greeting = _render(self.greeting, variables, "greeting") if self.greeting else None
         targets: dict[str, TransferTarget] = {}

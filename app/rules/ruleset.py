@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import hashlib
-import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from typing import Any, Literal
@@ -43,6 +42,7 @@ from app.rules.profile_control import (
 )
 from app.rules.profile_overrides import NOT_OVERRIDABLE, deep_merge, max_duration
 from app.rules.rule_index import RuleIndex, build_rule_index
+from app.rules.target_uris import check_target_uri
 from app.rules.templates import (
     Template,
     TemplateRenderError,
@@ -52,23 +52,6 @@ from app.rules.templates import (
 from app.sip_identity import Party
 
 ActionKind = Literal["accept", "refer", "reject"]
-
-_TEL_URI = re.compile(r"tel:\+[1-9][0-9]{6,14}(?:;[A-Za-z0-9\-_.!~*'()&=+$,;:]*)?")
-_SIP_URI = re.compile(
-    r"sips?:(?:[A-Za-z0-9\-_.!~*'()&=+$,;?/%]+@)?"
-    r"(?:[A-Za-z0-9](?:[A-Za-z0-9\-]*[A-Za-z0-9])?(?:\.[A-Za-z0-9](?:[A-Za-z0-9\-]*[A-Za-z0-9])?)*"
-    r"|\[[0-9A-Fa-f:.]+\])"
-    r"(?::[0-9]{1,5})?(?:;[A-Za-z0-9\-_.!~*'()&=+$,:%]*)*"
-)
-
-
-def check_target_uri(uri: str) -> str | None:
-    """None when `uri` is a `tel:` E.164 or `sip:`/`sips:` URI fit for Refer-To, else why not."""
-    if len(uri) > 512:
-        return "target_uri is longer than 512 characters"
-    if _TEL_URI.fullmatch(uri) or _SIP_URI.fullmatch(uri):
-        return None
-    return "target_uri must be tel:+<E.164> or a sip:/sips: URI"
 
 
 class ActionRenderError(Exception):
