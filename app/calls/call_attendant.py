@@ -115,8 +115,14 @@ class CallAttendant:
             # Driven without a lease: no other replica can take this call over.
             log.error("could not register a call's lease", extra={"fields": {"call_id": call_id}})
             registered = True
-        if registered:
-            self._start(ticket, control, CallMemory())
+        if not registered:
+            # Another replica holds this call's lease (a repeated webhook): it drives the call.
+            log.warning(
+                "the call is owned by another replica",
+                extra={"fields": {"call_id": call_id}},
+            )
+            return
+        self._start(ticket, control, CallMemory())
 
     def take_over(self, ticket: CallTicket, memory: CallMemory) -> None:
         """Drive a call whose owner died, with what it remembers."""
