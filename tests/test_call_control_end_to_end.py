@@ -24,7 +24,9 @@ from standardwebhooks import Webhook
 
 from app.app_factory import create_app
 from app.calls.call_attendant import CallAttendant
-from app.calls.call_ownership import RedisCallOwnership
+from app.calls.call_control import CallControl
+from app.calls.call_ownership import LEASE_TTL_S, CallTicket, RedisCallOwnership
+from app.rules.ruleset import Decision
 from app.settings import Settings
 from app.store import RedisStore
 from app.webhook_signing import signed_test_call
@@ -404,6 +406,71 @@ async def test_a_failed_after_accept_refer_applies_on_error_to_the_live_call(
     assert update["session"]["instructions"] == "The line is busy. Take a message."
     assert entry["transfer"]["status"] == "failed"
     assert entry["end_reason"] == "caller_hung_up"
+
+
+async def test_after_on_error_accepts_the_live_call_its_profiles_tools_are_answered(
+    tmp_path: Path, fake: FakeOpenAI, function_service: FunctionService
+) -> None:
+    call_id = "rtc_" + uuid4().hex
+    fake.script(call_id, Respond(200), Respond(400, code="invalid_target", message="refused"))
+    fake.script_sideband(
+        call_id,
+        [
+            AwaitClient("session.update"),
+            AwaitClient("response.create", 2),
+            # The desk profile (on_error) offers the company function and end_call.
+            AgentCallsFunction("lookup_appointment", {"date_of_birth": "1980-02-03"}, "call_f"),
+            AwaitClient("response.create", 3),
+            AgentCallsFunction("end_call", {}, "call_bye"),
+        ],
+    )
+    settings = settings_for(tmp_path, fake, function_service, on_error="{accept: {profile: desk}}")
+    async with replica(settings) as service:
+        await service.call(SALES_LINE, call_id=call_id)
+        entry = await service.ended(call_id)
+    [update] = [e for e in fake.client_events_for(call_id) if e["type"] == "session.update"]
+    assert [tool["name"] for tool in update["session"]["tools"]] == [
+        "transfer_call",
+        "end_call",
+        "lookup_appointment",
+    ]
+    assert outputs(fake, call_id) == [
+        ("call_f", {"next": "Tuesday 9:00"}),
+        ("call_bye", {"status": "ending the call; say goodbye"}),
+    ]
+    assert len(function_service.requests) == 1
+    assert fake.verbs_for(call_id) == ["accept", "refer", "hangup"]
+    assert entry["transfer"]["status"] == "failed"
+    assert entry["end_reason"] == "hangup"
+
+
+async def test_a_call_another_replica_already_owns_is_not_driven_twice(
+    tmp_path: Path,
+    fake: FakeOpenAI,
+    function_service: FunctionService,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    call_id = "rtc_" + uuid4().hex
+    caplog.set_level(logging.WARNING, logger="sip_router.sideband")
+    decision = Decision(
+        action="accept",
+        body={},
+        rule="clinic",
+        profile="desk",
+        max_duration_s=None,
+        ruleset="1",
+        control=CallControl(greeting="Lakeside Clinic, how can I help?"),
+    )
+    async with replica(settings_for(tmp_path, fake, function_service)) as service:
+        attendant = service.attendant
+        ticket = CallTicket(call_id, "clinic", "desk", {}, {}, active_until=time.time() + 60)
+        assert await attendant.ownership.register(ticket, "another-replica", LEASE_TTL_S)
+        await attendant.stay_with(call_id, decision, {}, {})
+        assert call_id not in attendant.active
+    assert fake.sideband_attempts_for(call_id) == []
+    [line] = [r for r in caplog.records if r.getMessage() == "the call is owned by another replica"]
+    assert line.levelno == logging.WARNING
+    assert line.fields == {"call_id": call_id}  # type: ignore[attr-defined]
 
 
 async def test_dry_run_stays_away_but_logs_what_would_happen(

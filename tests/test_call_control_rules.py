@@ -3,6 +3,7 @@ with its `file:line`, and what a decision carries for the call's life after the 
 
 from __future__ import annotations
 
+import json
 import textwrap
 from datetime import UTC, datetime
 from pathlib import Path
@@ -10,7 +11,12 @@ from typing import Any
 
 import pytest
 
-from app.calls.call_control import ReferFailure
+from app.calls.call_control import (
+    CallControl,
+    ReferFailure,
+    control_from_json,
+    control_to_json,
+)
 from app.outbound_urls import check_outbound_url
 from app.rules.loader import load_ruleset
 from app.rules.problems import RuleFileError
@@ -160,7 +166,11 @@ def test_before_accept_refers_the_ringing_call(tmp_path: Path) -> None:
     [
         (
             "{accept: {profile: plain}}",
-            ReferFailure("session", session={"type": "realtime", "model": "gpt-realtime"}),
+            ReferFailure(
+                "session",
+                session={"type": "realtime", "model": "gpt-realtime"},
+                control=CallControl(),
+            ),
         ),
         ("{reject: {status_code: 503}}", ReferFailure("hangup")),
         (
@@ -177,6 +187,17 @@ def test_on_error_says_what_a_failed_after_accept_refer_does_to_the_live_call(
     assert decision.control is not None
     assert decision.control.refer is not None
     assert decision.control.refer.on_error == expected
+
+
+def test_a_call_ticket_keeps_the_call_control_on_error_switches_to(tmp_path: Path) -> None:
+    ruleset = load(tmp_path, CLINIC + "on_error: {accept: {profile: desk}}\n")
+    control = decide(ruleset, "+14155550111").control
+    assert control is not None
+    assert control.refer is not None
+    assert control.refer.on_error.control is not None
+    assert control.refer.on_error.control.end_call
+    # What another replica reads back when it takes the call over.
+    assert control_from_json(json.loads(json.dumps(control_to_json(control)))) == control
 
 
 def test_simulate_shows_what_happens_after_the_accept(tmp_path: Path) -> None:

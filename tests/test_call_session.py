@@ -532,6 +532,20 @@ def test_a_failed_refer_rule_with_an_accept_on_error_updates_the_live_session() 
     assert not session.ended
 
 
+def test_after_an_accept_on_error_the_call_is_under_that_profiles_call_control() -> None:
+    session_body = {"type": "realtime", "instructions": "Take a message."}
+    failure = ReferFailure("session", session=session_body, control=CONTROL)
+    refer = ReferAfterAccept("tel:+15550100", on_error=failure)
+    session = CallSession("rtc_1", CallControl(refer=refer))
+    session.handle(SidebandOpened(0.0))
+    session.handle(ActionFinished("refer", "failed", 1.0))
+    assert session.control.refer is None
+    # on_error's profile offers end_call: the agent calling it is answered and hangs up.
+    commands = session.handle(function_call("end_call", {}, at=2.0))
+    assert outputs(commands) == [("call_1", {"status": "ending the call; say goodbye"})]
+    assert PerformAction("hangup", None) in session.handle(TimerFired(AUDIO_TIMER, 17.0))
+
+
 def test_a_failed_refer_rule_with_a_refer_on_error_refers_there_once() -> None:
     refer = ReferAfterAccept(
         "tel:+15550100", on_error=ReferFailure("refer", target_uri="sip:desk@pbx.example")

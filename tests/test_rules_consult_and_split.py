@@ -133,6 +133,21 @@ def test_continue_goes_on_with_the_next_rule_and_keeps_the_variables(tmp_path: P
     assert decision.consulted[0].outcome == "continue"
 
 
+def test_on_error_for_a_failed_after_accept_refer_sees_the_consulted_variables(
+    tmp_path: Path,
+) -> None:
+    ruleset = load(tmp_path, RULES + "on_error: {accept: {profile: desk}}\n")
+    answer = {"continue": True, "variables": {"ext": "7", "name": "Ann"}}
+    decision = decide(ruleset, {"crm": answer})
+    assert decision.rule == "after-crm"
+    assert decision.control is not None
+    assert decision.control.refer is not None
+    on_error = decision.control.refer.on_error
+    assert on_error.kind == "session"
+    assert on_error.session is not None
+    assert on_error.session["instructions"] == "Hello Ann, this is the desk."
+
+
 @pytest.mark.parametrize(
     ("answer", "reason"),
     [

@@ -53,13 +53,15 @@ class CompanyFunction:
 class ReferFailure:
     """What the rule file's `on_error` does to a live call whose refer rule failed.
 
-    `session`: a `session.update` with that profile's session (the agent keeps the call);
-    `hangup`: hang up (an `on_error` reject); `refer`: refer to `target_uri` instead.
+    `session`: a `session.update` with that profile's session (the agent keeps the call,
+    under `control`, that profile's call control); `hangup`: hang up (an `on_error`
+    reject); `refer`: refer to `target_uri` instead.
     """
 
     kind: Literal["session", "hangup", "refer"]
     session: Mapping[str, Any] | None = None
     target_uri: str | None = None
+    control: CallControl | None = None
 
 
 HANG_UP = ReferFailure("hangup")
@@ -134,6 +136,9 @@ def control_to_json(control: CallControl) -> dict[str, Any]:
                 "kind": on_error.kind,
                 "session": dict(on_error.session) if on_error.session is not None else None,
                 "target_uri": on_error.target_uri,
+                "control": (
+                    control_to_json(on_error.control) if on_error.control is not None else None
+                ),
             },
         }
     return data
@@ -148,7 +153,12 @@ def control_from_json(data: Mapping[str, Any]) -> CallControl:
         refer = ReferAfterAccept(
             str(written["target_uri"]),
             written.get("announce"),
-            ReferFailure(on_error["kind"], on_error.get("session"), on_error.get("target_uri")),
+            ReferFailure(
+                on_error["kind"],
+                on_error.get("session"),
+                on_error.get("target_uri"),
+                control_from_json(on_error["control"]) if on_error.get("control") else None,
+            ),
         )
     return CallControl(
         greeting=data.get("greeting"),

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Collection, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Literal
 
 from app.calls.call_control import END_CALL, HANG_UP, TRANSFER_CALL, CallControl
@@ -577,6 +577,11 @@ class CallSession:
         if failure.kind == "session" and failure.session is not None:
             # The agent keeps the call with on_error's profile, and speaks to the caller.
             update = {"type": "session.update", "session": dict(failure.session)}
+            if failure.control is not None:
+                # Its tools (transfer, end_call, functions) are answered from now on.
+                self.control = replace(
+                    failure.control, refer=None, transcript=self.control.transcript
+                )
             return [SendEvent(update), SendEvent(_response_create())]
         if failure.kind == "refer" and failure.target_uri:
             return self._act(_AudioWait("refer", failure.target_uri, "", at, None, fallback=True))

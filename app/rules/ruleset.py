@@ -464,7 +464,7 @@ class Ruleset:
             refer = ReferAfterAccept(
                 str(body["target_uri"]),
                 action.render_announce(variables),
-                self._refer_failure(ctx, rule),
+                self._refer_failure(ctx, rule, state.variables),
             )
             control = replace(profile_control, refer=refer)
         elif accept is not None:
@@ -486,15 +486,28 @@ class Ruleset:
             tools_added=tools,
         )
 
-    def _refer_failure(self, ctx: CallContext, rule: str | None) -> ReferFailure:
-        """What `on_error` does to a live call whose after-accept refer failed."""
+    def _refer_failure(
+        self, ctx: CallContext, rule: str | None, decided_with: Mapping[str, str]
+    ) -> ReferFailure:
+        """What `on_error` does to a live call whose after-accept refer failed.
+
+        Rendered with the variables the decision was made with (a consult's `vars`).
+        """
         on_error = self.on_error
         if isinstance(on_error, SplitAction):
             on_error = on_error.pick(ctx.call_id)
         try:
-            variables = {} if on_error.is_static else self.template_variables(ctx, rule)
+            variables = (
+                {} if on_error.is_static else self.template_variables(ctx, rule, decided_with)
+            )
             if isinstance(on_error, AcceptAction):
-                return ReferFailure("session", session=dict(on_error.render(variables)))
+                # The agent keeps the call with on_error's profile: its session and its
+                # call control (tools) from then on.
+                return ReferFailure(
+                    "session",
+                    session=dict(on_error.render(variables)),
+                    control=on_error.render_control(variables) or CallControl(),
+                )
             if isinstance(on_error, ReferAction):
                 return ReferFailure("refer", target_uri=on_error.render(variables)["target_uri"])
         except ActionRenderError:
