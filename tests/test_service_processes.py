@@ -26,7 +26,8 @@ from app.rules.loader import load_ruleset
 from app.store.redis_backend import KEY_PREFIX
 from app.webhook_signing import SignedDelivery, incoming_call_body, sign_delivery, signed_test_call
 from tests.conftest import SharedRedis
-from tests.fake_openai import Delay, FakeOpenAI, Respond
+from tests.fake_openai import AgentCallsFunction, AwaitClient, Delay, FakeOpenAI, Pause, Respond
+from tests.function_service import function_services, json_answer
 from tests.redis_server import REDIS_SERVER, RedisServer, free_port
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -532,3 +533,156 @@ async def test_workers_metrics_show_only_the_version_in_service_after_a_reload(
             await asyncio.sleep(0.2)
         text = (await client.get("/metrics")).text
     assert ruleset_info(text) == [({"version": second}, 1.0)], text
+
+
+# -- staying with the call across replicas (SPEC section 10) -------------------------------
+
+CALL_RULES = """\
+version: 1
+defaults: {timezone: UTC, region: US}
+profiles:
+  desk:
+    model: gpt-realtime
+    instructions: "You answer the phone for Lakeside Clinic."
+    greeting: "Lakeside Clinic, how can I help?"
+    end_call: true
+    functions: [lookup_appointment]
+functions:
+  lookup_appointment:
+    description: Find the caller's next appointment.
+    parameters: {type: object, properties: {date_of_birth: {type: string}}}
+    url: FUNCTION_URL
+    timeout_s: 10
+default: {accept: {profile: desk}}
+on_error: {reject: {status_code: 503}}
+"""
+LOST = {"error": "the answer was lost when the call moved; ask again if needed"}
+TAKEOVER_WITHIN_S = 15.0
+
+
+def function_outputs(fake: FakeOpenAI, call_id: str) -> list[tuple[str, Any]]:
+    return [
+        (e["item"]["call_id"], json.loads(e["item"]["output"]))
+        for e in fake.client_events_for(call_id)
+        if e["type"] == "conversation.item.create"
+    ]
+
+
+def attached(services: Sequence[ServiceProcess], call_id: str) -> list[ServiceProcess]:
+    """The replicas that started driving the call."""
+    return [
+        s
+        for s in services
+        if any(
+            r.get("message") == "call_attached" and r.get("call_id") == call_id
+            for r in s.log_records()
+        )
+    ]
+
+
+@pytest.mark.slow
+@pytest.mark.redis
+@pytest.mark.parametrize("killed", ["while_asking", "after_answering"])
+async def test_a_killed_owners_call_is_taken_over_and_its_function_answered_once(
+    fake: FakeOpenAI,
+    secret: str,
+    start_services: StartServices,
+    redis_db_url: str,
+    tmp_path: Path,
+    killed: str,
+) -> None:
+    delivery = signed_test_call(secret, CALLER, CALLED, now=now())
+    call_id = delivery.call_id
+    asking = killed == "while_asking"
+    fake.script_sideband(
+        call_id,
+        [
+            AwaitClient("response.create"),
+            AgentCallsFunction("lookup_appointment", {"date_of_birth": "1980-02-03"}, "call_1"),
+            Pause(60),
+        ],
+        [
+            # The agent's earlier function call shows up again on the new connection.
+            AgentCallsFunction("lookup_appointment", {"date_of_birth": "1980-02-03"}, "call_1"),
+            AgentCallsFunction("end_call", {}, "call_2"),
+        ],
+    )
+    async with function_services() as start_function:
+        # While asking: the company's function answers only long after the owner died.
+        function = await start_function(json_answer({"next": "Tuesday 9:00"}, 8 if asking else 0))
+        rules = tmp_path / "call-rules.yaml"
+        rules.write_text(CALL_RULES.replace("FUNCTION_URL", function.url), encoding="utf-8")
+        services = start_services(3, SIP_ROUTER_REDIS_URL=redis_db_url, SIP_ROUTER_RULES=str(rules))
+        owner, others = services[0], services[1:]
+        answer = await post_all([owner], [delivery])
+        assert answer[0].json()["action"] == "accept"
+        if asking:
+            await wait_until(lambda: bool(function.requests), 10, "the function request")
+        else:
+            await wait_until(
+                lambda: bool(function_outputs(fake, call_id)), 10, "the function's answer"
+            )
+        await asyncio.sleep(0.2)  # what the owner knows reaches Redis
+        assert owner.process is not None
+        owner.process.kill()  # SIGKILL: nothing is released
+        killed_at = time.monotonic()
+        await wait_until(
+            lambda: len(fake.sideband_attempts_for(call_id)) == 2,
+            TAKEOVER_WITHIN_S,
+            "another replica to take the call over",
+        )
+        took_s = time.monotonic() - killed_at
+        await wait_until(lambda: fake.verbs_for(call_id) == ["accept", "hangup"], 10, "the hangup")
+        await wait_until(lambda: len(attached(others, call_id)) == 1, 5, "the takeover's log line")
+
+    first = LOST if asking else {"next": "Tuesday 9:00"}
+    assert function_outputs(fake, call_id) == [
+        ("call_1", first),
+        ("call_2", {"status": "ending the call; say goodbye"}),
+    ]
+    assert len(function.requests) == 1
+    greetings = [
+        e for e in fake.client_events_for(call_id) if "instructions" in e.get("response", {})
+    ]
+    assert len(greetings) == 1
+    assert took_s < TAKEOVER_WITHIN_S
+    print(f"taken over {took_s:.1f} s after the owner was killed")
+
+
+@pytest.mark.slow
+@pytest.mark.redis
+async def test_a_replica_stopped_with_sigterm_hands_its_call_to_another(
+    fake: FakeOpenAI,
+    secret: str,
+    start_services: StartServices,
+    redis_db_url: str,
+    tmp_path: Path,
+) -> None:
+    delivery = signed_test_call(secret, CALLER, CALLED, now=now())
+    call_id = delivery.call_id
+    fake.script_sideband(
+        call_id,
+        [AwaitClient("response.create"), Pause(60)],
+        [AgentCallsFunction("end_call", {}, "call_bye")],
+    )
+    rules = tmp_path / "call-rules.yaml"
+    rules.write_text(
+        CALL_RULES.replace("FUNCTION_URL", "http://127.0.0.1:9/functions"), encoding="utf-8"
+    )
+    services = start_services(3, SIP_ROUTER_REDIS_URL=redis_db_url, SIP_ROUTER_RULES=str(rules))
+    owner, others = services[0], services[1:]
+    answer = await post_all([owner], [delivery])
+    assert answer[0].json()["action"] == "accept"
+    await wait_until(lambda: bool(fake.client_events_for(call_id)), 10, "the greeting")
+    owner.terminate()
+    # The lease is released at once: no waiting for it to run out (10 s).
+    await wait_until(
+        lambda: len(fake.sideband_attempts_for(call_id)) == 2, 8, "another replica to take over"
+    )
+    assert owner.wait() == 0
+    await wait_until(lambda: fake.verbs_for(call_id) == ["accept", "hangup"], 10, "the hangup")
+    await wait_until(lambda: len(attached(others, call_id)) == 1, 5, "the takeover's log line")
+    greetings = [
+        e for e in fake.client_events_for(call_id) if "instructions" in e.get("response", {})
+    ]
+    assert len(greetings) == 1
