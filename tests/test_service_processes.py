@@ -651,12 +651,15 @@ async def test_a_killed_owners_call_is_taken_over_and_its_function_answered_once
 
 @pytest.mark.slow
 @pytest.mark.redis
+@pytest.mark.parametrize(("replicas", "workers"), [(3, 1), (2, 2)])
 async def test_a_replica_stopped_with_sigterm_hands_its_call_to_another(
     fake: FakeOpenAI,
     secret: str,
     start_services: StartServices,
     redis_db_url: str,
     tmp_path: Path,
+    replicas: int,
+    workers: int,
 ) -> None:
     delivery = signed_test_call(secret, CALLER, CALLED, now=now())
     call_id = delivery.call_id
@@ -669,7 +672,9 @@ async def test_a_replica_stopped_with_sigterm_hands_its_call_to_another(
     rules.write_text(
         CALL_RULES.replace("FUNCTION_URL", "http://127.0.0.1:9/functions"), encoding="utf-8"
     )
-    services = start_services(3, SIP_ROUTER_REDIS_URL=redis_db_url, SIP_ROUTER_RULES=str(rules))
+    services = start_services(
+        replicas, workers, SIP_ROUTER_REDIS_URL=redis_db_url, SIP_ROUTER_RULES=str(rules)
+    )
     owner, others = services[0], services[1:]
     answer = await post_all([owner], [delivery])
     assert answer[0].json()["action"] == "accept"
@@ -682,7 +687,61 @@ async def test_a_replica_stopped_with_sigterm_hands_its_call_to_another(
     assert owner.wait() == 0
     await wait_until(lambda: fake.verbs_for(call_id) == ["accept", "hangup"], 10, "the hangup")
     await wait_until(lambda: len(attached(others, call_id)) == 1, 5, "the takeover's log line")
+    # Taken over once, by a running replica (not by a worker of the stopping one).
+    assert len(fake.sideband_attempts_for(call_id)) == 2
     greetings = [
         e for e in fake.client_events_for(call_id) if "instructions" in e.get("response", {})
     ]
     assert len(greetings) == 1
+
+
+@pytest.mark.slow
+@pytest.mark.redis
+async def test_a_killed_workers_call_is_taken_over_on_the_same_machine(
+    fake: FakeOpenAI,
+    secret: str,
+    start_services: StartServices,
+    redis_db_url: str,
+    tmp_path: Path,
+) -> None:
+    delivery = signed_test_call(secret, CALLER, CALLED, now=now())
+    call_id = delivery.call_id
+    fake.script_sideband(
+        call_id,
+        [
+            AwaitClient("response.create"),
+            AgentCallsFunction("lookup_appointment", {"date_of_birth": "1980-02-03"}, "call_1"),
+            Pause(60),
+        ],
+        [
+            AgentCallsFunction("lookup_appointment", {"date_of_birth": "1980-02-03"}, "call_1"),
+            AgentCallsFunction("end_call", {}, "call_2"),
+        ],
+    )
+    async with function_services() as start_function:
+        function = await start_function(json_answer({"next": "Tuesday 9:00"}))
+        rules = tmp_path / "call-rules.yaml"
+        rules.write_text(CALL_RULES.replace("FUNCTION_URL", function.url), encoding="utf-8")
+        (service,) = start_services(
+            1, workers=2, SIP_ROUTER_REDIS_URL=redis_db_url, SIP_ROUTER_RULES=str(rules)
+        )
+        answer = await post_all([service], [delivery])
+        assert answer[0].json()["action"] == "accept"
+        await wait_until(lambda: bool(function_outputs(fake, call_id)), 10, "the function's answer")
+        await asyncio.sleep(0.2)
+        with redis.Redis.from_url(redis_db_url) as client:
+            owner = client.get(f"{KEY_PREFIX}sideband:owner:{call_id}")
+        assert owner is not None
+        # The owner is "host:pid:token": kill that worker only.
+        os.kill(int(owner.decode().split(":")[-2]), signal.SIGKILL)
+        await wait_until(
+            lambda: len(fake.sideband_attempts_for(call_id)) == 2,
+            TAKEOVER_WITHIN_S,
+            "another worker to take the call over",
+        )
+        await wait_until(lambda: fake.verbs_for(call_id) == ["accept", "hangup"], 10, "the hangup")
+    assert function_outputs(fake, call_id) == [
+        ("call_1", {"next": "Tuesday 9:00"}),
+        ("call_2", {"status": "ending the call; say goodbye"}),
+    ]
+    assert len(function.requests) == 1
