@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 import json
 import logging
 import os
@@ -550,3 +551,16 @@ def test_workers_metrics_show_the_versions_live_workers_serve_without_a_pid(
     assert by_label(text, "sip_router_decisions_total", "rule", "action", "profile") == {
         ("default", "accept", "desk"): 2
     }
+
+
+async def test_start_up_objects_leave_the_collectors_full_walks_while_the_service_runs(
+    rules_file: Path, secret: str, fake: FakeOpenAI
+) -> None:
+    app = create_app(make_settings(rules_file, secret), transport=fake.mock_transport())
+    assert gc.get_freeze_count() == 0
+    async with app.router.lifespan_context(app):
+        ruleset = app.state.services.rules.current
+        assert gc.get_freeze_count() > 0
+        assert not any(tracked is ruleset for tracked in gc.get_objects())
+    # Stopped, nothing stays frozen (a process may start the service again).
+    assert gc.get_freeze_count() == 0
