@@ -14,15 +14,14 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-import secrets
 import time
 from collections.abc import Callable
-from datetime import UTC, datetime
 
 import httpx
 from standardwebhooks import Webhook
 
 from app.metrics import Metrics
+from app.outbound_requests import read_at_most, signature_headers
 from app.rules.call_context import CallContext
 from app.rules.consultation import (
     MAX_ANSWER_BYTES,
@@ -98,7 +97,7 @@ class ServiceConsultant:
                     if not response.is_success:
                         why = " (redirects are not followed)" if response.is_redirect else ""
                         return ServiceReply("error", reason=f"HTTP {response.status_code}{why}")
-                    answer = await _read_at_most(response, MAX_ANSWER_BYTES)
+                    answer = await read_at_most(response, MAX_ANSWER_BYTES)
         except TimeoutError:
             return ServiceReply("timeout", reason=f"no answer within {target.timeout_s:g} s")
         except httpx.HTTPError as exc:
@@ -121,24 +120,7 @@ class ServiceConsultant:
         if self._signer is None:
             self.warn_if_unsigned()
             return {}
-        message_id = "msg_" + secrets.token_hex(16)
-        now = datetime.fromtimestamp(int(self._wall_clock()), tz=UTC)
-        signature = self._signer.sign(message_id, now, content.decode())
-        return {
-            "webhook-id": message_id,
-            "webhook-timestamp": str(int(now.timestamp())),
-            "webhook-signature": signature,
-        }
-
-
-async def _read_at_most(response: httpx.Response, limit: int) -> bytes | None:
-    """The response body, or None once it grows past `limit` (the rest is not read)."""
-    received = bytearray()
-    async for chunk in response.aiter_bytes():
-        received += chunk
-        if len(received) > limit:
-            return None
-    return bytes(received)
+        return signature_headers(self._signer, content, self._wall_clock())
 
 
 def _transport_problem(exc: httpx.HTTPError) -> str:

@@ -9,16 +9,16 @@ from __future__ import annotations
 
 import asyncio
 import json
-import secrets
+import time
 from collections.abc import Mapping
 from dataclasses import dataclass
-from datetime import UTC, datetime
 from typing import Any
 
 import httpx
 from standardwebhooks import Webhook
 
 from app.calls.call_control import CompanyFunction
+from app.outbound_requests import read_at_most, signature_headers
 from app.outbound_urls import check_outbound_url
 
 # SPEC section 10: the function call output is at most 16 KiB.
@@ -101,27 +101,17 @@ class FunctionRequester:
                     return FunctionResult(
                         error=f"the function answered HTTP {response.status_code}"
                     )
-                content = bytearray()
-                async for chunk in response.aiter_bytes():
-                    content += chunk
-                    if len(content) > MAX_ANSWER_BYTES:
-                        return FunctionResult(
-                            error=f"the function's answer is over {MAX_ANSWER_BYTES} bytes"
-                        )
+                content = await read_at_most(response, MAX_ANSWER_BYTES)
             finally:
                 await response.aclose()
-        return _result_from(bytes(content), response.headers.get("content-type", ""))
+        if content is None:
+            return FunctionResult(error=f"the function's answer is over {MAX_ANSWER_BYTES} bytes")
+        return _result_from(content, response.headers.get("content-type", ""))
 
     def _signature(self, body: str) -> dict[str, str]:
         if self._signer is None:
             return {}
-        message_id = "msg_" + secrets.token_hex(16)
-        now = datetime.now(tz=UTC)
-        return {
-            "webhook-id": message_id,
-            "webhook-timestamp": str(int(now.timestamp())),
-            "webhook-signature": self._signer.sign(message_id, now, body),
-        }
+        return signature_headers(self._signer, body.encode(), time.time())
 
 
 def _result_from(content: bytes, content_type: str) -> FunctionResult:
