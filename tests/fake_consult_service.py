@@ -20,7 +20,8 @@ from typing import Any
 import uvicorn
 from standardwebhooks import Webhook, WebhookVerificationError
 
-from tests.fake_openai import Receive, Send, _listening_socket
+from tests.fake_openai import Receive, Send
+from tests.loopback_service import listening_socket, running_server
 
 
 @dataclass(frozen=True)
@@ -119,7 +120,6 @@ class ConsultService:
     @contextlib.contextmanager
     def serve_on_loopback(self) -> Iterator[str]:
         """Serve on 127.0.0.1 in a background thread; yields the base URL."""
-        sock = _listening_socket("127.0.0.1", 0)
         config = uvicorn.Config(
             self,
             lifespan="off",
@@ -128,22 +128,7 @@ class ConsultService:
             access_log=False,
             timeout_graceful_shutdown=1,
         )
-        server = uvicorn.Server(config)
-        thread = threading.Thread(
-            target=server.run, kwargs={"sockets": [sock]}, name="consult-service", daemon=True
-        )
-        thread.start()
-        try:
-            deadline = time.monotonic() + 10
-            while not server.started:
-                if not thread.is_alive() or time.monotonic() > deadline:
-                    raise RuntimeError("the consult service did not start")
-                time.sleep(0.005)
-            yield f"http://127.0.0.1:{sock.getsockname()[1]}"
-        finally:
-            server.should_exit = True
-            thread.join(timeout=10)
-            if thread.is_alive():
-                server.force_exit = True
-                thread.join(timeout=5)
-            sock.close()
+        with running_server(
+            uvicorn.Server(config), listening_socket(), name="consult-service"
+        ) as port:
+            yield f"http://127.0.0.1:{port}"

@@ -17,7 +17,6 @@ import json
 import logging
 import secrets
 import signal
-import socket
 import sys
 import threading
 import time
@@ -31,6 +30,8 @@ import httpx
 import jsonschema
 import jsonschema.exceptions
 import uvicorn
+
+from tests.loopback_service import listening_socket, running_server
 
 VERBS = ("accept", "reject", "refer", "hangup")
 ROUTE_PREFIX = "/v1/realtime/calls/"
@@ -825,26 +826,10 @@ class FakeOpenAI:
     @contextlib.contextmanager
     def serve_on_loopback(self, port: int = 0) -> Iterator[str]:
         """Serve on 127.0.0.1 in a background thread; yields the base URL (`.../v1`)."""
-        sock = _listening_socket("127.0.0.1", port)
         server = _uvicorn_server(self, log_level=None)
-        thread = threading.Thread(
-            target=server.run, kwargs={"sockets": [sock]}, name="fake-openai", daemon=True
-        )
-        thread.start()
-        try:
-            deadline = time.monotonic() + 10
-            while not server.started:
-                if not thread.is_alive() or time.monotonic() > deadline:
-                    raise RuntimeError("the fake OpenAI server did not start")
-                time.sleep(0.005)
-            yield f"http://127.0.0.1:{sock.getsockname()[1]}/v1"
-        finally:
-            server.should_exit = True
-            thread.join(timeout=10)
-            if thread.is_alive():
-                server.force_exit = True
-                thread.join(timeout=5)
-            sock.close()
+        sock = listening_socket("127.0.0.1", port)
+        with running_server(server, sock, name="fake-openai") as bound:
+            yield f"http://127.0.0.1:{bound}/v1"
 
     def _handle(self, method: str, path: str, headers: Mapping[str, str], body: bytes) -> _Outcome:
         """Check and record one request, and decide its answer (the shared core)."""
@@ -1578,15 +1563,6 @@ def _uvicorn_server(fake: FakeOpenAI, *, log_level: str | None) -> uvicorn.Serve
     return uvicorn.Server(config)
 
 
-def _listening_socket(host: str, port: int) -> socket.socket:
-    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    sock.bind((host, port))
-    # Listening before the server loop starts lets clients connect as soon as the port is known.
-    sock.listen(128)
-    return sock
-
-
 def main(argv: Sequence[str] | None = None) -> int:
     """Serve the fake on loopback until SIGTERM/SIGINT, then write the record file."""
     parser = argparse.ArgumentParser(prog="python -m tests.fake_openai", description=__doc__)
@@ -1600,7 +1576,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     fake = FakeOpenAI(args.api_key, default=Delay(args.latency) if args.latency > 0 else None)
-    sock = _listening_socket(args.host, args.port)
+    sock = listening_socket(args.host, args.port)
     server = _uvicorn_server(fake, log_level="warning")
     # uvicorn re-raises the signal that stopped it once it has shut down; with these
     # handlers in place that no longer kills the process before the record file is written.
