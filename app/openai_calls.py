@@ -25,6 +25,8 @@ from typing import Any, Literal
 
 import httpx
 
+from app.rules.call_context import CallApi
+
 Verb = Literal["accept", "refer", "reject", "hangup"]
 Outcome = Literal["ok", "gone", "duplicate", "failed", "unknown"]
 
@@ -34,6 +36,7 @@ MAX_REQUESTS_PER_ACTION = 3
 MAX_ATTEMPTS_PER_ACTION = 10
 ALREADY_DECIDED = "decision_already_made"
 
+_PATHS: dict[CallApi, str] = {"realtime": "realtime/calls", "live": "live/sessions"}
 _RETRY_STATUSES = frozenset({408, 429})
 _BACKOFF_BASE_S = 0.05
 _BACKOFF_CAP_S = 1.0
@@ -89,13 +92,16 @@ class OpenAICallsClient:
         body: Mapping[str, Any] | None,
         *,
         sent_before: bool = False,
+        api: CallApi = "realtime",
     ) -> ActionResult:
         """Send one action, retrying inside the deadline; never raises for upstream trouble.
 
         `sent_before`: this exact request may already have been applied (sent by an earlier
-        owner of the call), so no answer or a refusal leaves the outcome `unknown`.
+        owner of the call), so no answer or a refusal leaves the outcome `unknown`. `api`
+        picks the endpoints: Realtime calls or GPT-Live sessions (`call_id` is then the
+        session id).
         """
-        url = f"{self._base_url}/realtime/calls/{call_id}/{verb}"
+        url = f"{self._base_url}/{_PATHS[api]}/{call_id}/{verb}"
         deadline = self._clock() + self._deadline_s
         attempts = sent = 0
         maybe_applied = sent_before

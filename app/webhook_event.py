@@ -9,6 +9,7 @@ from typing import Annotated
 from pydantic import BaseModel, ConfigDict, Field, StrictInt, StrictStr, ValidationError
 
 from app.errors import UnreadablePayload
+from app.rules.call_context import CallApi
 
 INCOMING_CALL = "realtime.call.incoming"
 MAX_SIP_HEADERS = 256
@@ -43,12 +44,17 @@ class _IncomingCall(BaseModel):
 
 @dataclass(frozen=True, slots=True)
 class IncomingCall:
-    """One incoming call: event id, arrival time (Unix s), call id, SIP headers in order."""
+    """One incoming call: event id, arrival time (Unix s), call id, SIP headers in order.
+
+    `api` says which API announced it; for Live, `call_id` is the `session_id`.
+    """
 
     event_id: str
     created_at: int
     call_id: str
     sip_headers: tuple[tuple[str, str], ...]
+    api: CallApi = "realtime"
+    media_security: str | None = None
 
 
 @dataclass(frozen=True, slots=True)

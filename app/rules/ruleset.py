@@ -23,7 +23,7 @@ from app.rules.accept_body import (
     build_accept_body,
     validate_session_config,
 )
-from app.rules.call_context import CallContext
+from app.rules.call_context import CallApi, CallContext
 from app.rules.conditions import Condition
 from app.rules.consultation import (
     ConsultNote,
@@ -228,6 +228,8 @@ class Decision:
     # A refer carried out after an accept: the accept body sent first.
     accept_body: Mapping[str, Any] | None = None
     tools_added: tuple[str, ...] = ()
+    # The API of the delivery decided (its endpoints receive the request).
+    api: CallApi = "realtime"
 
     @property
     def verb(self) -> ActionKind:
@@ -243,6 +245,8 @@ class Decision:
         return self.control is not None and self.control.needs_sideband
 
     def path(self, call_id: str) -> str:
+        if self.api == "live":
+            return f"/live/sessions/{call_id}/{self.verb}"
         return f"/realtime/calls/{call_id}/{self.verb}"
 
 
@@ -484,6 +488,7 @@ class Ruleset:
             control=control if control is not None and control.needs_sideband else None,
             accept_body=accept_body,
             tools_added=tools,
+            api=ctx.api,
         )
 
     def _refer_failure(
