@@ -177,8 +177,10 @@ def cmd_check(args: argparse.Namespace) -> int:
     ruleset = _load(path)
     if ruleset is None:
         return EXIT_PROBLEMS
+    # Warnings about the environment the rules will run in count with the rules' own.
+    warnings = len(ruleset.warnings)
     if ruleset.services or ruleset.functions:
-        _warn_if_unsigned()
+        warnings += _warn_if_unsigned()
     results = run_rule_tests(ruleset, datetime.now(tz=UTC))
     failed = [r for r in results if not r.passed]
     for result in failed:
@@ -190,19 +192,22 @@ def cmd_check(args: argparse.Namespace) -> int:
         return EXIT_PROBLEMS
     print(
         f"{path}: ok: {len(ruleset.rules)} rules, {len(results)} tests passed,"
-        f" {len(ruleset.warnings)} warnings, ruleset {ruleset.version}"
+        f" {warnings} warning{'' if warnings == 1 else 's'}, ruleset {ruleset.version}"
     )
     return EXIT_OK
 
 
-def _warn_if_unsigned() -> None:
+def _warn_if_unsigned() -> int:
+    """Warn when requests to services and functions would go unsigned; the warnings printed."""
     try:
         configured = outbound_secret_configured()
     except ConfigurationError as exc:
         print(f"warning: {exc}", file=sys.stderr)
-        return
+        return 1
     if not configured:
         print(f"warning: {UNSIGNED_SERVICES_WARNING}", file=sys.stderr)
+        return 1
+    return 0
 
 
 def cmd_test(args: argparse.Namespace) -> int:

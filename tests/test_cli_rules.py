@@ -59,9 +59,10 @@ def test_check_warns_when_the_examples_function_requests_would_go_unsigned(
     monkeypatch.delenv("SIP_ROUTER_OUTBOUND_SECRET", raising=False)
     monkeypatch.chdir(EXAMPLE.parent)  # no .env of the checkout
     assert main(["check", str(EXAMPLE)]) == 0
-    err = capsys.readouterr().err
+    out, err = capsys.readouterr()
     assert err.startswith("warning: SIP_ROUTER_OUTBOUND_SECRET is not set")
     assert "functions" in err
+    assert ", 1 warning, " in out  # the summary counts what was printed
 
 
 def test_check_uses_sip_router_rules_by_default(
@@ -119,7 +120,7 @@ def test_check_prints_warnings_and_still_passes(
     out, err = capsys.readouterr()
     assert err.startswith(f"{path}:4: warning: rule 'sf' can never match")
     assert len(err.splitlines()) == 1
-    assert out.startswith(f"{path}: ok: 2 rules, 0 tests passed, 1 warnings")
+    assert out.startswith(f"{path}: ok: 2 rules, 0 tests passed, 1 warning,")
 
 
 def test_check_fails_on_a_failing_test_case(
