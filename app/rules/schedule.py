@@ -22,6 +22,7 @@ from holidays import country_holidays, list_supported_countries
 from pydantic import (
     AfterValidator,
     BaseModel,
+    BeforeValidator,
     ConfigDict,
     Field,
     PlainValidator,
@@ -108,6 +109,16 @@ def _time_minutes(value: Any, *, field: str) -> int:
     if hours > 23 or minutes > 59:
         raise ValueError(f"time out of range, got '{value}' (00:00 to 23:59, or 24:00 for to)")
     return hours * 60 + minutes
+
+
+def _checked_clock_time(value: Any, info: ValidationInfo) -> Any:
+    """A `from`/`to` field's value, checked as a clock time (kept as written)."""
+    _time_minutes(value, field="from" if info.field_name == "from_" else str(info.field_name))
+    return value
+
+
+# `from` and `to` of a window or a part-day closure: "HH:MM", checked when read.
+ClockTime = Annotated[str, BeforeValidator(_checked_clock_time)]
 
 
 _DATE_FORMS = "YYYY-MM-DD, MM-DD (every year), or a range of either form like 12-24..12-26"
@@ -263,20 +274,8 @@ class ClosedTimeSpec(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid", populate_by_name=True)
 
     date: DateEntry
-    from_: str = Field(alias="from")
-    to: str
-
-    @field_validator("from_", mode="before")
-    @classmethod
-    def _valid_from(cls, value: Any) -> Any:
-        _time_minutes(value, field="from")
-        return value
-
-    @field_validator("to", mode="before")
-    @classmethod
-    def _valid_to(cls, value: Any) -> Any:
-        _time_minutes(value, field="to")
-        return value
+    from_: ClockTime = Field(alias="from")
+    to: ClockTime
 
 
 @dataclass(frozen=True, slots=True)
@@ -421,8 +420,8 @@ class WeeklyWindowSpec(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid", populate_by_name=True)
 
     days: str | tuple[str, ...]
-    from_: str = Field(alias="from")
-    to: str
+    from_: ClockTime = Field(alias="from")
+    to: ClockTime
 
     @field_validator("days", mode="before")
     @classmethod
@@ -437,18 +436,6 @@ class WeeklyWindowSpec(BaseModel):
             "days must be a weekday like mon, a range like mon-fri, or a list of them, "
             f"got {value!r}"
         )
-
-    @field_validator("from_", mode="before")
-    @classmethod
-    def _valid_from(cls, value: Any) -> Any:
-        _time_minutes(value, field="from")
-        return value
-
-    @field_validator("to", mode="before")
-    @classmethod
-    def _valid_to(cls, value: Any) -> Any:
-        _time_minutes(value, field="to")
-        return value
 
     def weekdays(self) -> frozenset[int]:
         """Weekday numbers (Monday 0) on which the window starts."""
