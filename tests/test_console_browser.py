@@ -202,6 +202,8 @@ def test_the_console_end_to_end(browser: object, console: Console) -> None:
     # Rules: contents, hits; a reload picks up an edit on disk.
     page.get_by_role("link", name="Rules").click()
     expect(page.locator("#rules-files")).to_contain_text("partner-line")
+    # Files are named as the rules name them; the full path is the summary's tooltip.
+    expect(page.locator("#rules-files summary").first).to_have_text("rules.yaml")
     expect(page.locator("#rules-hits")).to_contain_text("blocked-callers")
     before = page.locator("#rules-facts dd").first.inner_text()
     console.rules.write_text(RULES.replace("Answer politely.", "Hello."), encoding="utf-8")

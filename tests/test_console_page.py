@@ -91,6 +91,10 @@ async def test_rules_with_contents_show_every_file_as_on_disk(
         full = (await client.get("/admin/rules?contents=true", headers=AUTH)).json()
     assert "contents" not in plain
     assert full["contents"] == [
-        {"file": str(rules), "text": RULES},
-        {"file": str(rules.parent / "blocked.txt"), "text": "+12025550199\n"},
+        {"file": str(rules), "name": "rules.yaml", "text": RULES},
+        {
+            "file": str(rules.parent / "blocked.txt"),
+            "name": "blocked.txt",
+            "text": "+12025550199\n",
+        },
     ]

@@ -435,7 +435,7 @@
     const files = $("rules-files");
     files.replaceChildren();
     for (const file of rules.contents || []) {
-      const details = el("details", {}, el("summary", { text: file.file }));
+      const details = el("details", {}, el("summary", { text: file.name || file.file, title: file.file }));
       details.append(el("pre", { className: file.error ? "error" : "code", text: file.error || file.text }));
       files.append(details);
     }

@@ -94,12 +94,13 @@ def rule_file_texts(main: Path, files: Sequence[str]) -> list[dict[str, Any]]:
     folder = RuleFolder(main)
     texts: list[dict[str, Any]] = []
     for name in files:
-        shown: dict[str, Any] = {"file": name}
+        relative = os.path.relpath(name, main.parent)
+        # `name`: the file as the rules name it, relative to the main file's folder.
+        shown: dict[str, Any] = {"file": name, "name": relative}
         try:
             if Path(name) == main:
                 shown["text"] = folder.read_main()
             else:
-                relative = os.path.relpath(name, main.parent)
                 shown["text"] = folder.read_named(relative, MAX_SHOWN_FILE_BYTES)
         except FileRefused as exc:
             shown["error"] = f"not shown: {exc}"
