@@ -754,13 +754,16 @@ def _put(body: dict[str, Any], path: BodyPath, value: str) -> None:
     node[path[-1]] = value
 
 
-def compile_accept_templates(body: Mapping[str, Any]) -> AcceptTemplates | None:
+def compile_accept_templates(
+    body: Mapping[str, Any], templated: list[tuple[BodyPath, str]] | None = None
+) -> AcceptTemplates | None:
     """Compile the templated fields of an accept body; None when none holds a template.
 
+    `templated` names them when the body is not a Realtime one (`templated_fields`).
     Raises AcceptTemplateError for the first field that does not compile.
     """
     fields: list[tuple[BodyPath, Template]] = []
-    for path, source in templated_fields(body):
+    for path, source in templated_fields(body) if templated is None else templated:
         try:
             template = compile_template(source)
         except TemplateCompileError as exc:

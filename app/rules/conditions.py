@@ -10,13 +10,15 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Literal, Protocol
 
-from app.rules.call_context import CallContext
+from app.rules.call_context import CallApi, CallContext
 from app.rules.linear_regex import Regex
 from app.rules.number_set import NumberSet
 from app.rules.schedule import CompiledSchedule
+from app.rules.templates import clean_untrusted
 from app.sip_identity import Party
 
 PartyRole = Literal["caller", "called"]
+MediaSecurity = Literal["srtp", "rtp"]
 
 
 class Condition(Protocol):
@@ -155,6 +157,47 @@ class ScheduleCondition:
     def explain(self, ctx: CallContext) -> tuple[bool, str]:
         verdict = self.schedule.evaluate(ctx.at)
         return verdict.open, f"schedule {self.schedule.name}: {verdict.reason}"
+
+
+@dataclass(frozen=True, slots=True)
+class ApiCondition:
+    """`api: realtime|live`: which of OpenAI's voice APIs announced the call (section 11)."""
+
+    api: CallApi
+
+    def matches(self, ctx: CallContext) -> bool:
+        return ctx.api == self.api
+
+    def explain(self, ctx: CallContext) -> tuple[bool, str]:
+        if self.matches(ctx):
+            return True, f"api is {self.api}"
+        return False, f"api is {ctx.api}, not {self.api}"
+
+
+@dataclass(frozen=True, slots=True)
+class MediaSecurityCondition:
+    """`media_security: srtp|rtp`: the delivery's `sip_media_security`.
+
+    A call whose media protection is unknown (not given, or a value other than these)
+    matches neither.
+    """
+
+    media_security: MediaSecurity
+
+    def matches(self, ctx: CallContext) -> bool:
+        return ctx.media_security == self.media_security
+
+    def explain(self, ctx: CallContext) -> tuple[bool, str]:
+        if self.matches(ctx):
+            return True, f"media_security is {self.media_security}"
+        given = ctx.media_security
+        if given is None:
+            shown = "unknown"
+        elif given in ("srtp", "rtp"):
+            shown = given
+        else:
+            shown = f"{clean_untrusted(given[:32])!r} (unknown)"
+        return False, f"media_security is {shown}, not {self.media_security}"
 
 
 @dataclass(frozen=True, slots=True)

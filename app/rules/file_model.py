@@ -104,6 +104,9 @@ class WhenSpec(BaseModel):
     called: NumberConditionSpec | None = None
     header: dict[str, HeaderTestSpec] | None = None
     schedule: Name | None = None
+    # Which API announced the call, and its media protection (SPEC section 11).
+    api: Literal["realtime", "live"] | None = None
+    media_security: Literal["srtp", "rtp"] | None = None
     all: tuple[WhenSpec, ...] | None = None
     any: tuple[WhenSpec, ...] | None = None
     not_: WhenSpec | None = Field(default=None, alias="not")
@@ -230,6 +233,9 @@ class TestCaseSpec(BaseModel):
     to: str
     headers: dict[str, str] | None = None
     at: datetime | None = None
+    # The API that announces the call, and its media protection (SPEC section 11).
+    api: Literal["realtime", "live"] = "realtime"
+    media_security: str | None = Field(default=None, min_length=1, max_length=32)
     # Stubbed answers of `services`, by service name: the JSON a service would answer.
     consult: dict[Name, dict[str, Any]] | None = None
     expect: ExpectSpec

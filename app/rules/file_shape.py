@@ -192,12 +192,18 @@ def written(data: Any, path: DataPath) -> bool:
 
 
 def validation_findings(
-    exc: ValidationError, data: Any, model: Any, own_keys: Iterable[str] = ()
+    exc: ValidationError,
+    data: Any,
+    model: Any,
+    own_keys: Iterable[str] = (),
+    *,
+    refused_by: str | None = None,
 ) -> list[Finding]:
     """Pydantic's errors on `data` (validated as `model`) as findings, one per place.
 
     An unknown key gets the closest key the model has at that place as a suggestion;
-    `own_keys` are further keys allowed at the top of `data`.
+    `own_keys` are further keys allowed at the top of `data`. With `refused_by` (an API's
+    name), an unknown key's message also names the keys the API takes at that place.
     """
     findings: list[Finding] = []
     errors = exc.errors()
@@ -211,6 +217,10 @@ def validation_findings(
             if len(path) == 1:
                 known += own_keys
             message = f"unknown key '{path[-1]}'" + did_you_mean(str(path[-1]), known)
+            allowed = _allowed_keys(model, tuple(error["loc"][:-1]), sent_only=True)
+            if refused_by is not None and allowed:
+                place = ".".join(str(p) for p in path[:-1]) or "the session"
+                message += f": {refused_by} refuses it ({place} takes {', '.join(allowed)})"
             finding = Finding(path, path[:-1], message, "unknown_key")
         elif kind == "missing":
             missing = [
@@ -229,36 +239,45 @@ def validation_findings(
     return findings
 
 
-def _allowed_keys(annotation: Any, loc: tuple[Any, ...]) -> tuple[str, ...]:
-    """The keys the model at `loc` (a pydantic error location under `annotation`) takes."""
+def _allowed_keys(
+    annotation: Any, loc: tuple[Any, ...], *, sent_only: bool = False
+) -> tuple[str, ...]:
+    """The keys the model at `loc` (a pydantic error location under `annotation`) takes.
+
+    `sent_only` leaves out the fields a model refuses and never sends (`exclude`).
+    """
     if get_origin(annotation) is Annotated:
-        return _allowed_keys(get_args(annotation)[0], loc)
+        return _allowed_keys(get_args(annotation)[0], loc, sent_only=sent_only)
     if get_origin(annotation) in (Union, types.UnionType):
         choices = [a for a in get_args(annotation) if a is not type(None)]
         for choice in choices:
-            if keys := _allowed_keys(choice, loc):
+            if keys := _allowed_keys(choice, loc, sent_only=sent_only):
                 return keys
         # A union can name the member it tried in the location: skip that part.
         for choice in choices if loc else ():
-            if keys := _allowed_keys(choice, loc[1:]):
+            if keys := _allowed_keys(choice, loc[1:], sent_only=sent_only):
                 return keys
         return ()
     model = annotation if isinstance(annotation, type) else None
     if model is not None and issubclass(model, BaseModel):
         fields = model.model_fields
         if not loc:
-            return tuple(info.alias or name for name, info in fields.items())
+            return tuple(
+                info.alias or name
+                for name, info in fields.items()
+                if not (sent_only and info.exclude)
+            )
         for name, info in fields.items():
             if loc[0] in (name, info.alias):
-                return _allowed_keys(info.annotation, loc[1:])
+                return _allowed_keys(info.annotation, loc[1:], sent_only=sent_only)
         return ()
     if not loc:
         return ()
     origin, args = get_origin(annotation), get_args(annotation)
     if origin in (tuple, list) and args and isinstance(loc[0], int):
-        return _allowed_keys(args[0], loc[1:])
+        return _allowed_keys(args[0], loc[1:], sent_only=sent_only)
     if origin is dict and len(args) == 2:
-        return _allowed_keys(args[1], loc[1:])
+        return _allowed_keys(args[1], loc[1:], sent_only=sent_only)
     return ()
 
 

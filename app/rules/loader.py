@@ -15,7 +15,7 @@ import json
 import posixpath
 import re
 from collections.abc import Collection, Iterable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 from zoneinfo import ZoneInfo
@@ -23,29 +23,30 @@ from zoneinfo import ZoneInfo
 import phonenumbers
 from pydantic import ValidationError
 
-from app.calls.call_control import CompanyFunction
-from app.calls.call_tools import with_call_control_tools
+from app.calls.call_control import END_CALL, CompanyFunction
 from app.outbound_urls import check_outbound_url
 from app.phone_numbers import NumberFormatError, normalize_number, normalize_prefix
 from app.rules.accept_body import (
     SessionConfig,
     build_accept_body,
-    compile_accept_templates,
     function_tool_warnings,
     templated_fields,
     validate_session_config,
     voice_warnings,
 )
+from app.rules.call_context import CallApi
 from app.rules.conditions import (
     ALWAYS,
     AllOf,
     AnyOf,
+    ApiCondition,
     Condition,
     ExactNumber,
     HeaderCondition,
     InCountries,
     InNumberList,
     IsAnonymous,
+    MediaSecurityCondition,
     Not,
     NumberCondition,
     NumberPrefix,
@@ -78,6 +79,16 @@ from app.rules.file_shape import (
     written,
 )
 from app.rules.linear_regex import Regex, RegexError, compile_regex
+from app.rules.live_session import (
+    MODEL_REQUIRED,
+    LiveSessionConfig,
+    build_live_accept_body,
+    live_function_tool_warnings,
+    live_templated_fields,
+    live_voice_warnings,
+    responses_delegation,
+    validate_live_session,
+)
 from app.rules.number_set import NumberListError, NumberSet
 from app.rules.problems import Problem, RuleFileError
 from app.rules.profile_control import (
@@ -101,6 +112,8 @@ from app.rules.ruleset import (
     Ruleset,
     ServiceTarget,
     SplitAction,
+    accept_body_of,
+    accept_templates_of,
     announcer,
 )
 from app.rules.schedule import (
@@ -119,7 +132,16 @@ _HEADER_NAME = re.compile(r"[A-Za-z0-9!#$%&'*+\-.^_`|~]{1,100}")
 _PATTERN_TOKEN = re.compile(r"[0-9]|X|Z|N|\[(?:[0-9](?:-[0-9])?)+\]")
 _DEFAULT_ON_ERROR = RejectAction(503)
 # Keys of a profile that are not accept fields: sip-router reads them itself.
-_PROFILE_OWN_KEYS = ("extends", "instructions_file", "max_duration_s", *CONTROL_KEYS)
+_PROFILE_OWN_KEYS = ("extends", "instructions_file", "max_duration_s", "api", *CONTROL_KEYS)
+# SPEC section 11: what GPT-Live profiles cannot have, and why.
+_LIVE_TOOLS_REFUSED = (
+    "{key} is not available on GPT-Live: function tools on GPT-Live run through its"
+    " delegation protocol; sip-router offers end_call only"
+)
+_LIVE_END_CALL_NEEDS_RESPONSES = (
+    "end_call on GPT-Live needs delegation: {type: responses, responses: {model: ...}}: the"
+    " agent calls end_call through the Responses delegation, whose tools get it"
+)
 
 
 @dataclass
@@ -473,6 +495,7 @@ class _Profile:
     merged: dict[str, Any]
     max_duration_s: float | None
     control: ProfileControl | None = None
+    api: CallApi = "realtime"
 
 
 @dataclass(frozen=True)
@@ -583,9 +606,19 @@ def _check_profile(
     body = {k: v for k, v in merged.items() if k != "extends"}
     findings: list[Finding] = []
     max_duration = _max_duration(body.pop("max_duration_s", None), findings)
+    api = _profile_api(body.pop("api", None), findings)
     # The call-control keys are sip-router's own: never part of the accept body.
     written_control = {key: body.pop(key) for key in CONTROL_KEYS if key in body}
+    if api == "live":
+        for key in ("transfer", "functions"):
+            if written_control.get(key) is not None:
+                findings.append(Finding((key,), (key,), _LIVE_TOOLS_REFUSED.format(key=key)))
+                written_control.pop(key)
     control, control_ok = _profile_control(written_control, called, findings, ctx)
+    if api == "live":
+        return _check_live_profile(body, max_duration, control, control_ok, findings, ctx)
+    if api is None:
+        return _ProfileCheck(None, tuple(findings))
     config = _session_config(body, findings, ctx)
     if config is None:
         return _ProfileCheck(None, tuple(findings))
@@ -612,6 +645,76 @@ def _check_profile(
     if findings or not control_ok:
         return _ProfileCheck(None, tuple(findings), tuple(warnings))
     return _ProfileCheck(_Profile(body, max_duration, control), (), tuple(warnings))
+
+
+def _profile_api(value: Any, findings: list[Finding]) -> CallApi | None:
+    """A profile's `api` (default realtime); None (and a finding) when it is not one."""
+    if value is None or value == "realtime":
+        return "realtime"
+    if value == "live":
+        return "live"
+    findings.append(Finding(("api",), ("api",), "api must be realtime or live"))
+    return None
+
+
+def _check_live_profile(
+    body: dict[str, Any],
+    max_duration: float | None,
+    control: ProfileControl | None,
+    control_ok: bool,
+    findings: list[Finding],
+    ctx: _Context,
+) -> _ProfileCheck:
+    """An `api: live` profile: its session against the Live accept schema (section 11)."""
+    config = _live_session(body, findings, ctx)
+    if config is None:
+        return _ProfileCheck(None, tuple(findings))
+    warnings = [*live_voice_warnings(config), *live_function_tool_warnings(config)]
+    if control is not None and control.end_call:
+        backend = responses_delegation(config)
+        if backend is None:
+            findings.append(Finding(("end_call",), ("end_call",), _LIVE_END_CALL_NEEDS_RESPONSES))
+        elif any(getattr(tool, "name", None) == END_CALL for tool in backend.tools or ()):
+            at: DataPath = ("end_call",)
+            findings.append(
+                Finding(
+                    at,
+                    at,
+                    f"adds a tool named '{END_CALL}' to delegation.responses.tools, and they"
+                    " already have one; rename the tool",
+                )
+            )
+    if findings or not control_ok:
+        return _ProfileCheck(None, tuple(findings), tuple(warnings))
+    return _ProfileCheck(_Profile(body, max_duration, control, "live"), (), tuple(warnings))
+
+
+def _live_session(
+    body: Mapping[str, Any], findings: list[Finding], ctx: _Context
+) -> LiveSessionConfig | None:
+    """The session fields of a Live profile (with overrides), or None with findings why not."""
+    try:
+        config = validate_live_session(body)
+    except ValidationError as exc:
+        for finding in validation_findings(
+            exc, dict(body), LiveSessionConfig, _PROFILE_OWN_KEYS, refused_by="GPT-Live"
+        ):
+            if finding.kind == "missing_key" and finding.path == ("model",):
+                finding = replace(finding, message=MODEL_REQUIRED)
+            findings.append(finding)
+        return None
+    compiles = True
+    session = build_live_accept_body(config)["session"]
+    for path, source in live_templated_fields(session):
+        if path == ("instructions",) and source in ctx.checked_templates:
+            compiles = compiles and ctx.checked_templates[source]
+            continue
+        try:
+            compile_template(source)
+        except TemplateCompileError as exc:
+            findings.append(Finding(path, path, str(exc)))
+            compiles = False
+    return config if compiles else None
 
 
 def _has_input_transcription(body: Mapping[str, Any]) -> bool:
@@ -763,6 +866,10 @@ class _RuleCompiler:
                     )
             else:
                 parts.append(ScheduleCondition(schedule))
+        if spec.api is not None:
+            parts.append(ApiCondition(spec.api))
+        if spec.media_security is not None:
+            parts.append(MediaSecurityCondition(spec.media_security))
         if spec.all is not None:
             parts.append(
                 AllOf(tuple(self.when(s, (*path, "all", i)) for i, s in enumerate(spec.all)))
@@ -965,26 +1072,25 @@ class _RuleCompiler:
                     )
                     return None
             body = _deep_merge(body, overrides)
-            overridden = _session_config(body, findings, self.ctx)
+            if profile.api == "live":
+                overridden: object = _live_session(body, findings, self.ctx)
+            else:
+                overridden = _session_config(body, findings, self.ctx)
             self.ctx.report((*accept_path, "overrides"), findings)
             if overridden is None or findings:
                 return None
-        config = validate_session_config(body)
-        if profile.control is not None:
-            try:
-                config = with_call_control_tools(config, profile.control.tool_control())
-            except ValueError as exc:
-                self.ctx.error(
-                    (*accept_path, "overrides"), f"{self.ctx.describe(accept_path)}: {exc}"
-                )
-                return None
-        accept_body = build_accept_body(config)
+        try:
+            accept_body = accept_body_of(profile.api, body, profile.control)
+        except ValueError as exc:
+            self.ctx.error((*accept_path, "overrides"), f"{self.ctx.describe(accept_path)}: {exc}")
+            return None
         return AcceptAction(
             profile=name,
             body=accept_body,
-            templates=compile_accept_templates(accept_body),
+            templates=accept_templates_of(profile.api, accept_body),
             max_duration_s=max_duration,
             control=profile.control,
+            api=profile.api,
         )
 
     def profile_bodies(self) -> dict[str, ProfileBody]:

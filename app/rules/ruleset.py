@@ -21,6 +21,7 @@ from app.rules.accept_body import (
     AcceptTemplates,
     SessionConfig,
     build_accept_body,
+    compile_accept_templates,
     validate_session_config,
 )
 from app.rules.call_context import CallApi, CallContext
@@ -34,6 +35,14 @@ from app.rules.consultation import (
 )
 from app.rules.file_model import TestCaseSpec
 from app.rules.file_shape import Finding, validation_findings
+from app.rules.live_session import (
+    LIVE_ANNOUNCER_SESSION,
+    LiveSessionConfig,
+    build_live_accept_body,
+    live_templated_fields,
+    validate_live_session,
+    with_live_call_control_tools,
+)
 from app.rules.profile_control import (
     ANNOUNCER_PROFILE,
     ANNOUNCER_SESSION,
@@ -67,6 +76,8 @@ class AcceptAction:
     kind: ActionKind = "accept"
     # The profile's call-control keys (section 10); None: sip-router leaves after the accept.
     control: ProfileControl | None = None
+    # The API the profile is for (section 11): its accept body is that API's.
+    api: CallApi = "realtime"
 
     @property
     def is_static(self) -> bool:
@@ -456,6 +467,7 @@ class Ruleset:
     ) -> Decision:
         if isinstance(action, SplitAction):
             action = action.pick(ctx.call_id)
+        action = _for_api(action, ctx.api)
         variables = {} if action.is_static else self.template_variables(ctx, rule, state.variables)
         body = action.render(variables)
         accept = action if isinstance(action, AcceptAction) else None
@@ -501,6 +513,9 @@ class Ruleset:
         on_error = self.on_error
         if isinstance(on_error, SplitAction):
             on_error = on_error.pick(ctx.call_id)
+        if isinstance(on_error, AcceptAction) and on_error.api != ctx.api:
+            # A session of the other API cannot take the call over.
+            return HANG_UP
         try:
             variables = (
                 {} if on_error.is_static else self.template_variables(ctx, rule, decided_with)
@@ -508,9 +523,12 @@ class Ruleset:
             if isinstance(on_error, AcceptAction):
                 # The agent keeps the call with on_error's profile: its session and its
                 # call control (tools) from then on.
+                rendered = on_error.render(variables)
+                # A Live accept body is `{"session": {...}}`: the session is what changes.
+                session = rendered["session"] if on_error.api == "live" else rendered
                 return ReferFailure(
                     "session",
-                    session=dict(on_error.render(variables)),
+                    session=dict(session),
                     control=on_error.render_control(variables) or CallControl(),
                 )
             if isinstance(on_error, ReferAction):
@@ -568,33 +586,99 @@ def _overridden(name: str, profile: ProfileBody, overrides: Mapping[str, Any]) -
     if "max_duration_s" in overrides:
         limit = max_duration(overrides.pop("max_duration_s"), findings)
     body = deep_merge(profile.body, overrides)
+    api = profile.action.api
+    control = profile.action.control
+    accept_body: dict[str, Any] = {}
     try:
-        config: SessionConfig = validate_session_config(body)
+        accept_body = accept_body_of(api, body, control)
     except ValidationError as exc:
-        findings.extend(validation_findings(exc, body, SessionConfig))
+        model = LiveSessionConfig if api == "live" else SessionConfig
+        findings.extend(validation_findings(exc, body, model))
+    except ValueError as exc:
+        raise InvalidAnswer(f"overrides: {exc}") from None
     if findings:
         first = findings[0]
         place = ".".join(str(p) for p in first.where)
         raise InvalidAnswer(f"overrides{'.' + place if place else ''}: {first.message}")
-    control = profile.action.control
-    if control is not None:
-        try:
-            config = with_call_control_tools(config, control.tool_control())
-        except ValueError as exc:
-            raise InvalidAnswer(f"overrides: {exc}") from None
     templates = profile.action.templates
+    # Live templates' paths are inside the body's `session`, where the overrides go.
+    written = {"session": overrides} if api == "live" else overrides
     return AcceptAction(
         profile=name,
-        body=build_accept_body(config),
-        templates=templates.without_overridden(overrides) if templates else None,
+        body=accept_body,
+        templates=templates.without_overridden(written) if templates else None,
         max_duration_s=limit,
         control=control,
+        api=api,
     )
 
 
-def announcer() -> AcceptAction:
+API_NAMES: Mapping[CallApi, str] = {"realtime": "Realtime", "live": "GPT-Live"}
+
+
+def api_mismatch(profile: str, profile_api: CallApi, call_api: CallApi) -> str:
+    """Why an accept with `profile` cannot answer a call of `call_api` (section 11)."""
+    return (
+        f"profile '{profile}' is for {API_NAMES[profile_api]} (api: {profile_api}), but the call"
+        f" was announced on {API_NAMES[call_api]}"
+    )
+
+
+def _for_api(
+    action: AcceptAction | ReferAction | RejectAction, api: CallApi
+) -> AcceptAction | ReferAction | RejectAction:
+    """`action` as carried out on a call of `api`; ActionRenderError when it cannot be.
+
+    An accept whose profile is for the other API cannot answer the call. A refer on a Live
+    call accepts first with its profile when that is a Live one, else with the built-in
+    Live announcer; on a Realtime call, a Live profile cannot answer it.
+    """
+    if isinstance(action, AcceptAction) and action.api != api:
+        raise ActionRenderError(api_mismatch(action.profile, action.api, api))
+    if not isinstance(action, ReferAction) or action.accept is None or action.accept.api == api:
+        return action
+    if api == "live":
+        return replace(action, accept=announcer("live"))
+    if action.accept.profile == ANNOUNCER_PROFILE:
+        return replace(action, accept=announcer("realtime"))
+    raise ActionRenderError(api_mismatch(action.accept.profile, action.accept.api, api))
+
+
+def announcer(api: CallApi = "realtime") -> AcceptAction:
     """The accept of a refer without a profile: a session that only speaks announcements."""
+    if api == "live":
+        body: Mapping[str, Any] = {"session": dict(LIVE_ANNOUNCER_SESSION)}
+        return AcceptAction(ANNOUNCER_PROFILE, body, None, None, api="live")
     return AcceptAction(ANNOUNCER_PROFILE, {"type": "realtime", **ANNOUNCER_SESSION}, None, None)
+
+
+def accept_body_of(
+    api: CallApi, fields: Mapping[str, Any], control: ProfileControl | None
+) -> dict[str, Any]:
+    """The accept body of a profile's fields on `api`, with its call-control tools.
+
+    Raises pydantic.ValidationError when the fields do not validate, ValueError when the
+    tools cannot be added.
+    """
+    tools = control.tool_control() if control is not None else None
+    if api == "live":
+        live = validate_live_session(fields)
+        if tools is not None:
+            live = with_live_call_control_tools(live, tools)
+        return build_live_accept_body(live)
+    config = validate_session_config(fields)
+    if tools is not None:
+        config = with_call_control_tools(config, tools)
+    return build_accept_body(config)
+
+
+def accept_templates_of(api: CallApi, body: Mapping[str, Any]) -> AcceptTemplates | None:
+    """The templates of an accept body of `api` (a Live body's are inside its `session`)."""
+    if api == "live":
+        session = body["session"]
+        fields = [(("session", *path), text) for path, text in live_templated_fields(session)]
+        return compile_accept_templates(body, fields)
+    return compile_accept_templates(body)
 
 
 def _with(decision: Decision, **changes: Any) -> Decision:
