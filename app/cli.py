@@ -284,14 +284,23 @@ def cmd_simulate(args: argparse.Namespace) -> int:
         problem = simulated_number_problem(number, ruleset.region, caller=caller)
         if problem is not None:
             return _fail(f"{option} {number!r}: {problem}")
-    ctx = simulated_context(ruleset, args.from_, args.to, at or datetime.now(tz=UTC), headers)
+    ctx = simulated_context(
+        ruleset,
+        args.from_,
+        args.to,
+        at or datetime.now(tz=UTC),
+        headers,
+        api=args.api,
+        media_security=args.media_security,
+    )
     decision = ruleset.decide(ctx, explain=True, answers=answers)
     result = decision_json(decision)
     if args.json:
         print(json.dumps(result, ensure_ascii=False))
         return EXIT_OK
     rule = decision.rule or "the default"
-    print(f"{decision.action} by {rule} (ruleset {decision.ruleset}, at {ctx.at.isoformat()})")
+    on = " on GPT-Live" if decision.api == "live" else ""
+    print(f"{decision.action} by {rule}{on} (ruleset {decision.ruleset}, at {ctx.at.isoformat()})")
     body = json.dumps(result["request"]["body"], ensure_ascii=False)
     print(f"  POST {result['request']['path']} {body}")
     if decision.error:
@@ -456,6 +465,19 @@ def build_parser() -> argparse.ArgumentParser:
     simulate.add_argument("--at", metavar="ISO-8601", help="the call's time (default: now)")
     simulate.add_argument("--rules", help="rule file (default: $SIP_ROUTER_RULES)")
     simulate.add_argument("--json", action="store_true", help="print one JSON object")
+    simulate.add_argument(
+        "--api",
+        choices=("realtime", "live"),
+        default="realtime",
+        help="the API that announces the call: realtime (realtime.call.incoming, the default)"
+        " or live (GPT-Live's live.transport.incoming)",
+    )
+    simulate.add_argument(
+        "--media-security",
+        dest="media_security",
+        metavar="srtp|rtp",
+        help="the call's sip_media_security (default: not given, unknown)",
+    )
     simulate.add_argument(
         "--consult",
         action="append",

@@ -52,6 +52,9 @@ def kept_inputs(created_at: int, sip_headers: Iterable[tuple[str, str]]) -> dict
 def context_from_inputs(inputs: Mapping[str, Any], call_id: str, ruleset: Ruleset) -> CallContext:
     """The CallContext the recorded inputs describe, read with `ruleset`'s region.
 
+    `api` and `media_security` are those recorded with the call (SPEC section 11); a
+    record without `api` was a Realtime call.
+
     ValueError when `inputs` is not what `kept_inputs` writes.
     """
     created_at = inputs.get("created_at")
@@ -68,8 +71,21 @@ def context_from_inputs(inputs: Mapping[str, Any], call_id: str, ruleset: Rulese
         at = datetime.fromtimestamp(created_at, tz=UTC)
     except (OverflowError, OSError, ValueError):
         raise ValueError("recorded created_at is out of range") from None
+    api = inputs.get("api", "realtime")
+    if api not in ("realtime", "live"):
+        raise ValueError("recorded api is neither realtime nor live")
+    media_security = inputs.get("media_security")
+    if media_security is not None and not isinstance(media_security, str):
+        raise ValueError("recorded media_security is not a string")
     parties = parse_parties(headers, ruleset.region or "ZZ")
-    return CallContext(call_id=call_id, parties=parties, headers=headers, at=at)
+    return CallContext(
+        call_id=call_id,
+        parties=parties,
+        headers=headers,
+        at=at,
+        api="live" if api == "live" else "realtime",
+        media_security=media_security,
+    )
 
 
 def compact_trace(

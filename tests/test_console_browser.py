@@ -177,6 +177,11 @@ def test_the_console_end_to_end(browser: object, console: Console) -> None:
     expect(page.locator("#simulate-result")).to_contain_text("partner-line")
     expect(page.locator("#simulate-result")).to_contain_text("refer")
     shoot(page, "desktop-simulate")
+    # The same call announced on GPT-Live: the refer accepts on the Live endpoint first.
+    page.locator("#sim-api").select_option("live")
+    page.get_by_role("button", name="Decide").click()
+    expect(page.locator("#simulate-result")).to_contain_text("GPT-Live")
+    expect(page.locator("#simulate-result")).to_contain_text("/live/sessions/live_simulated/accept")
 
     # Replay an edited copy of the active rules: the accepted caller becomes blocked.
     page.get_by_role("link", name="Replay").click()

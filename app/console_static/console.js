@@ -487,6 +487,7 @@
       return;
     }
     if ($("sim-at").value.trim()) request.at = $("sim-at").value.trim();
+    request.api = $("sim-api").value;
     result.replaceChildren(el("p", { className: "state loading", text: "Deciding…" }));
     let decision;
     try {
@@ -501,6 +502,7 @@
     facts(dl, [
       ["Action", decision.action],
       ["Rule", decision.rule || "default (no rule matched)"],
+      ["API", decision.api === "live" ? "GPT-Live" : "Realtime"],
       ["Profile", decision.profile],
       ["Request", `POST ${decision.request.path}`],
       ["Ruleset", decision.ruleset],

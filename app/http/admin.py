@@ -22,6 +22,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from app.call_replay import export_json
 from app.http.services import Services, ServicesDep
 from app.recorded_calls import call_json
+from app.rules.call_context import CallApi
 from app.rules.file_reading import FileRefused, RuleFolder
 from app.rules.problems import RuleFileError
 from app.rules.simulation import decision_json, simulated_context
@@ -58,6 +59,8 @@ class SimulateRequest(BaseModel):
     to: str = Field(min_length=1, max_length=64)
     headers: dict[str, Annotated[str, Field(max_length=1024)]] | None = None
     at: datetime | None = None
+    api: CallApi = "realtime"
+    media_security: str | None = Field(default=None, min_length=1, max_length=32)
 
 
 @router.get("/rules")
@@ -127,7 +130,11 @@ async def simulate(request: Request, services: AdminDep) -> JSONResponse:
         payload = SimulateRequest.model_validate(json.loads(await request.body()))
     except (ValueError, ValidationError, RecursionError):
         return JSONResponse(
-            {"error": 'expected {"from", "to", "headers"?, "at"?: ISO-8601}'}, status_code=422
+            {
+                "error": 'expected {"from", "to", "headers"?, "at"?: ISO-8601,'
+                ' "api"?: "realtime"|"live", "media_security"?}'
+            },
+            status_code=422,
         )
     ruleset = services.rules.current
     if ruleset is None:
@@ -137,7 +144,15 @@ async def simulate(request: Request, services: AdminDep) -> JSONResponse:
         if problem is not None:
             return JSONResponse({"error": f"{name}: {problem}"}, status_code=422)
     at = payload.at or datetime.now(tz=UTC)
-    ctx = simulated_context(ruleset, payload.from_, payload.to, at, payload.headers)
+    ctx = simulated_context(
+        ruleset,
+        payload.from_,
+        payload.to,
+        at,
+        payload.headers,
+        api=payload.api,
+        media_security=payload.media_security,
+    )
     return JSONResponse(decision_json(ruleset.decide(ctx, explain=True)))
 
 

@@ -34,6 +34,7 @@ from app.rules.accept_body import (
     validate_session_config,
     voice_warnings,
 )
+from app.rules.api_reach import api_warnings
 from app.rules.call_context import CallApi
 from app.rules.conditions import (
     ALWAYS,
@@ -322,7 +323,8 @@ def _compile(parts: FileParts, ctx: _Context) -> Ruleset:
     profiles = _resolve_profiles(parts, ctx, called)
     services = _compile_services(parts, ctx)
     compiler = _RuleCompiler(ctx, lists, schedules, profiles, services)
-    rules = tuple(compiler.rule(i, rule) for i, rule in parts.rules)
+    numbered = [(i, compiler.rule(i, rule)) for i, rule in parts.rules]
+    rules = tuple(rule for _, rule in numbered)
     _check_unique_rule_names(parts, ctx)
     default = compiler.action(parts.default, ("default",)) if parts.default else None
     on_error = (
@@ -336,6 +338,13 @@ def _compile(parts: FileParts, ctx: _Context) -> Ruleset:
             f"rule '{shadowed.name}' can never match: rule "
             f"'{shadowed.by}' before it catches every call it would",
         )
+    for warning in api_warnings(
+        [(i, rule) for i, rule in numbered if rule is not None],
+        default,
+        on_error,
+        live_profiles=any(profile.api == "live" for profile in profiles.values()),
+    ):
+        ctx.warn(warning.path, warning.message)
     _check_test_expectations(parts, ctx)
     if ctx.problems:
         raise ctx.fail()

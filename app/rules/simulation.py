@@ -14,13 +14,19 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from app.rules.call_context import CallContext
+from app.rules.call_context import CallApi, CallContext
 from app.rules.file_model import TestCaseSpec
 from app.rules.profile_control import control_summary
 from app.rules.ruleset import Decision, Ruleset
 from app.sip_identity import SipHeaders, parse_parties
 
 SIMULATED_CALL_ID = "rtc_simulated"
+SIMULATED_SESSION_ID = "live_simulated"
+
+
+def simulated_call_id(api: CallApi) -> str:
+    """The id a simulated call has: a Realtime `call_id` or a GPT-Live `session_id`."""
+    return SIMULATED_SESSION_ID if api == "live" else SIMULATED_CALL_ID
 
 
 def sip_headers_for(
@@ -42,21 +48,34 @@ def simulated_context(
     called: str,
     at: datetime,
     headers: Mapping[str, str] | None = None,
-    call_id: str = SIMULATED_CALL_ID,
+    call_id: str | None = None,
+    *,
+    api: CallApi = "realtime",
+    media_security: str | None = None,
 ) -> CallContext:
-    """The CallContext of a call from `caller` to `called` at `at`."""
+    """The CallContext of a call from `caller` to `called` at `at`, announced on `api`."""
     if at.tzinfo is None:
         at = at.replace(tzinfo=ruleset.timezone)
     sip_headers = SipHeaders.from_pairs(sip_headers_for(caller, called, headers))
     parties = parse_parties(sip_headers, ruleset.region or "ZZ")
-    return CallContext(call_id=call_id, parties=parties, headers=sip_headers, at=at)
+    return CallContext(
+        call_id=call_id if call_id is not None else simulated_call_id(api),
+        parties=parties,
+        headers=sip_headers,
+        at=at,
+        api=api,
+        media_security=media_security,
+    )
 
 
-def decision_json(decision: Decision, call_id: str = SIMULATED_CALL_ID) -> dict[str, Any]:
+def decision_json(decision: Decision, call_id: str | None = None) -> dict[str, Any]:
     """The `simulate --json` object (README "Command line")."""
+    if call_id is None:
+        call_id = simulated_call_id(decision.api)
     result: dict[str, Any] = {
         "rule": decision.rule,
         "action": decision.action,
+        "api": decision.api,
         "request": {"path": decision.path(call_id), "body": dict(decision.request_body)},
         "trace": [
             {"rule": step.rule, "matched": step.matched, "reason": step.reason}
@@ -97,11 +116,21 @@ def run_rule_tests(ruleset: Ruleset, now: datetime) -> list[RuleTestResult]:
     results = []
     for line, case in ruleset.tests:
         at = case.at or now
-        ctx = simulated_context(ruleset, case.from_, case.to, at, case.headers)
+        ctx = simulated_context(
+            ruleset,
+            case.from_,
+            case.to,
+            at,
+            case.headers,
+            api=case.api,
+            media_security=case.media_security,
+        )
         decision = ruleset.decide(ctx, answers=case.consult)
         description = f"{case.from_} -> {case.to}" + (
             f" at {case.at.isoformat()}" if case.at else ""
         )
+        if case.api != "realtime":
+            description += f" on {case.api}"
         results.append(
             RuleTestResult(ruleset.main_file, line, description, _mismatch(case, decision))
         )
