@@ -49,7 +49,7 @@ def test_check_the_example_file(
     assert main(["check", str(EXAMPLE)]) == 0
     out, err = capsys.readouterr()
     version = load_ruleset(EXAMPLE).version
-    assert out == (f"{EXAMPLE}: ok: 6 rules, 9 tests passed, 0 warnings, ruleset {version}\n")
+    assert out == (f"{EXAMPLE}: ok: 9 rules, 15 tests passed, 0 warnings, ruleset {version}\n")
     assert err == ""
 
 
@@ -274,12 +274,16 @@ def test_simulate_json_is_one_object_with_the_spec_keys(capsys: pytest.CaptureFi
     assert [step["rule"] for step in trace] == [
         "blocked-callers",
         "withheld-number",
+        "unencrypted-media",
         "clinicians-to-nurses",
         "pharmacy-partners",
+        "gpt-live-front-desk",
+        "gpt-live-after-hours",
         "spanish-line",
         "front-desk-hours",
     ]
-    assert [step["matched"] for step in trace] == [False] * 5 + [True]
+    assert [step["matched"] for step in trace] == [False] * 8 + [True]
+    assert result["api"] == "realtime"
     for step in trace:
         assert set(step) == {"rule", "matched", "reason"}
         assert isinstance(step["reason"], str)
@@ -300,11 +304,38 @@ def test_simulate_json_rule_is_null_when_the_default_applies(
     )
     assert result["rule"] is None
     assert result["action"] == "accept"
-    assert [step["matched"] for step in result["trace"]] == [False] * 6
+    assert [step["matched"] for step in result["trace"]] == [False] * 9
     request = result["request"]
     assert isinstance(request, dict)
     assert "Do not book appointments." in request["body"]["instructions"]
     assert "+14155550123" in request["body"]["instructions"]
+
+
+def test_simulate_api_live_decides_a_gpt_live_call(capsys: pytest.CaptureFixture[str]) -> None:
+    at = ("--at", "2026-12-01T10:00:00-08:00")
+    call = ("--from", "+14155550123", "--to", "+14155550100", *at)
+    result = simulate_json(capsys, *call, "--api", "live", "--media-security", "srtp")
+    assert result["rule"] == "gpt-live-front-desk"
+    assert result["api"] == "live"
+    assert result["request"]["path"] == "/live/sessions/live_simulated/accept"
+    session = result["request"]["body"]["session"]
+    assert session["type"] == "live"
+    assert session["model"] == "gpt-live-1"
+    tools = session["delegation"]["responses"]["tools"]
+    assert [tool["name"] for tool in tools] == ["end_call"]
+    assert "+14155550123" in session["delegation"]["responses"]["instructions"]
+    assert result["after_accept"]["greeting"].startswith("Harbor Family Clinic")
+    assert result["trace"][-1]["reason"].endswith("api is live")
+    # Without --api the same call is a Realtime one; plain RTP media is refused.
+    assert simulate_json(capsys, *call)["rule"] == "front-desk-hours"
+    plain = simulate_json(capsys, *call, "--media-security", "rtp")
+    assert (plain["rule"], plain["request"]["body"]) == ("unencrypted-media", {"status_code": 488})
+
+
+def test_simulate_refuses_an_unknown_api(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit):
+        main(["simulate", "--rules", str(EXAMPLE), "--from", "1", "--to", "2", "--api", "sip"])
+    assert "invalid choice: 'sip'" in capsys.readouterr().err
 
 
 def test_simulate_header_reaches_a_header_rule(capsys: pytest.CaptureFixture[str]) -> None:
@@ -419,7 +450,7 @@ def test_console_entry_runs_as_a_process() -> None:
         check=False,
     )
     assert done.returncode == 0, done.stderr
-    assert done.stdout.startswith("routing_rules/rules.yaml: ok: 6 rules, 9 tests passed")
+    assert done.stdout.startswith("routing_rules/rules.yaml: ok: 9 rules, 15 tests passed")
     bad = subprocess.run(
         [sys.executable, "-m", "app.cli", "simulate", "--from", "1", "--to", "2", "--at", "x"],
         cwd=ROOT,

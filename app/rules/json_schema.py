@@ -12,15 +12,26 @@ from typing import Any
 
 from app.calls.call_control import DEFAULT_FUNCTION_TIMEOUT_S, MAX_FUNCTION_TIMEOUT_S
 from app.rules.accept_body import accept_body_json_schema
+from app.rules.live_session import live_session_json_schema
 from app.rules.profile_overrides import MAX_DURATION_LIMIT_S
 from app.rules.schedule import WEEKDAYS
 
 SCHEMA_ID = "https://sip-router.dev/rules.schema.json"
 
 _DRAFT = "https://json-schema.org/draft/2020-12/schema"
-# Two prefixes for the accept body's own $defs: complete, and with nothing required.
+# Two prefixes for the accept body's own $defs: complete, and with nothing required; and
+# two for the GPT-Live session's.
 _SESSION = "session."
 _PARTIAL = "session.partial."
+_LIVE = "live."
+_LIVE_PARTIAL = "live.partial."
+_API = {
+    "enum": ["realtime", "live"],
+    "default": "realtime",
+    "description": "The API whose calls this profile accepts: realtime (default) or live"
+    " (GPT-Live; the profile is then a Live session: model, instructions, audio.output.voice,"
+    " delegation, store, input).",
+}
 
 _NAME_PATTERN = r"^[A-Za-z0-9_.\-]+$"
 _TIME = r"([01][0-9]|2[0-3]):[0-5][0-9]"
@@ -35,15 +46,18 @@ Schema = dict[str, Any]
 def rule_file_schema() -> Schema:
     """The JSON Schema (draft 2020-12) of a rule file, as `sip-router schema` prints it."""
     session_defs, full_props, partial_props = _session_parts()
+    live_defs, live_full, live_partial = _session_parts(live=True)
     defs: Schema = {
         **_name_defs(),
         **_number_defs(),
         **_condition_defs(),
-        **_action_defs(partial_props),
-        **_profile_defs(full_props, partial_props),
+        # Overrides may write the keys of either API's session (the profile's API decides).
+        **_action_defs({**live_partial, **partial_props}),
+        **_profile_defs(full_props, partial_props, live_full, live_partial),
         **_schedule_defs(),
         **_test_defs(),
         **session_defs,
+        **live_defs,
     }
     schema: Schema = {
         "$schema": _DRAFT,
@@ -376,6 +390,16 @@ def _condition_defs() -> Schema:
                 "description": "Holds when at least one condition holds.",
             },
             "not": _described(_ref("When"), "Holds when this condition does not."),
+            "api": {
+                "enum": ["realtime", "live"],
+                "description": "Holds for calls announced on this API: realtime"
+                " (realtime.call.incoming) or live (GPT-Live).",
+            },
+            "media_security": {
+                "enum": ["srtp", "rtp"],
+                "description": "Holds when the call's media protection (sip_media_security) is"
+                " this; a call whose protection is unknown matches neither.",
+            },
         },
         description="Conditions, all of which must hold. Empty: always holds.",
     )
@@ -559,8 +583,27 @@ _SESSION_KEY_HELP = {
 }
 
 
-def _profile_defs(full_props: Schema, partial_props: Schema) -> Schema:
+_LIVE_KEY_HELP = {
+    "model": "The GPT-Live model, e.g. gpt-live-1 (required: there is no default).",
+    "instructions": (
+        "The voice agent's instructions; {{ ... }} templates see caller, called, call_id, rule,"
+        " headers, now and vars (from consulted services)."
+    ),
+    "audio": "audio.output.voice only (a built-in voice name, a custom one's, or {id}). No"
+    " format: on SIP the trunk negotiates the codec.",
+    "delegation": "null, {type: client}, or {type: responses, responses: {model, instructions,"
+    " tools, ...}}: the backend model GPT-Live hands work to (end_call needs responses).",
+    "store": "Keep the session's recording (for download and fork); default false.",
+    "input": "Text-only history the session starts with: messages of role developer, user"
+    " (input_text) or assistant (output_text); texts are {{ ... }} templates.",
+}
+
+
+def _profile_defs(
+    full_props: Schema, partial_props: Schema, live_full: Schema, live_partial: Schema
+) -> Schema:
     extras: Schema = {
+        "api": _API,
         "extends": _described(
             _ref("Name"),
             "A parent profile: its fields are deep-merged under this one's. Fields the parent"
@@ -605,17 +648,41 @@ def _profile_defs(full_props: Schema, partial_props: Schema) -> Schema:
             " SIP_ROUTER_TRANSCRIPTS=true).",
         },
     }
-    profile = _object(
+    realtime = _object(
         {**partial_props, **extras},
-        description="An accept configuration: the accept body without `type`.",
+        description="A Realtime accept configuration: the accept body without `type`.",
     )
-    profile["not"] = {"required": ["instructions", "instructions_file"]}
+    realtime["not"] = {"required": ["instructions", "instructions_file"]}
     # A profile that extends another is checked after the merge, so only one without
     # `extends` must be complete on its own.
-    profile["if"] = {"required": ["extends"]}
-    profile["else"] = {"properties": full_props}
+    realtime["if"] = {"required": ["extends"]}
+    realtime["else"] = {"properties": full_props}
+    # SPEC section 11: transfer and functions are refused on GPT-Live.
+    live_extras = {k: v for k, v in extras.items() if k not in ("transfer", "functions")}
+    live_extras["end_call"] = {
+        "type": ["boolean", "null"],
+        "description": "Let the agent hang up after saying goodbye: adds the tool end_call to"
+        " delegation.responses.tools, so it needs delegation: {type: responses, ...}.",
+    }
+    live = _object(
+        {**live_partial, **live_extras},
+        description="A GPT-Live accept session (without `type`); it names its model.",
+    )
+    live["not"] = {"required": ["instructions", "instructions_file"]}
+    live["if"] = {"required": ["extends"]}
+    live["else"] = {"properties": live_full, "required": ["model"]}
+    profile = {
+        "type": "object",
+        "description": "An accept configuration: the accept body without `type`; with"
+        " api: live, a GPT-Live session.",
+        "if": {"properties": {"api": {"const": "live"}}, "required": ["api"]},
+        "then": _ref("LiveProfile"),
+        "else": _ref("RealtimeProfile"),
+    }
     return {
         "Profile": profile,
+        "RealtimeProfile": realtime,
+        "LiveProfile": live,
         "MaxDuration": {
             "type": "number",
             "exclusiveMinimum": 0,
@@ -625,18 +692,24 @@ def _profile_defs(full_props: Schema, partial_props: Schema) -> Schema:
     }
 
 
-def _session_parts() -> tuple[Schema, Schema, Schema]:
-    """The accept body's $defs (complete and partial) and its properties, both ways."""
-    source = accept_body_json_schema()
+def _session_parts(*, live: bool = False) -> tuple[Schema, Schema, Schema]:
+    """The accept body's $defs (complete and partial) and its properties, both ways.
+
+    `live`: those of the GPT-Live accept session instead.
+    """
+    source = live_session_json_schema() if live else accept_body_json_schema()
+    full, partial = (_LIVE, _LIVE_PARTIAL) if live else (_SESSION, _PARTIAL)
     source_defs: Mapping[str, Schema] = source.get("$defs", {})
     defs: Schema = {}
     for name, schema in source_defs.items():
-        defs[_SESSION + name] = _imported(schema, partial=False)
-        defs[_PARTIAL + name] = _imported(schema, partial=True)
-    full_props = _imported({"properties": source["properties"]}, partial=False)["properties"]
-    partial_props = _imported({"properties": source["properties"]}, partial=True)["properties"]
+        defs[full + name] = _imported(schema, partial=False, prefix=full)
+        defs[partial + name] = _imported(schema, partial=True, prefix=partial)
+    properties = {"properties": source["properties"]}
+    full_props = _imported(properties, partial=False, prefix=full)["properties"]
+    partial_props = _imported(properties, partial=True, prefix=partial)["properties"]
+    help_texts = _LIVE_KEY_HELP if live else _SESSION_KEY_HELP
     for props in (full_props, partial_props):
-        for key, help_text in _SESSION_KEY_HELP.items():
+        for key, help_text in help_texts.items():
             if key in props:
                 props[key]["description"] = help_text
     return defs, full_props, partial_props
@@ -658,22 +731,28 @@ _SCHEMA_VALUES = (
 _ELEMENT_KEYWORDS = ("items", "prefixItems", "contains")
 
 
-def _imported(schema: Schema, *, partial: bool) -> Schema:
-    """A copy of a pydantic schema with $refs under our prefix; `partial` drops `required`."""
-    prefix = _PARTIAL if partial else _SESSION
+def _imported(schema: Schema, *, partial: bool, prefix: str) -> Schema:
+    """A copy of a pydantic schema with $refs under `prefix`; `partial` drops `required`.
+
+    Element schemas (list items) stay complete in a partial: they are under the complete
+    prefix, which `prefix` names with its partial part left out.
+    """
     out: Schema = {}
     for key, value in schema.items():
         inner = partial and key not in _ELEMENT_KEYWORDS
+        own = prefix if inner or not partial else prefix.replace("partial.", "")
         if key == "$ref" and isinstance(value, str) and value.startswith("#/$defs/"):
             out[key] = "#/$defs/" + prefix + value.removeprefix("#/$defs/")
         elif key == "required" and partial:
             continue
         elif key in _SCHEMA_MAPS and isinstance(value, dict):
-            out[key] = {name: _imported(sub, partial=inner) for name, sub in value.items()}
+            out[key] = {
+                name: _imported(sub, partial=inner, prefix=own) for name, sub in value.items()
+            }
         elif key in _SCHEMA_LISTS and isinstance(value, list):
-            out[key] = [_imported(sub, partial=inner) for sub in value]
+            out[key] = [_imported(sub, partial=inner, prefix=own) for sub in value]
         elif key in _SCHEMA_VALUES and isinstance(value, dict):
-            out[key] = _imported(value, partial=inner)
+            out[key] = _imported(value, partial=inner, prefix=own)
         else:
             out[key] = deepcopy(value)
     return out
@@ -863,6 +942,18 @@ def _test_defs() -> Schema:
                 "The answer each consulted service gives in this case, by service name;"
                 " a service without one is not asked.",
             ),
+            "api": {
+                "enum": ["realtime", "live"],
+                "default": "realtime",
+                "description": "The API that announces the call (default realtime).",
+            },
+            "media_security": {
+                "type": "string",
+                "minLength": 1,
+                "maxLength": 32,
+                "description": "The call's sip_media_security: srtp, rtp (or another value,"
+                " which no condition matches). Left out: unknown.",
+            },
             "expect": expect,
         },
         required=("from", "to", "expect"),

@@ -43,6 +43,7 @@ __all__ = [
     "LiveSessionConfig",
     "build_live_accept_body",
     "live_function_tool_warnings",
+    "live_session_json_schema",
     "live_templated_fields",
     "live_voice_warnings",
     "responses_delegation",
@@ -444,3 +445,8 @@ def live_templated_fields(session: Mapping[str, Any]) -> list[tuple[BodyPath, st
             if isinstance(part, Mapping) and isinstance(part.get("text"), str):
                 found.append((("input", i, "content", j, "text"), part["text"]))
     return found
+
+
+def live_session_json_schema() -> dict[str, Any]:
+    """JSON Schema of a Live profile's session fields, for the rule-file schema."""
+    return LiveSessionConfig.model_json_schema(mode="validation")
