@@ -410,6 +410,29 @@ async def test_simulate_answers_422_for_a_bad_body_without_echoing_it(
     assert "error" in response.json()
 
 
+async def test_simulate_decides_a_call_of_the_api_given(
+    rules_file: Path, secret: str, fake: FakeOpenAI
+) -> None:
+    app = build(rules_file, secret, fake)
+    call = {"from": BLOCKED, "to": MAIN_LINE}
+    async with running(app) as client:
+        live = await client.post(
+            "/admin/simulate", json={**call, "api": "live", "media_security": "srtp"}, headers=AUTH
+        )
+        default = await client.post("/admin/simulate", json=call, headers=AUTH)
+        bad = await client.post("/admin/simulate", json={**call, "api": "sip"}, headers=AUTH)
+    assert live.status_code == 200
+    assert live.json()["api"] == "live"
+    assert live.json()["request"] == {
+        "path": "/live/sessions/live_simulated/reject",
+        "body": {"status_code": 603},
+    }
+    assert default.json()["api"] == "realtime"
+    assert default.json()["request"]["path"] == "/realtime/calls/rtc_simulated/reject"
+    assert bad.status_code == 422
+    assert '"api"?: "realtime"|"live"' in bad.json()["error"]
+
+
 # -- /admin/calls -----------------------------------------------------------------------------
 
 

@@ -11,7 +11,7 @@ from app.rules.yaml_source import Path as DataPath
 
 MAX_DURATION_LIMIT_S = 24 * 3600
 # Keys that shape a profile itself and so cannot be overridden per rule or per answer.
-NOT_OVERRIDABLE = ("extends", "instructions_file")
+NOT_OVERRIDABLE = ("extends", "instructions_file", "api")
 
 
 def deep_merge(base: Mapping[str, Any], override: Mapping[str, Any]) -> dict[str, Any]:
