@@ -13,6 +13,7 @@ import pytest
 
 from app.call_replay import replay_calls
 from app.calls.call_control import ReferFailure
+from app.rules.consultation import consult_request_body
 from app.rules.loader import load_ruleset
 from app.rules.problems import RuleFileError
 from app.rules.ruleset import Decision, Ruleset
@@ -714,3 +715,39 @@ def test_replay_decides_recorded_calls_with_their_api(tmp_path: Path) -> None:
     )
     assert (report.calls, report.skipped) == (3, 1)
     assert [(c.call_id, c.after["rule"]) for c in report.changed] == [("live_1", "live-calls")]
+
+
+def test_a_consulted_service_is_told_the_call_s_api(tmp_path: Path) -> None:
+    ruleset = load(tmp_path, LIVE)
+    ctx = simulated_context(ruleset, CALLER, LINE, AT, api="live")
+    assert consult_request_body(ctx, "ask")["api"] == "live"
+    realtime = simulated_context(ruleset, CALLER, LINE, AT)
+    assert consult_request_body(realtime, "ask")["api"] == "realtime"
+
+
+def test_a_consulted_service_s_live_accept_is_checked_against_the_live_session(
+    tmp_path: Path,
+) -> None:
+    text = with_lines(
+        LIVE,
+        "rules:\n",
+        "services: {crm: {url: 'https://crm.example/decide'}}\n"
+        "rules:\n  - {name: ask, consult: crm}\n",
+    )
+    ruleset = load(tmp_path, text)
+    ctx = simulated_context(ruleset, CALLER, LINE, AT, api="live")
+    answer = {"accept": {"profile": "voice", "overrides": {"instructions": "From the CRM."}}}
+    decision = ruleset.decide(ctx, answers={"crm": answer})
+    assert decision.rule == "ask"
+    assert decision.body["session"]["instructions"] == "From the CRM."
+    assert decision.body["session"]["delegation"]["responses"]["tools"][-1]["name"] == "end_call"
+    # The Live input texts stay templates; the overridden instructions are taken as written.
+    assert decision.body["session"]["input"][0]["content"][0]["text"] == f"Called number {LINE}"
+    bad = {"accept": {"profile": "voice", "overrides": {"tools": []}}}
+    refused = ruleset.decide(ctx, answers={"crm": bad})
+    assert refused.rule == "live-calls"
+    assert refused.consulted[0].outcome == "invalid"
+    assert "unknown key 'tools'" in str(refused.consulted[0].reason)
+    # A service answering with the api is refused like a rule's overrides.
+    api = {"accept": {"profile": "voice", "overrides": {"api": "realtime"}}}
+    assert ruleset.decide(ctx, answers={"crm": api}).consulted[0].outcome == "invalid"
