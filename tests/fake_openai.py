@@ -35,6 +35,7 @@ from tests.loopback_service import listening_socket, running_server
 
 VERBS = ("accept", "reject", "refer", "hangup")
 ROUTE_PREFIX = "/v1/realtime/calls/"
+LIVE_VERBS = ("refer", "hangup")
 MOCK_BASE_URL = "http://fake-openai/v1"
 
 # The request body schemas of accept, reject and refer as published in OpenAI's OpenAPI
@@ -594,11 +595,21 @@ class HangUp:
 
 
 @dataclass(frozen=True)
+class CloseSession:
+    """GPT-Live: the session ends with `reason` (`session.closed`), then the socket closes.
+
+    On a Realtime sideband it is a HangUp.
+    """
+
+    reason: str = "remote_hangup"
+
+
+@dataclass(frozen=True)
 class DropConnection:
     """The connection is lost without a close frame; the call goes on."""
 
 
-AgentStep = Emit | AgentCallsFunction | Pause | AwaitClient | HangUp | DropConnection
+AgentStep = Emit | AgentCallsFunction | Pause | AwaitClient | HangUp | CloseSession | DropConnection
 
 
 @dataclass(frozen=True)
@@ -678,6 +689,7 @@ class FakeOpenAI:
         self._client_events: list[ClientEvent] = []
         self._sideband_attempts: list[SidebandAttempt] = []
         self._script_errors: list[str] = []
+        self._server_events: list[ServerEvent] = []
         # Seconds the agent "speaks" for each response.create before its audio stops.
         self.audio_s = 0.05
 
@@ -726,6 +738,7 @@ class FakeOpenAI:
             self._client_events.clear()
             self._sideband_attempts.clear()
             self._script_errors.clear()
+            self._server_events.clear()
 
     def script_sideband(self, call_id: str, *connections: Sequence[AgentStep]) -> None:
         """What the agent does on each sideband connection of `call_id`, one list each.
@@ -779,6 +792,15 @@ class FakeOpenAI:
     def _record_attempt(self, attempt: SidebandAttempt) -> None:
         with self._lock:
             self._sideband_attempts.append(attempt)
+
+    def server_events_for(self, call_id: str) -> list[ServerEvent]:
+        """What `call_id`'s GPT-Live sidebands sent, oldest first."""
+        with self._lock:
+            return [e for e in self._server_events if e.call_id == call_id]
+
+    def _record_server_event(self, event: ServerEvent) -> None:
+        with self._lock:
+            self._server_events.append(event)
 
     def write_record_file(self, path: Path) -> None:
         """Write every recorded request as a JSON line, with wall-clock arrival times."""
@@ -904,6 +926,13 @@ class FakeOpenAI:
 
 def _route(method: str, path: str) -> tuple[str, str, bool]:
     """(verb, call_id, whether this is one of the four endpoints)."""
+    if path.startswith(LIVE_SESSIONS_PREFIX):
+        # GPT-Live's refer and hangup, for the calls its sideband drives.
+        parts = path[len(LIVE_SESSIONS_PREFIX) :].split("/")
+        if len(parts) != 2:
+            return "", "", False
+        session_id, verb = parts
+        return verb, session_id, bool(session_id) and verb in LIVE_VERBS and method == "POST"
     if not path.startswith(ROUTE_PREFIX):
         return "", "", False
     parts = path[len(ROUTE_PREFIX) :].split("/")
@@ -1168,7 +1197,12 @@ class _AsgiApp:
 
     async def __call__(self, scope: MutableMapping[str, Any], receive: Receive, send: Send) -> None:
         if scope["type"] == "websocket":
-            await _FakeSideband(self._fake, self._transports, scope, receive, send).serve()
+            sideband = (
+                _FakeLiveSideband
+                if str(scope["path"]).startswith(LIVE_SESSIONS_PREFIX)
+                else _FakeSideband
+            )
+            await sideband(self._fake, self._transports, scope, receive, send).serve()
             return
         if scope["type"] != "http":
             return
@@ -1303,10 +1337,10 @@ class _FakeSideband:
             for part in self._scope.get("query_string", b"").decode().split("&")
             if "=" in part
         )
-        self.call_id = call_id = query.get("call_id", "")
+        self.call_id = call_id = self._call_id_of(self._scope["path"], query)
         authorization = headers.get("authorization")
         status = 101
-        if self._scope["path"] != SIDEBAND_PATH or not call_id:
+        if not call_id:
             status = 404
         elif authorization != f"Bearer {self._fake.api_key}":
             status = 401
@@ -1321,7 +1355,7 @@ class _FakeSideband:
             return
         await self._send_raw({"type": "websocket.accept"})
         connection = len(self._fake.sideband_attempts_for(call_id))
-        await self._emit({"type": "session.created", "event_id": _event_id(), "session": {}})
+        await self._opened()
         script = self._fake._next_sideband_script(call_id)
         tasks = [
             asyncio.ensure_future(self._read(connection)),
@@ -1337,6 +1371,16 @@ class _FakeSideband:
             for task in tasks:
                 with contextlib.suppress(asyncio.CancelledError):
                     await task
+
+    def _call_id_of(self, path: str, query: Mapping[str, str]) -> str:
+        """The call a handshake is for ("" for a path that is no sideband)."""
+        return query.get("call_id", "") if path == SIDEBAND_PATH else ""
+
+    async def _opened(self) -> None:
+        await self._emit({"type": "session.created", "event_id": _event_id(), "session": {}})
+
+    def _problems(self, text: str) -> tuple[dict[str, Any] | None, list[str]]:
+        return client_event_problems(text)
 
     async def _deny(self, status: int) -> None:
         code = "call_id_not_found" if status == 404 else "invalid_api_key"
@@ -1359,29 +1403,38 @@ class _FakeSideband:
             text = message.get("text")
             if text is None:
                 text = (message.get("bytes") or b"").decode("utf-8", "replace")
-            event, problems = client_event_problems(text)
+            event, problems = self._problems(text)
             self._fake._record_client_event(
                 ClientEvent(self.call_id, connection, text, event, problems, time.monotonic())
             )
             if problems:
                 # What OpenAI does with an invalid event: an error event, the session goes on.
-                await self._emit(
-                    {
-                        "type": "error",
-                        "event_id": _event_id(),
-                        "error": {
-                            "type": "invalid_request_error",
-                            "code": "invalid_event",
-                            "message": "; ".join(problems)[:500],
-                            "param": None,
-                            "event_id": (event or {}).get("event_id"),
-                        },
-                    }
-                )
-            elif event is not None and event["type"] == "response.create":
-                responder = asyncio.ensure_future(self._respond(event))
-                self._background.add(responder)
-                responder.add_done_callback(self._background.discard)
+                await self._emit(self._error_event(event, problems))
+            elif event is not None:
+                await self._answer(event)
+
+    def _error_event(self, event: dict[str, Any] | None, problems: list[str]) -> dict[str, Any]:
+        return {
+            "type": "error",
+            "event_id": _event_id(),
+            "error": {
+                "type": "invalid_request_error",
+                "code": "invalid_event",
+                "message": "; ".join(problems)[:500],
+                "param": None,
+                "event_id": (event or {}).get("event_id"),
+            },
+        }
+
+    async def _answer(self, event: dict[str, Any]) -> None:
+        """What the agent does about a valid client event."""
+        if event["type"] == "response.create":
+            self._in_background(self._respond(event))
+
+    def _in_background(self, work: Awaitable[None]) -> None:
+        task = asyncio.ensure_future(work)
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
 
     async def _respond(self, event: dict[str, Any]) -> None:
         """Answer a response.create like the agent: created, audio started, then stopped."""
@@ -1432,10 +1485,10 @@ class _FakeSideband:
                 await asyncio.sleep(step.seconds)
             elif isinstance(step, AwaitClient):
                 await self._await_client(step)
-            elif isinstance(step, HangUp):
+            elif isinstance(step, HangUp | CloseSession):
                 with self._fake._lock:
                     self._fake._calls[self.call_id] = "ended"
-                await self._close(1000)
+                await self._hang_up(step)
                 return
             elif isinstance(step, DropConnection):
                 transport = self._transports.get(tuple(self._scope["client"]))
@@ -1481,6 +1534,9 @@ class _FakeSideband:
         }
         await self._emit({"type": "response.done", "event_id": _event_id(), "response": response})
 
+    async def _hang_up(self, step: HangUp | CloseSession) -> None:
+        await self._close(1000)
+
     async def _await_client(self, step: AwaitClient) -> None:
         deadline = time.monotonic() + step.timeout_s
         while time.monotonic() < deadline:
@@ -1496,6 +1552,9 @@ class _FakeSideband:
         """A refer or hangup that took effect ends the call: the server closes the socket."""
         while self._fake.call_state(self.call_id) == "active":
             await asyncio.sleep(0.02)
+        await self._call_ended()
+
+    async def _call_ended(self) -> None:
         await self._close(1000)
 
     async def _emit(self, event: dict[str, Any] | str) -> None:
@@ -1513,6 +1572,248 @@ class _FakeSideband:
             self._closed = True
             with contextlib.suppress(Exception):
                 await self._send_raw({"type": "websocket.close", "code": code})
+
+
+# --- the GPT-Live sideband WebSocket -------------------------------------------------------
+#
+# `/v1/live/sessions/{session_id}/attach` (reference/gpt-live-sip.md section 5): the same
+# bearer token, no first message, and another set of client events, checked here against
+# the shapes of OpenAI's sideband reference (no published schema file exists for them).
+
+LIVE_SESSIONS_PREFIX = "/v1/live/sessions/"
+LIVE_ATTACH_SUFFIX = "/attach"
+# How the agent's words arrive on a GPT-Live sideband while it "speaks".
+LIVE_SPEECH_CHUNKS = 4
+_OPTIONAL_EVENT_ID = {"event_id": {"type": "string", "minLength": 1}}
+
+
+def _live_event(event_type: str, properties: Mapping[str, Any], *required: str) -> dict[str, Any]:
+    return {
+        "type": "object",
+        "properties": {"type": {"const": event_type}, **_OPTIONAL_EVENT_ID, **properties},
+        "required": ["type", *required],
+        "additionalProperties": False,
+    }
+
+
+_LIVE_APPEND = {
+    "delegation_id": {"type": ["string", "null"]},
+    "content": {"type": "string", "minLength": 1},
+}
+_LIVE_ITEM = {
+    "type": "object",
+    "properties": {"type": {"type": "string"}},
+    "required": ["type"],
+    # A function call's output is the item sip-router sends: exactly its three keys.
+    "if": {"properties": {"type": {"const": "function_call_output"}}},
+    "then": {
+        "properties": {
+            "type": {"const": "function_call_output"},
+            "call_id": {"type": "string", "minLength": 1},
+            "output": {"type": "string"},
+        },
+        "required": ["type", "call_id", "output"],
+        "additionalProperties": False,
+    },
+}
+_LIVE_SESSION_UPDATE = {
+    "type": "object",
+    "properties": {
+        "delegation": {
+            "type": "object",
+            "properties": {"type": {"const": "responses"}, "responses": {"type": "object"}},
+            "required": ["type", "responses"],
+            "additionalProperties": False,
+        }
+    },
+    "required": ["delegation"],
+    "additionalProperties": False,
+}
+LIVE_CLIENT_EVENT_SCHEMAS: dict[str, dict[str, Any]] = {
+    "session.update": _live_event("session.update", {"session": _LIVE_SESSION_UPDATE}, "session"),
+    "session.input_audio.mute": _live_event("session.input_audio.mute", {}),
+    "session.input_audio.unmute": _live_event("session.input_audio.unmute", {}),
+    **{
+        name: _live_event(name, _LIVE_APPEND, "delegation_id", "content")
+        for name in (
+            "session.instructions.append",
+            "session.thinking.append",
+            "session.commentary.append",
+        )
+    },
+    "response.item.create": _live_event("response.item.create", {"item": _LIVE_ITEM}, "item"),
+    "response.create": _live_event("response.create", {}),
+    "session.output_audio.fixture.play": _live_event(
+        "session.output_audio.fixture.play", {"audio": {"type": "string", "minLength": 1}}, "audio"
+    ),
+    "session.close": _live_event("session.close", {}),
+}
+_LIVE_CLIENT_EVENT_VALIDATORS = {
+    name: jsonschema.Draft202012Validator(schema)
+    for name, schema in LIVE_CLIENT_EVENT_SCHEMAS.items()
+}
+
+
+def live_client_event_problems(text: str) -> tuple[dict[str, Any] | None, list[str]]:
+    """The event parsed from `text` and why it is not a valid GPT-Live sideband client event."""
+    try:
+        event = json.loads(text, object_pairs_hook=_object_without_duplicate_keys)
+    except ValueError as exc:
+        return None, [f"not JSON: {exc}"]
+    if not isinstance(event, dict):
+        return None, ["not a JSON object"]
+    validator = _LIVE_CLIENT_EVENT_VALIDATORS.get(event.get("type"))  # type: ignore[arg-type]
+    if validator is None:
+        return event, [f"unknown GPT-Live client event type {event.get('type')!r}"]
+    problems = [
+        f"{_dotted(list(error.absolute_path)) or '(event)'}: {error.message}"
+        for error in validator.iter_errors(event)
+    ]
+    return event, problems
+
+
+@dataclass(frozen=True)
+class ServerEvent:
+    """One event a GPT-Live sideband of the fake sent, and when."""
+
+    call_id: str
+    event: dict[str, Any]
+    sent_at: float
+
+
+class _FakeLiveSideband(_FakeSideband):
+    """One GPT-Live sideband connection: the same handshake checks, the Live protocol.
+
+    The agent "speaks" (`session.output_transcript.delta` then `session.output_audio.delta`
+    in chunks over `audio_s`) when told to begin (`session.commentary.append`) and when its
+    delegation goes on (`response.create`); `session.close` and a hangup or refer that took
+    effect end the session with `session.closed`.
+    """
+
+    def _call_id_of(self, path: str, query: Mapping[str, str]) -> str:
+        if not path.startswith(LIVE_SESSIONS_PREFIX) or not path.endswith(LIVE_ATTACH_SUFFIX):
+            return ""
+        session_id = path[len(LIVE_SESSIONS_PREFIX) : -len(LIVE_ATTACH_SUFFIX)]
+        return session_id if session_id and "/" not in session_id else ""
+
+    async def _opened(self) -> None:
+        """Attaching creates nothing and sends nothing first (no `session.started`)."""
+
+    def _problems(self, text: str) -> tuple[dict[str, Any] | None, list[str]]:
+        return live_client_event_problems(text)
+
+    def _error_event(self, event: dict[str, Any] | None, problems: list[str]) -> dict[str, Any]:
+        return {
+            "type": "error",
+            "event_id": _event_id(),
+            "error": {
+                "type": "invalid_request_error",
+                "code": "unknown_parameter",
+                "message": "; ".join(problems)[:500],
+                "param": None,
+                "client_event_id": (event or {}).get("event_id"),
+            },
+        }
+
+    async def _answer(self, event: dict[str, Any]) -> None:
+        kind = event["type"]
+        if kind.endswith(".append"):
+            now_ms = int(time.monotonic() * 1000)
+            await self._emit(
+                {
+                    "type": kind[: -len("append")] + "appended",
+                    "event_id": _event_id(),
+                    "client_event_id": event.get("event_id"),
+                    "start_ms": now_ms,
+                    "end_ms": now_ms,
+                }
+            )
+        if kind in ("session.commentary.append", "response.create"):
+            self._in_background(self._speak())
+        elif kind == "session.close":
+            await self._end_session("close_requested")
+
+    async def _speak(self) -> None:
+        for index in range(LIVE_SPEECH_CHUNKS):
+            start_ms = int(time.monotonic() * 1000)
+            await self._emit(
+                {
+                    "type": "session.output_transcript.delta",
+                    "event_id": _event_id(),
+                    "delta": f"word{index} ",
+                    "start_ms": start_ms,
+                    "end_ms": start_ms + 10,
+                }
+            )
+            await self._emit(
+                {
+                    "type": "session.output_audio.delta",
+                    "event_id": _event_id(),
+                    "delta": "AAAA",
+                    "start_ms": start_ms,
+                    "end_ms": start_ms + 10,
+                }
+            )
+            await asyncio.sleep(self._fake.audio_s / LIVE_SPEECH_CHUNKS)
+
+    async def _function_call(self, step: AgentCallsFunction) -> None:
+        """The delegated Responses run calls a function: `response.event` wrapping
+        `response.output_item.done` with the function call item."""
+        arguments = (
+            step.arguments if isinstance(step.arguments, str) else json.dumps(step.arguments)
+        )
+        item = {
+            "id": f"fc_{secrets.token_hex(6)}",
+            "type": "function_call",
+            "status": "completed",
+            "call_id": step.call_id,
+            "name": step.name,
+            "arguments": arguments,
+        }
+        await self._emit(
+            {
+                "type": "response.event",
+                "event_id": _event_id(),
+                "delegation_id": f"del_{secrets.token_hex(6)}",
+                "event": {
+                    "type": "response.output_item.done",
+                    "output_index": 0,
+                    "sequence_number": 1,
+                    "item": item,
+                },
+            }
+        )
+
+    async def _hang_up(self, step: HangUp | CloseSession) -> None:
+        await self._end_session(step.reason if isinstance(step, CloseSession) else "remote_hangup")
+
+    async def _call_ended(self) -> None:
+        verbs = self._fake.verbs_for(self.call_id)
+        await self._end_session("close_requested" if verbs[-1:] == ["hangup"] else "remote_hangup")
+
+    _session_ended = False
+
+    async def _end_session(self, reason: str) -> None:
+        if self._session_ended:
+            return
+        self._session_ended = True
+        with self._fake._lock:
+            self._fake._calls[self.call_id] = "ended"
+        await self._emit(
+            {
+                "type": "session.closed",
+                "event_id": _event_id(),
+                "reason": reason,
+                "session": {"id": self.call_id, "status": "closed"},
+                "usage": {"seconds": 1.0},
+            }
+        )
+        await self._close(1000)
+
+    async def _emit(self, event: dict[str, Any] | str) -> None:
+        if isinstance(event, dict) and not self._closed:
+            self._fake._record_server_event(ServerEvent(self.call_id, event, time.monotonic()))
+        await super()._emit(event)
 
 
 def _event_id() -> str:

@@ -12,8 +12,9 @@ from collections.abc import Awaitable, Callable
 from types import TracebackType
 from typing import Any
 
-from app.calls.sideband_connection import API, CallOutcome
+from app.calls.sideband_connection import CallOutcome
 from app.metrics import Metrics
+from app.rules.call_context import CallApi
 
 log = logging.getLogger("sip_router.sideband")
 
@@ -54,11 +55,19 @@ class ActiveCalls:
     def __len__(self) -> int:
         return len(self._tasks)
 
-    def start(self, call_id: str, run: CallRun, on_end: OnCallEnd | None = None) -> bool:
-        """Start driving `call_id`; False if this replica already drives it or is closing."""
+    def start(
+        self,
+        call_id: str,
+        run: CallRun,
+        on_end: OnCallEnd | None = None,
+        *,
+        api: CallApi = "realtime",
+    ) -> bool:
+        """Start driving `call_id` (a call of `api`); False if this replica already drives it
+        or is closing."""
         if self._group is None or self._closing or call_id in self._tasks:
             return False
-        self._tasks[call_id] = self._group.create_task(self._guarded(call_id, run, on_end))
+        self._tasks[call_id] = self._group.create_task(self._guarded(call_id, run, on_end, api))
         return True
 
     async def stop(self, call_id: str) -> None:
@@ -68,8 +77,10 @@ class ActiveCalls:
             task.cancel()
             await asyncio.wait({task})
 
-    async def _guarded(self, call_id: str, run: CallRun, on_end: OnCallEnd | None) -> None:
-        gauge: Any = self._metrics.active_calls.labels(api=API) if self._metrics else None
+    async def _guarded(
+        self, call_id: str, run: CallRun, on_end: OnCallEnd | None, api: CallApi
+    ) -> None:
+        gauge: Any = self._metrics.active_calls.labels(api=api) if self._metrics else None
         if gauge is not None:
             gauge.inc()
         try:

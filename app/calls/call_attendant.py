@@ -108,6 +108,7 @@ class CallAttendant:
             active_until=now + (decision.max_duration_s or DEFAULT_ACTIVE_FOR_S),
             control=control_to_json(control),
             accepted_at=now,
+            api=decision.api,
         )
         try:
             registered = await self.ownership.register(ticket, self.owner, LEASE_TTL_S)
@@ -131,6 +132,9 @@ class CallAttendant:
         except (ValueError, TypeError, KeyError, AttributeError):
             log.error("a call ticket without call control", extra={"fields": _ids(ticket)})
             return
+        if ticket.api not in ("realtime", "live"):
+            log.error("a call ticket of an unknown API", extra={"fields": _ids(ticket)})
+            return
         self._start(ticket, control, memory)
 
     async def scan_for_orphans(self, stop: asyncio.Event) -> None:
@@ -145,12 +149,13 @@ class CallAttendant:
             driver = SidebandDriver(
                 facts=facts,
                 control=control,
-                url=sideband_url(self._base_url, call_id),
+                url=sideband_url(self._base_url, call_id, ticket.api),
                 api_key=self._api_key,
                 actions=self._actions,
                 functions=self._functions,
                 metrics=self._metrics,
                 memory=self.ownership,
+                api=ticket.api,
                 active_for_s=max(1.0, ticket.active_until - self._wall_clock()),
                 answered=memory.answered,
                 greeted=memory.greeted,
@@ -163,7 +168,7 @@ class CallAttendant:
             if outcome is not None:  # None: the lease was lost, another replica records it
                 await self._record_end(ticket, control, outcome)
 
-        if self.active.start(call_id, run, on_end):
+        if self.active.start(call_id, run, on_end, api=ticket.api):
             log.info("call_attached", extra={"fields": _ids(ticket)})
 
     async def _record_end(
@@ -208,7 +213,12 @@ class CallAttendant:
 
 
 def _ids(ticket: CallTicket) -> dict[str, Any]:
-    return {"call_id": ticket.call_id, "rule": ticket.rule, "profile": ticket.profile}
+    return {
+        "call_id": ticket.call_id,
+        "rule": ticket.rule,
+        "profile": ticket.profile,
+        "api": ticket.api,
+    }
 
 
 def _iso(wall: float) -> str:

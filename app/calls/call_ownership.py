@@ -23,6 +23,8 @@ from typing import Any, Protocol
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
+from app.rules.call_context import CallApi
+
 log = logging.getLogger("sip_router.sideband")
 
 LEASE_TTL_S = 10.0
@@ -47,6 +49,8 @@ class CallTicket:
     # accepted (wall clock), so a replica taking it over does the same and times it right.
     control: dict[str, Any] = field(default_factory=dict)
     accepted_at: float = 0.0
+    # The API whose sideband drives the call (tickets written before GPT-Live: Realtime).
+    api: CallApi = "realtime"
 
 
 @dataclass(frozen=True, slots=True)

@@ -14,7 +14,7 @@ import json
 import logging
 import time
 from collections import deque
-from collections.abc import Callable, Collection, Coroutine, Generator, Mapping
+from collections.abc import Callable, Collection, Coroutine, Generator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 from urllib.parse import quote, urlsplit, urlunsplit
@@ -46,8 +46,10 @@ from app.calls.call_session import (
     Turn,
 )
 from app.calls.function_requests import CallFacts, FunctionRequester, FunctionResult
+from app.calls.live_session import LiveCallSession
 from app.metrics import Metrics
 from app.openai_calls import ActionResult, Verb
+from app.rules.call_context import CallApi
 
 log = logging.getLogger("sip_router.sideband")
 
@@ -60,15 +62,18 @@ INBOX_SIZE = 256
 MAX_RECORDED_EVENTS = 200
 _RECORDED_NOTES = ("greeting", "function_call", "transfer", "refer_rule_failed", "hangup_failed")
 OPEN_TIMEOUT_S = 10.0
-API = "realtime"
 
 
-def sideband_url(base_url: str, call_id: str) -> str:
-    """`OPENAI_BASE_URL` with https->wss, http->ws, then `/realtime?call_id={call_id}`."""
+def sideband_url(base_url: str, call_id: str, api: CallApi = "realtime") -> str:
+    """`OPENAI_BASE_URL` with https->wss, http->ws, then `/realtime?call_id={call_id}`
+    (Realtime) or `/live/sessions/{session_id}/attach` (GPT-Live)."""
     parts = urlsplit(base_url.rstrip("/"))
     scheme = {"https": "wss", "http": "ws"}.get(parts.scheme)
     if scheme is None:
         raise ValueError("the base URL must be http:// or https://")
+    if api == "live":
+        path = f"{parts.path}/live/sessions/{quote(call_id, safe='')}/attach"
+        return urlunsplit((scheme, parts.netloc, path, "", ""))
     query = "call_id=" + quote(call_id, safe="")
     return urlunsplit((scheme, parts.netloc, parts.path + "/realtime", query, ""))
 
@@ -77,8 +82,35 @@ class CallActions(Protocol):
     """The call endpoints (app/openai_calls.py's OpenAICallsClient)."""
 
     async def perform(
-        self, verb: Verb, call_id: str, body: Mapping[str, Any] | None
+        self,
+        verb: Verb,
+        call_id: str,
+        body: Mapping[str, Any] | None,
+        *,
+        api: CallApi = "realtime",
     ) -> ActionResult: ...
+
+
+class CallStateMachine(Protocol):
+    """One call's pure state machine: `CallSession` (Realtime) or `LiveCallSession`."""
+
+    control: CallControl
+    answered: set[str]
+    greeted: bool
+    transfer: TransferRecord | None
+    ended_at: float | None
+    end_reason: str | None
+
+    @property
+    def ended(self) -> bool: ...
+
+    @property
+    def asking(self) -> frozenset[str]: ...
+
+    @property
+    def transcript(self) -> Sequence[Turn]: ...
+
+    def handle(self, event: Event) -> list[Command]: ...
 
 
 class CallMemoryWriter(Protocol):
@@ -140,6 +172,7 @@ class SidebandDriver:
         functions: FunctionRequester,
         metrics: Metrics | None = None,
         memory: CallMemoryWriter | None = None,
+        api: CallApi = "realtime",
         active_for_s: float = DEFAULT_ACTIVE_FOR_S,
         answered: Collection[str] = (),
         greeted: bool = False,
@@ -151,8 +184,12 @@ class SidebandDriver:
         open_timeout_s: float = OPEN_TIMEOUT_S,
     ) -> None:
         self.facts = facts
-        self.session = CallSession(
-            facts.call_id, control, answered=answered, greeted=greeted, lost=lost
+        self.api: CallApi = api
+        # GPT-Live speaks another sideband protocol: its own state machine, same driver.
+        self.session: CallStateMachine = (
+            LiveCallSession(facts.call_id, control, answered=answered, greeted=greeted, lost=lost)
+            if api == "live"
+            else CallSession(facts.call_id, control, answered=answered, greeted=greeted, lost=lost)
         )
         self._url = url
         self._api_key = api_key
@@ -292,7 +329,9 @@ class SidebandDriver:
     async def _perform(self, command: PerformAction) -> None:
         outcome: ActionOutcome
         try:
-            result = await self._actions.perform(command.verb, self.facts.call_id, command.body)
+            result = await self._actions.perform(
+                command.verb, self.facts.call_id, command.body, api=self.api
+            )
             # `duplicate` (an earlier copy was applied) says no more than that it may be done.
             outcome = "unknown" if result.outcome == "duplicate" else result.outcome
             detail = result.detail
@@ -402,7 +441,7 @@ class SidebandDriver:
 
     def _count_connection(self, outcome: str) -> None:
         if self._metrics is not None:
-            self._metrics.sideband_connections.labels(api=API, outcome=outcome).inc()
+            self._metrics.sideband_connections.labels(api=self.api, outcome=outcome).inc()
 
     def _log(self, level: int, what: str, fields: dict[str, Any]) -> None:
         log.log(level, what, extra={"fields": {**self._fields(), **fields}})
