@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
 import time
 from collections.abc import AsyncIterator, Iterator
@@ -426,3 +427,31 @@ async def test_a_function_call_whose_owner_died_while_asking_gets_one_error_outp
     )
     assert [call for call, _ in outputs] == ["call_1", "call_2"]
     assert outcome.end_reason == "hangup"
+
+
+# --- the call's API across owners ------------------------------------------------------------
+
+
+async def test_a_taken_over_ticket_keeps_its_api(backend: Backend) -> None:
+    ownership = backend.ownership
+    live = dataclasses.replace(ticket("live_1"), api="live")
+    assert await ownership.register(live, "replica-a", TTL_S)
+    await ownership.release("live_1", "replica-a")
+    [(taken, _)] = await ownership.take_over("replica-b", TTL_S, time.time())
+    assert taken.api == "live"
+
+
+@pytest.mark.redis
+async def test_a_ticket_written_before_gpt_live_is_a_realtime_call(
+    redis_url: str, prefix: str
+) -> None:
+    client = redis.asyncio.Redis.from_url(redis_url)
+    ownership = RedisCallOwnership(client, prefix=prefix)
+    old = dataclasses.asdict(ticket("rtc_old"))
+    del old["api"]
+    await client.set(f"{prefix}ticket:rtc_old", json.dumps(old))
+    await client.zadd(f"{prefix}active", {"rtc_old": old["active_until"]})
+    [(taken, _)] = await ownership.take_over("replica-b", TTL_S, time.time())
+    assert (taken.call_id, taken.api) == ("rtc_old", "realtime")
+    await client.aclose()
+    await delete_prefix(redis_url, prefix)
