@@ -359,3 +359,12 @@ def test_a_failed_refer_tries_on_errors_refer_once() -> None:
 def test_answered_ids_passed_in_are_not_answered_again() -> None:
     live = session(answered={"call_1"})
     assert sent(live.handle(delegated_call())) == []
+
+
+def test_session_started_after_attaching_changes_nothing() -> None:
+    # Whether GPT-Live sends it on a sideband attached after the accept is not documented:
+    # the greeting goes right after attaching, and a later session.started is passed over.
+    live = session()
+    started = {"type": "session.started", "event_id": "ev_s", "session": {"id": "live_1"}}
+    assert live.handle(message(started)) == []
+    assert not live.ended
