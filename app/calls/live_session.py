@@ -66,10 +66,11 @@ MAX_REASON_CHARS = 100
 _SPEECH = frozenset({"session.output_transcript.delta", "session.output_audio.delta"})
 
 
-def greeting_instruction(text: str) -> str:
-    """What `session.instructions.append` says so the agent greets with `text`, then listens."""
+def say_now_instruction(text: str) -> str:
+    """What `session.instructions.append` says so the agent speaks `text` first (a greeting
+    or a refer's announcement), then listens."""
     return (
-        "Greet the caller now, without waiting for them to speak, by saying exactly this:"
+        "Speak to the caller now, without waiting for them to speak, and say exactly this:"
         f' "{text}" Then pause and listen to the caller.'
     )
 
@@ -457,7 +458,7 @@ class LiveCallSession:
 
 def _speak(text: str) -> tuple[SendEvent, SendEvent]:
     """The greeting recipe: the words as an instruction, then a nudge to begin now."""
-    return _speak_instruction(greeting_instruction(text))
+    return _speak_instruction(say_now_instruction(text))
 
 
 def _speak_instruction(instruction: str) -> tuple[SendEvent, SendEvent]:
