@@ -180,6 +180,9 @@ async def test_end_call_on_a_live_call_greets_first_and_hangs_up_once_when_quiet
     ]
     async with replica(settings_for(tmp_path, fake)) as service:
         session_id = await service.accepted(fake, live_decision(), script)
+        while not fake.client_events_for(session_id):
+            await asyncio.sleep(0.02)
+        assert service.metric("sip_router_active_calls", api="live") == 1
         entry = await service.ended(session_id)
         assert service.metric("sip_router_active_calls", api="live") == 0
         assert (
