@@ -13,6 +13,7 @@ import asyncio
 import time
 from collections.abc import AsyncIterator, Generator, Iterator, Sequence
 from contextlib import asynccontextmanager
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 from uuid import uuid4
@@ -29,6 +30,7 @@ from app.calls.live_session import QUIET_S
 from app.calls.sideband_connection import SidebandDriver, sideband_url
 from app.openai_calls import OpenAICallsClient
 from app.rules.ruleset import Decision
+from app.rules.simulation import simulated_context
 from app.settings import Settings
 from app.store import RedisStore
 from tests.conftest import API_KEY, new_webhook_secret, running
@@ -364,3 +366,63 @@ async def test_a_live_call_handed_to_another_replica_attaches_the_live_way(
     assert fake.verbs_for(session_id) == ["hangup"]
     assert entry["end_reason"] == "close_requested"
     await delete_prefix(redis_url, prefix)
+
+
+LIVE_RULES = """\
+version: 1
+defaults: {timezone: UTC, region: US}
+profiles:
+  voice:
+    api: live
+    model: gpt-live-1
+    instructions: "You answer for Lakeside Clinic."
+    delegation: {type: responses, responses: {model: gpt-5-mini}}
+    greeting: "Lakeside Clinic, hello."
+    end_call: true
+    transcript: true
+  desk: {model: gpt-realtime}
+rules:
+  - name: live-calls
+    when: {api: live}
+    accept: {profile: voice}
+default: {accept: {profile: desk}}
+"""
+
+
+async def test_a_rule_files_live_profile_greets_and_ends_the_call(
+    tmp_path: Path, fake: FakeOpenAI
+) -> None:
+    settings = settings_for(tmp_path, fake)
+    settings.rules.write_text(LIVE_RULES, encoding="utf-8")
+    async with replica(settings) as service:
+        ruleset = service.app.state.services.rules.current
+        session_id = "live_" + uuid4().hex
+        ctx = simulated_context(
+            ruleset,
+            "+14155550123",
+            "+14155550100",
+            datetime.now(UTC),
+            call_id=session_id,
+            api="live",
+        )
+        decision = ruleset.decide(ctx)
+        assert (decision.api, decision.rule, decision.profile) == ("live", "live-calls", "voice")
+        tools = decision.request_body["session"]["delegation"]["responses"]["tools"]
+        assert [tool["name"] for tool in tools] == ["end_call"]
+        await service.accepted(
+            fake,
+            decision,
+            [
+                AwaitClient("session.commentary.append"),
+                caller_says("Thanks, goodbye."),
+                AgentCallsFunction("end_call", {}, call_id="call_bye"),
+            ],
+            session_id=session_id,
+        )
+        entry = await service.ended(session_id)
+    greeting = fake.client_events_for(session_id)[0]
+    assert greeting["type"] == "session.instructions.append"
+    assert "Lakeside Clinic, hello." in greeting["content"]
+    assert fake.verbs_for(session_id) == ["hangup"]
+    assert entry["end_reason"] == "close_requested"
+    assert ("caller", "Thanks, goodbye.") in [(t["role"], t["text"]) for t in entry["transcript"]]
