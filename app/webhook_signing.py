@@ -1,4 +1,5 @@
-"""Signed `realtime.call.incoming` deliveries as OpenAI sends them (send-test-call, tests)."""
+"""Signed incoming-call deliveries as OpenAI sends them (send-test-call, tests):
+`realtime.call.incoming`, and GPT-Live's `live.transport.incoming`."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ from datetime import UTC, datetime
 
 from standardwebhooks import Webhook
 
+from app.rules.call_context import CallApi
 from app.rules.simulation import sip_headers_for
 
 
@@ -34,6 +36,34 @@ def incoming_call_body(
             "call_id": call_id,
             "sip_headers": [{"name": name, "value": value} for name, value in sip_headers],
         },
+    }
+    return json.dumps(event, separators=(",", ":")).encode()
+
+
+def live_call_body(
+    session_id: str,
+    created_at: int,
+    sip_headers: Sequence[tuple[str, str]],
+    *,
+    media_security: str | None = "srtp",
+    event_type: str = "live.transport.incoming",
+) -> bytes:
+    """A GPT-Live event's JSON (reference/gpt-live-sip.md section 3): `live.transport.incoming`
+    with `data.type: "sip"`, or the deprecated `live.call.incoming` without it."""
+    data: dict[str, object] = {
+        "session_id": session_id,
+        "sip_headers": [{"name": name, "value": value} for name, value in sip_headers],
+    }
+    if event_type == "live.transport.incoming":
+        data = {"type": "sip", **data}
+    if media_security is not None:
+        data["sip_media_security"] = media_security
+    event = {
+        "object": "event",
+        "id": "evt_" + secrets.token_hex(16),
+        "type": event_type,
+        "created_at": created_at,
+        "data": data,
     }
     return json.dumps(event, separators=(",", ":")).encode()
 
@@ -63,11 +93,22 @@ def signed_test_call(
     now: int,
     extra_headers: dict[str, str] | None = None,
     call_id: str | None = None,
+    api: CallApi = "realtime",
+    sip_call_id: str | None = None,
 ) -> SignedDelivery:
-    """A realistic signed delivery for a call from `caller` to `called`."""
-    call_id = call_id or "rtc_" + secrets.token_hex(16)
+    """A realistic signed delivery for a call from `caller` to `called`.
+
+    `api="live"` sends `live.transport.incoming` for a `live_u0_...` session over SRTP.
+    `sip_call_id` is the INVITE's Call-ID (default: a new one): two deliveries with the same
+    one and the same numbers announce one phone call.
+    """
+    if call_id is None:
+        call_id = ("live_u0_" if api == "live" else "rtc_") + secrets.token_hex(16)
     sip_headers = sip_headers_for(caller, called, extra_headers)
-    sip_headers.append(("Call-ID", secrets.token_hex(8) + "@sip-router.invalid"))
-    body = incoming_call_body(call_id, now, sip_headers)
+    sip_headers.append(("Call-ID", sip_call_id or secrets.token_hex(8) + "@sip-router.invalid"))
+    if api == "live":
+        body = live_call_body(call_id, now, sip_headers)
+    else:
+        body = incoming_call_body(call_id, now, sip_headers)
     headers = sign_delivery(secret, body, timestamp=now)
     return SignedDelivery(headers, body, call_id, headers["webhook-id"])

@@ -23,6 +23,7 @@ from app.store import (
     CALL_LOG_SIZE,
     DONE_KEEP_S,
     MAX_ID_LENGTH,
+    SIP_CALL_KEEP_S,
     Claim,
     ClaimResult,
     MemoryStore,
@@ -398,6 +399,127 @@ async def test_call_log_keeps_the_last_1000_entries(store: Store) -> None:
 async def test_call_log_rejects_a_negative_limit(store: Store) -> None:
     with pytest.raises(ValueError, match="limit"):
         await store.recent(-1)
+
+
+# --- one phone call announced twice (Realtime and GPT-Live), SPEC section 11 --------------
+
+PHONE_CALL = "sipcall:" + "ab" * 32
+
+
+async def test_the_other_announcement_of_a_decided_phone_call_finds_its_outcome(
+    store: Store,
+) -> None:
+    first = await store.claim("msg_rtc", "rtc_u0_1", 30, PHONE_CALL)
+    assert first.result is ClaimResult.ACQUIRED
+    assert first.sip_call == PHONE_CALL
+    assert await store.finish(first, OUTCOME) is True
+
+    second = await store.claim("msg_live", "live_u0_1", 30, PHONE_CALL)
+
+    assert second.result is ClaimResult.SIP_CALL_DONE
+    assert second.outcome == OUTCOME
+    assert second.token is None
+    # Another phone call, and a delivery that names none, are not held back.
+    assert (await store.claim("msg_3", "live_u0_2", 30, "sipcall:other")).token
+    assert (await store.claim("msg_4", "live_u0_3", 30)).result is ClaimResult.ACQUIRED
+
+
+async def test_concurrent_announcements_of_one_phone_call_acquire_once(store: Store) -> None:
+    claims = await asyncio.gather(
+        *(
+            store.claim(f"msg_{i}", f"{'rtc' if i % 2 else 'live'}_u0_{i}", 30, PHONE_CALL)
+            for i in range(20)
+        )
+    )
+
+    assert results(claims) == [ClaimResult.ACQUIRED] + [ClaimResult.IN_FLIGHT] * 19
+
+
+async def test_a_released_phone_call_can_be_decided_by_its_other_announcement(
+    store: Store,
+) -> None:
+    first = await store.claim("msg_rtc", "rtc_u0_1", 30, PHONE_CALL)
+    in_flight = await store.claim("msg_live", "live_u0_1", 30, PHONE_CALL)
+    assert in_flight.result is ClaimResult.IN_FLIGHT
+
+    assert await store.release(first) is True
+
+    assert (await store.claim("msg_live", "live_u0_1", 30, PHONE_CALL)).token
+
+
+async def test_a_phone_call_lease_expires_like_the_others(store: Store) -> None:
+    await store.claim("msg_rtc", "rtc_u0_1", 0.3, PHONE_CALL)
+    await asyncio.sleep(0.45)
+
+    assert (await store.claim("msg_live", "live_u0_1", 30, PHONE_CALL)).token
+
+
+async def test_a_stale_finish_reports_the_phone_call_lease_lost(store: Store) -> None:
+    stale = await store.claim("msg_rtc", "rtc_u0_1", 0.3, PHONE_CALL)
+    await asyncio.sleep(0.45)
+    owner = await store.claim("msg_live", "live_u0_1", 30, PHONE_CALL)
+    assert owner.result is ClaimResult.ACQUIRED
+
+    assert await store.finish(stale, OUTCOME) is False
+
+    # The new owner's lease is untouched; its own finish owns all three.
+    assert (await store.claim("msg_x", "live_u0_1", 30)).result is ClaimResult.IN_FLIGHT
+    assert await store.finish(owner, OUTCOME) is True
+
+
+async def test_the_phone_call_record_is_kept_a_quarter_hour() -> None:
+    clock = FakeClock()
+    store = MemoryStore(clock=clock)
+    await store.finish(await store.claim("msg_rtc", "rtc_u0_1", 30, PHONE_CALL), OUTCOME)
+
+    clock.now += SIP_CALL_KEEP_S - 1
+    held = await store.claim("msg_live", "live_u0_1", 30, PHONE_CALL)
+    assert held.result is ClaimResult.SIP_CALL_DONE
+    clock.now += 1
+    assert (await store.claim("msg_live", "live_u0_1", 30, PHONE_CALL)).token
+    # The call id's own record is kept as long as ever.
+    assert (await store.claim("msg_x", "rtc_u0_1", 30)).result is ClaimResult.CALL_DONE
+
+
+async def test_memory_keeps_a_bounded_number_of_phone_call_records() -> None:
+    store = MemoryStore(max_done_calls=2)
+    for n in range(3):
+        await store.finish(await store.claim(f"m{n}", f"rtc_{n}", 30, f"sipcall:{n}"), OUTCOME)
+
+    assert (await store.claim("x0", "live_0", 30, "sipcall:0")).result is ClaimResult.ACQUIRED
+    assert (await store.claim("x2", "live_2", 30, "sipcall:2")).result is (
+        ClaimResult.SIP_CALL_DONE
+    )
+
+
+@pytest.mark.parametrize("sip_call", ["", "s" * (MAX_ID_LENGTH + 1)])
+async def test_a_bad_phone_call_key_is_refused(store: Store, sip_call: str) -> None:
+    with pytest.raises(ValueError, match="sip_call"):
+        await store.claim("msg_1", "rtc_1", 30, sip_call)
+
+
+@pytest.mark.redis
+async def test_redis_phone_call_keys_and_their_expiry(
+    redis_url: str, prefix: str, raw_redis: redis.asyncio.Redis
+) -> None:
+    store = RedisStore.from_url(redis_url, prefix=prefix)
+    try:
+        claim = await store.claim("msg_1", "live_1", 30, PHONE_CALL)
+        assert await raw_redis.get(f"{prefix}sl:{PHONE_CALL}") == claim.token
+        assert 29_000 < await raw_redis.pttl(f"{prefix}sl:{PHONE_CALL}") <= 30_000
+
+        assert await store.finish(claim, OUTCOME) is True
+
+        assert sorted(await raw_redis.keys(f"{prefix}*")) == [
+            f"{prefix}c:live_1",
+            f"{prefix}s:{PHONE_CALL}",
+            f"{prefix}w:msg_1",
+        ]
+        assert json.loads(await raw_redis.get(f"{prefix}s:{PHONE_CALL}") or "null") == OUTCOME
+        assert SIP_CALL_KEEP_S - 60 < await raw_redis.ttl(f"{prefix}s:{PHONE_CALL}") <= 900
+        assert await raw_redis.ttl(f"{prefix}c:live_1") > DONE_KEEP_S - 60
+    finally:
+        await store.aclose()
 
 
 # --- redis specifics ------------------------------------------------------------------

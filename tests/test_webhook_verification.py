@@ -15,7 +15,7 @@ from standardwebhooks import Webhook
 
 from app.errors import DeliveryError, MalformedDelivery, SignatureMismatch, UnreadablePayload
 from app.webhook_event import IncomingCall, OtherEvent, parse_event
-from app.webhook_signing import incoming_call_body
+from app.webhook_signing import incoming_call_body, live_call_body
 from app.webhook_verification import VerifiedDelivery, WebhookVerifier
 from tests.conftest import new_webhook_secret
 
@@ -354,4 +354,121 @@ def test_an_incoming_call_without_its_required_fields_is_unreadable(
     mutate(event)
 
     with pytest.raises(UnreadablePayload):
+        parse_event(json.dumps(event))
+
+
+# --- GPT-Live events (SPEC section 11) ---------------------------------------------------
+
+LIVE_SESSION = "live_u0_479a275623b54bdb9b6fbae2f7cbd408"
+LIVE_HEADERS = [
+    ("From", "<sip:+14155550123@example.com>;tag=abc123"),
+    ("To", "<sip:+14155550100@example.com>"),
+    ("Call-ID", "call-123@example.com"),
+]
+
+
+def live_event(**changes: Any) -> dict[str, Any]:
+    event: dict[str, Any] = json.loads(live_call_body(LIVE_SESSION, NOW, LIVE_HEADERS))
+    event.update(changes)
+    return event
+
+
+def test_parse_event_reads_a_live_transport_incoming() -> None:
+    body = live_call_body(LIVE_SESSION, NOW, LIVE_HEADERS)
+
+    event = parse_event(body.decode())
+
+    assert event == IncomingCall(
+        event_id=json.loads(body)["id"],
+        created_at=NOW,
+        call_id=LIVE_SESSION,
+        sip_headers=tuple(LIVE_HEADERS),
+        api="live",
+        media_security="srtp",
+    )
+
+
+def test_parse_event_reads_the_deprecated_live_call_incoming() -> None:
+    body = live_call_body(
+        LIVE_SESSION, NOW, LIVE_HEADERS, media_security=None, event_type="live.call.incoming"
+    )
+    assert "type" not in json.loads(body)["data"]
+
+    event = parse_event(body.decode())
+
+    assert isinstance(event, IncomingCall)
+    assert (event.api, event.call_id, event.media_security) == ("live", LIVE_SESSION, None)
+
+
+@pytest.mark.parametrize("value", ["rtp", "srtp", "zrtp", "SRTP", "x" * 64])
+def test_a_live_media_security_value_is_kept_as_given(value: str) -> None:
+    event = parse_event(
+        live_call_body(LIVE_SESSION, NOW, LIVE_HEADERS, media_security=value).decode()
+    )
+
+    assert isinstance(event, IncomingCall)
+    assert event.media_security == value
+
+
+def test_a_realtime_call_has_no_media_security() -> None:
+    event = parse_event(BODY.decode())
+
+    assert isinstance(event, IncomingCall)
+    assert (event.api, event.media_security) == ("realtime", None)
+
+
+def test_a_live_session_id_keeps_its_prefix_up_to_160_characters() -> None:
+    session_id = "live_u0_" + "a" * 152
+    event = parse_event(live_call_body(session_id, NOW, LIVE_HEADERS).decode())
+
+    assert isinstance(event, IncomingCall)
+    assert event.call_id == session_id
+
+
+@pytest.mark.parametrize("transport", ["webrtc", "websocket", ""])
+def test_a_live_transport_other_than_sip_is_another_event(transport: str) -> None:
+    event = live_event()
+    event["data"]["type"] = transport
+
+    parsed = parse_event(json.dumps(event))
+
+    assert isinstance(parsed, OtherEvent)
+    assert parsed.type == "live.transport.incoming"
+    assert parsed.detail == f"transport {transport!r} is not sip"
+
+
+@pytest.mark.parametrize(
+    "mutate",
+    [
+        pytest.param(lambda e: e["data"].pop("type"), id="no-transport-type"),
+        pytest.param(lambda e: e["data"].update(type=1), id="numeric-transport-type"),
+        pytest.param(lambda e: e["data"].pop("session_id"), id="no-session-id"),
+        pytest.param(lambda e: e["data"].update(session_id="live_u0 x"), id="space-session-id"),
+        pytest.param(lambda e: e["data"].update(session_id="live/../x"), id="path-session-id"),
+        pytest.param(lambda e: e["data"].update(session_id="l" * 161), id="long-session-id"),
+        pytest.param(lambda e: e["data"].update(session_id=""), id="empty-session-id"),
+        pytest.param(lambda e: e["data"].update(sip_media_security=1), id="numeric-security"),
+        pytest.param(lambda e: e["data"].update(sip_media_security="s" * 65), id="long-security"),
+        pytest.param(lambda e: e["data"].pop("sip_headers"), id="no-sip-headers"),
+        pytest.param(lambda e: e.pop("created_at"), id="no-created-at"),
+        pytest.param(lambda e: e.pop("id"), id="no-event-id"),
+        pytest.param(lambda e: e.update(data=[]), id="data-not-an-object"),
+    ],
+)
+def test_a_live_event_without_its_required_fields_is_unreadable(
+    mutate: Callable[[dict[str, Any]], object],
+) -> None:
+    event = live_event()
+    mutate(event)
+
+    with pytest.raises(UnreadablePayload, match=r"live\.transport\.incoming"):
+        parse_event(json.dumps(event))
+
+
+def test_a_deprecated_live_event_needs_no_transport_type_but_its_session_id() -> None:
+    event = live_event(type="live.call.incoming")
+    event["data"].pop("type")
+    event["data"].pop("session_id")
+
+    with pytest.raises(UnreadablePayload, match=r"live\.call\.incoming"):
         parse_event(json.dumps(event))

@@ -6,7 +6,14 @@ from typing import Protocol
 
 from app.store.availability import StoreAvailability
 from app.store.call_log import CALL_LOG_SIZE, CallLog
-from app.store.dedupe import DONE_KEEP_S, MAX_ID_LENGTH, Claim, ClaimResult, DedupeStore
+from app.store.dedupe import (
+    DONE_KEEP_S,
+    MAX_ID_LENGTH,
+    SIP_CALL_KEEP_S,
+    Claim,
+    ClaimResult,
+    DedupeStore,
+)
 from app.store.errors import StoreUnavailable
 from app.store.memory import MemoryStore
 from app.store.redis_backend import RedisStore
@@ -15,6 +22,7 @@ __all__ = [
     "CALL_LOG_SIZE",
     "DONE_KEEP_S",
     "MAX_ID_LENGTH",
+    "SIP_CALL_KEEP_S",
     "CallLog",
     "Claim",
     "ClaimResult",

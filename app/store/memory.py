@@ -14,6 +14,7 @@ from typing import Any
 from app.store.call_log import CALL_LOG_SIZE, check_limit, later_life
 from app.store.dedupe import (
     DONE_KEEP_S,
+    SIP_CALL_KEEP_S,
     Claim,
     ClaimResult,
     check_claim_args,
@@ -92,9 +93,12 @@ class MemoryStore:
             raise ValueError("max_done_calls must be at least 1")
         self._clock = clock
         self._max_done = 2 * max_done_calls  # a record for the call and one for its webhook id
+        self._max_sip_calls = max_done_calls
         self._leases = _ExpiringTable()
         self._decisions = _ExpiringTable()
         self._done = _ExpiringTable()
+        # Phone calls' records: all kept SIP_CALL_KEEP_S, so they expire in the order written.
+        self._sip_done = _ExpiringTable()
         self._forgotten = 0
         self._forget_logged_at: float | None = None
         self._calls: deque[str] = deque(maxlen=CALL_LOG_SIZE)
@@ -103,21 +107,29 @@ class MemoryStore:
         self._record_order: deque[str] = deque()
         self._record_counts: Counter[str] = Counter()
 
-    async def claim(self, webhook_id: str, call_id: str, lease_s: float) -> Claim:
-        """Check both done records, then both leases, and lease both ids if free."""
-        check_claim_args(webhook_id, call_id, lease_s)
+    async def claim(
+        self, webhook_id: str, call_id: str, lease_s: float, sip_call: str | None = None
+    ) -> Claim:
+        """Check the done records, then the leases, and lease every id if free."""
+        check_claim_args(webhook_id, call_id, lease_s, sip_call)
         now = self._sweep()
-        webhook_key, call_key = _keys(webhook_id, call_id)
+        keys = _keys(webhook_id, call_id, sip_call)
+        webhook_key, call_key = keys[0], keys[1]
         outcome = self._done.get(call_key, now)
         if self._done.get(webhook_key, now) is not None:
             done = None if outcome is None else json.loads(outcome)
             return Claim(ClaimResult.DUPLICATE_DONE, webhook_id, call_id, outcome=done)
         if outcome is not None:
             return Claim(ClaimResult.CALL_DONE, webhook_id, call_id, outcome=json.loads(outcome))
-        if self._leases.get(webhook_key, now) or self._leases.get(call_key, now):
+        sip_outcome = self._sip_done.get(keys[2], now) if sip_call is not None else None
+        if sip_outcome is not None:
+            return Claim(
+                ClaimResult.SIP_CALL_DONE, webhook_id, call_id, outcome=json.loads(sip_outcome)
+            )
+        if any(self._leases.get(key, now) for key in keys):
             return Claim(ClaimResult.IN_FLIGHT, webhook_id, call_id)
         token = secrets.token_hex(16)
-        for key in (webhook_key, call_key):
+        for key in keys:
             self._leases.put(key, token, now + lease_s)
         decision = self._decisions.get(call_key, now)
         return Claim(
@@ -126,6 +138,7 @@ class MemoryStore:
             call_id,
             token=token,
             decision=None if decision is None else json.loads(decision),
+            sip_call=sip_call,
         )
 
     async def record_decision(
@@ -136,7 +149,7 @@ class MemoryStore:
         check_keep_s(keep_s)
         text = json.dumps(dict(decision), separators=(",", ":"))
         now = self._sweep()
-        call_key = _keys(claim.webhook_id, claim.call_id)[1]
+        call_key = _keys(claim.webhook_id, claim.call_id, None)[1]
         if self._leases.get(call_key, now) != token:
             return False
         self._decisions.put(call_key, text, now + keep_s)
@@ -150,9 +163,12 @@ class MemoryStore:
         check_keep_s(keep_s)
         text = json.dumps(dict(outcome), separators=(",", ":"))
         now = self._sweep()
-        webhook_key, call_key = keys = _keys(claim.webhook_id, claim.call_id)
+        keys = _keys(claim.webhook_id, claim.call_id, claim.sip_call)
+        webhook_key, call_key = keys[0], keys[1]
         self._done.put(webhook_key, _PROCESSED, now + keep_s)
         self._done.put(call_key, text, now + keep_s)
+        if claim.sip_call is not None:
+            self._sip_done.put(keys[2], text, now + min(keep_s, SIP_CALL_KEEP_S))
         self._decisions.delete(call_key)
         self._forget_beyond_bound(now)
         return self._drop_leases(keys, token, now)
@@ -161,7 +177,7 @@ class MemoryStore:
         """Drop the leases still owned by this claim (and its decision unless kept)."""
         token = claim.lease_token()
         now = self._sweep()
-        keys = _keys(claim.webhook_id, claim.call_id)
+        keys = _keys(claim.webhook_id, claim.call_id, claim.sip_call)
         if not keep_decision and self._leases.get(keys[1], now) == token:
             self._decisions.delete(keys[1])
         return self._drop_leases(keys, token, now)
@@ -221,7 +237,7 @@ class MemoryStore:
     async def aclose(self) -> None:
         """Nothing to close."""
 
-    def _drop_leases(self, keys: tuple[str, str], token: str, now: float) -> bool:
+    def _drop_leases(self, keys: tuple[str, ...], token: str, now: float) -> bool:
         owned = 0
         for key in keys:
             if self._leases.get(key, now) == token:
@@ -230,6 +246,8 @@ class MemoryStore:
         return owned == len(keys)
 
     def _forget_beyond_bound(self, now: float) -> None:
+        while len(self._sip_done) > self._max_sip_calls:
+            self._sip_done.drop_oldest()
         while len(self._done) > self._max_done:
             self._done.drop_oldest()
             self._forgotten += 1
@@ -251,10 +269,12 @@ class MemoryStore:
 
     def _sweep(self) -> float:
         now = self._clock()
-        for table in (self._leases, self._decisions, self._done):
+        for table in (self._leases, self._decisions, self._done, self._sip_done):
             table.sweep(now)
         return now
 
 
-def _keys(webhook_id: str, call_id: str) -> tuple[str, str]:
-    return f"w:{webhook_id}", f"c:{call_id}"
+def _keys(webhook_id: str, call_id: str, sip_call: str | None) -> tuple[str, ...]:
+    """The webhook id's key, the call's, then the phone call's when there is one."""
+    keys = (f"w:{webhook_id}", f"c:{call_id}")
+    return keys if sip_call is None else (*keys, f"s:{sip_call}")

@@ -17,6 +17,7 @@ from redis.exceptions import RedisError
 from app.store.call_log import CALL_LOG_SIZE, check_limit, later_life
 from app.store.dedupe import (
     DONE_KEEP_S,
+    SIP_CALL_KEEP_S,
     Claim,
     ClaimResult,
     check_claim_args,
@@ -30,17 +31,28 @@ COMMAND_TIMEOUT_S = 1.0
 
 # Keys, after the prefix: w:<webhook_id> and c:<call_id> hold the completed records ("1"
 # for a webhook id, the outcome JSON for a call), wl:/cl: the leases (owner token), cd: the
-# decision recorded for a call before its request was sent, until the call is finished.
+# decision recorded for a call before its request was sent, until the call is finished;
+# s:<sip call key> and sl: the phone call's record (outcome JSON, kept SIP_CALL_KEEP_S) and
+# lease, when the delivery names its phone call (app.sip_call_key).
 
-# KEYS: webhook done, call done, webhook lease, call lease, call decision.
-# ARGV: token, lease ms. Returns {result, outcome or decision}.
+# KEYS: webhook done, call done, webhook lease, call lease, call decision, then optionally
+# phone call done, phone call lease. ARGV: token, lease ms.
+# Returns {result, outcome or decision}.
 _CLAIM = """
 local outcome = redis.call('GET', KEYS[2])
 if redis.call('EXISTS', KEYS[1]) == 1 then return {1, outcome} end
 if outcome then return {2, outcome} end
-if redis.call('EXISTS', KEYS[3], KEYS[4]) > 0 then return {3} end
+local sip = #KEYS == 7
+if sip then
+  local phone_call = redis.call('GET', KEYS[6])
+  if phone_call then return {4, phone_call} end
+  if redis.call('EXISTS', KEYS[3], KEYS[4], KEYS[7]) > 0 then return {3} end
+elseif redis.call('EXISTS', KEYS[3], KEYS[4]) > 0 then
+  return {3}
+end
 redis.call('SET', KEYS[3], ARGV[1], 'PX', ARGV[2])
 redis.call('SET', KEYS[4], ARGV[1], 'PX', ARGV[2])
+if sip then redis.call('SET', KEYS[7], ARGV[1], 'PX', ARGV[2]) end
 return {0, redis.call('GET', KEYS[5])}
 """
 
@@ -51,21 +63,26 @@ redis.call('SET', KEYS[2], ARGV[2], 'EX', ARGV[3])
 return 1
 """
 
-# KEYS: webhook lease, call lease, call decision, then optionally webhook done, call done.
-# ARGV: token, "forget" or "keep" (the decision), then optionally outcome JSON and keep
-# seconds. Returns how many leases were dropped.
+# KEYS: webhook lease, call lease, call decision, webhook done, call done, then optionally
+# phone call lease, phone call done. ARGV: token, "finish", "forget" or "keep" (the
+# decision), then for "finish" the outcome JSON, its keep seconds and the phone call's.
+# Returns how many leases were dropped.
 _FINISH = """
-if #KEYS == 5 then
+local sip = #KEYS == 7
+if ARGV[2] == 'finish' then
   redis.call('SET', KEYS[4], '1', 'EX', ARGV[4])
   redis.call('SET', KEYS[5], ARGV[3], 'EX', ARGV[4])
+  if sip then redis.call('SET', KEYS[7], ARGV[3], 'EX', ARGV[5]) end
   redis.call('DEL', KEYS[3])
 elseif ARGV[2] == 'forget' and redis.call('GET', KEYS[2]) == ARGV[1] then
   redis.call('DEL', KEYS[3])
 end
+local leases = {KEYS[1], KEYS[2]}
+if sip then leases[3] = KEYS[6] end
 local dropped = 0
-for i = 1, 2 do
-  if redis.call('GET', KEYS[i]) == ARGV[1] then
-    redis.call('DEL', KEYS[i])
+for _, key in ipairs(leases) do
+  if redis.call('GET', key) == ARGV[1] then
+    redis.call('DEL', key)
     dropped = dropped + 1
   end
 end
@@ -93,6 +110,7 @@ _CLAIM_RESULTS = {
     1: ClaimResult.DUPLICATE_DONE,
     2: ClaimResult.CALL_DONE,
     3: ClaimResult.IN_FLIGHT,
+    4: ClaimResult.SIP_CALL_DONE,
 }
 
 
@@ -127,21 +145,27 @@ class RedisStore:
         )
         return cls(client, prefix=prefix)
 
-    async def claim(self, webhook_id: str, call_id: str, lease_s: float) -> Claim:
-        """Check both done records, then both leases, and lease both ids if free."""
-        check_claim_args(webhook_id, call_id, lease_s)
+    async def claim(
+        self, webhook_id: str, call_id: str, lease_s: float, sip_call: str | None = None
+    ) -> Claim:
+        """Check the done records, then the leases, and lease every id if free."""
+        check_claim_args(webhook_id, call_id, lease_s, sip_call)
         token = secrets.token_hex(16)
         keys = [
             *self._done_keys(webhook_id, call_id),
             *self._lease_keys(webhook_id, call_id),
             self._decision_key(call_id),
         ]
+        if sip_call is not None:
+            keys += self._sip_call_keys(sip_call)
         with _unavailable():
             reply = await self._claim(keys=keys, args=[token, math.ceil(lease_s * 1000)])
         result = _CLAIM_RESULTS[int(reply[0])]
         found = json.loads(reply[1]) if len(reply) > 1 and reply[1] is not None else None
         if result is ClaimResult.ACQUIRED:
-            return Claim(result, webhook_id, call_id, token=token, decision=found)
+            return Claim(
+                result, webhook_id, call_id, token=token, decision=found, sip_call=sip_call
+            )
         return Claim(result, webhook_id, call_id, outcome=found)
 
     async def record_decision(
@@ -162,31 +186,29 @@ class RedisStore:
     async def finish(
         self, claim: Claim, outcome: Mapping[str, Any], keep_s: int = DONE_KEEP_S
     ) -> bool:
-        """Record the outcome for both ids for keep_s and drop the leases still owned."""
+        """Record the outcome for the ids and drop the leases still owned."""
         token = claim.lease_token()
         check_keep_s(keep_s)
         text = json.dumps(dict(outcome), separators=(",", ":"))
+        args = [token, "finish", text, keep_s, min(keep_s, SIP_CALL_KEEP_S)]
+        return await self._end(claim, args)
+
+    async def release(self, claim: Claim, *, keep_decision: bool = False) -> bool:
+        """Drop the leases still owned by this claim (and its decision unless kept)."""
+        return await self._end(claim, [claim.lease_token(), "keep" if keep_decision else "forget"])
+
+    async def _end(self, claim: Claim, args: list[Any]) -> bool:
         keys = [
             *self._lease_keys(claim.webhook_id, claim.call_id),
             self._decision_key(claim.call_id),
             *self._done_keys(claim.webhook_id, claim.call_id),
         ]
+        if claim.sip_call is not None:
+            done, lease = self._sip_call_keys(claim.sip_call)
+            keys += [lease, done]
         with _unavailable():
-            dropped = await self._finish(keys=keys, args=[token, "forget", text, keep_s])
-        return int(dropped) == 2
-
-    async def release(self, claim: Claim, *, keep_decision: bool = False) -> bool:
-        """Drop the leases still owned by this claim (and its decision unless kept)."""
-        token = claim.lease_token()
-        keys = [
-            *self._lease_keys(claim.webhook_id, claim.call_id),
-            self._decision_key(claim.call_id),
-        ]
-        with _unavailable():
-            dropped = await self._finish(
-                keys=keys, args=[token, "keep" if keep_decision else "forget"]
-            )
-        return int(dropped) == 2
+            dropped = await self._finish(keys=keys, args=args)
+        return int(dropped) == (2 if claim.sip_call is None else 3)
 
     async def append(
         self, entry: Mapping[str, Any], record: Mapping[str, Any] | None = None
@@ -269,6 +291,10 @@ class RedisStore:
 
     def _done_keys(self, webhook_id: str, call_id: str) -> list[str]:
         return [f"{self._prefix}w:{webhook_id}", f"{self._prefix}c:{call_id}"]
+
+    def _sip_call_keys(self, sip_call: str) -> list[str]:
+        """The phone call's done record, then its lease."""
+        return [f"{self._prefix}s:{sip_call}", f"{self._prefix}sl:{sip_call}"]
 
     def _decision_key(self, call_id: str) -> str:
         return f"{self._prefix}cd:{call_id}"
