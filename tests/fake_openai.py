@@ -1,10 +1,14 @@
-"""A strict fake of OpenAI's four Realtime call endpoints (accept, reject, refer, hangup).
+"""A strict fake of OpenAI's four Realtime call endpoints (accept, reject, refer, hangup),
+and the same four of GPT-Live sessions (`/v1/live/sessions/{session_id}/...`).
 
 One core checks, records and answers every request; it is served in process through
 `FakeOpenAI.mock_transport()` and over real sockets through `FakeOpenAI.serve_on_loopback()`.
 Served on loopback it also has the call's sideband WebSocket (`/v1/realtime?call_id=`):
 it validates every client event against OpenAI's published event schemas and acts like
 the agent as scripted per call (`FakeOpenAI.script_sideband`).
+One SIP call may be announced on both APIs with two ids (`FakeOpenAI.same_call`): the first
+decision (accept, reject, or refer before an accept) through either id takes it, and any
+later one answers `decision_already_made`.
 `python -m tests.fake_openai --port 9001 --record-file PATH` serves it for benchmarks.
 """
 
@@ -35,7 +39,8 @@ from tests.loopback_service import listening_socket, running_server
 
 VERBS = ("accept", "reject", "refer", "hangup")
 ROUTE_PREFIX = "/v1/realtime/calls/"
-LIVE_VERBS = ("refer", "hangup")
+# The answer to a decision on a call that is already decided (any id of the SIP call).
+ALREADY_DECIDED_STATUS = 409
 MOCK_BASE_URL = "http://fake-openai/v1"
 
 # The request body schemas of accept, reject and refer as published in OpenAI's OpenAPI
@@ -518,6 +523,204 @@ REQUEST_SCHEMAS: dict[str, dict[str, Any]] = {
 }
 _VALIDATORS = {verb: jsonschema.Draft202012Validator(s) for verb, s in REQUEST_SCHEMAS.items()}
 _BODY_REQUIRED = frozenset({"accept", "refer"})
+
+# GPT-Live's request bodies as documented (reference/gpt-live-sip.md section 4): accept takes
+# exactly `{"session": LiveCallAcceptSession}`, with `additionalProperties: false` throughout.
+_LIVE_TEXT_PART = {
+    "type": "object",
+    "additionalProperties": False,
+    "required": ["type", "text"],
+    "properties": {"type": {"enum": ["input_text"]}, "text": {"type": "string"}},
+}
+_LIVE_OUTPUT_PART = {
+    "type": "object",
+    "additionalProperties": False,
+    "required": ["type", "text"],
+    "properties": {"type": {"enum": ["text", "output_text"]}, "text": {"type": "string"}},
+}
+
+
+def _live_message(roles: list[str], part: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "type": "object",
+        "additionalProperties": False,
+        "required": ["role", "content"],
+        "properties": {
+            "type": {"enum": ["message"]},
+            "role": {"enum": roles},
+            "content": {"type": "array", "minItems": 1, "maxItems": 1, "items": part},
+            "id": {"type": "string"},
+            "status": {"enum": ["incomplete", "completed"]},
+        },
+    }
+
+
+_LIVE_FUNCTION_TOOL = {
+    "type": "object",
+    "additionalProperties": False,
+    "required": ["type", "name"],
+    "properties": {
+        "type": {"enum": ["function"]},
+        "name": {"type": "string", "pattern": "^[a-zA-Z0-9_-]+$", "maxLength": 64},
+        "description": {"type": "string"},
+        "parameters": {"type": "object"},
+        "strict": {"type": "boolean"},
+    },
+}
+_LIVE_RESPONSES = {
+    "type": "object",
+    "additionalProperties": False,
+    "required": ["model"],
+    "properties": {
+        "model": {"type": "string", "minLength": 1},
+        "instructions": {"type": ["string", "null"]},
+        "max_output_tokens": {"anyOf": [{"type": "integer", "minimum": 16}, {"type": "null"}]},
+        "service_tier": {
+            "enum": [
+                *("auto", "default", "fast_tier_temp_pilot", "flex", "priority", "ultrafast"),
+                None,
+            ]
+        },
+        "reasoning": {
+            "type": "object",
+            "additionalProperties": False,
+            "properties": {
+                "effort": {"enum": ["none", "minimal", "low", "medium", "high", "xhigh"]},
+                "summary": {"enum": ["concise", "detailed", "auto"]},
+            },
+        },
+        "text": {
+            "type": "object",
+            "additionalProperties": False,
+            "properties": {"verbosity": {"enum": ["low", "medium", "high"]}},
+        },
+        "tools": {
+            "type": "array",
+            "items": {
+                "anyOf": [
+                    _LIVE_FUNCTION_TOOL,
+                    {
+                        "type": "object",
+                        "additionalProperties": False,
+                        "required": ["type"],
+                        "properties": {"type": {"enum": ["web_search"]}},
+                    },
+                ]
+            },
+        },
+        "tool_choice": {
+            "anyOf": [
+                {"enum": ["auto", "none", "required"]},
+                {
+                    "type": "object",
+                    "additionalProperties": False,
+                    "required": ["type", "name"],
+                    "properties": {"type": {"enum": ["function"]}, "name": {"type": "string"}},
+                },
+                {
+                    "type": "object",
+                    "additionalProperties": False,
+                    "required": ["type", "server_label", "name"],
+                    "properties": {
+                        "type": {"enum": ["mcp"]},
+                        "server_label": {"type": "string"},
+                        "name": {"type": "string"},
+                    },
+                },
+            ]
+        },
+        "parallel_tool_calls": {"type": ["boolean", "null"]},
+    },
+}
+_LIVE_SESSION = {
+    "type": "object",
+    "additionalProperties": False,
+    "required": ["type", "model"],
+    "properties": {
+        "type": {"enum": ["live"]},
+        "model": {"type": "string", "minLength": 1},
+        "instructions": {"type": ["string", "null"]},
+        "audio": {
+            "type": "object",
+            "additionalProperties": False,
+            "properties": {
+                "output": {
+                    "type": "object",
+                    "additionalProperties": False,
+                    "properties": {
+                        "voice": {
+                            "anyOf": [
+                                {"type": "string"},
+                                {
+                                    "type": "object",
+                                    "additionalProperties": False,
+                                    "required": ["id"],
+                                    "properties": {
+                                        "id": {"type": "string", "minLength": 1, "maxLength": 128}
+                                    },
+                                },
+                            ]
+                        }
+                    },
+                }
+            },
+        },
+        "delegation": {
+            "anyOf": [
+                {"type": "null"},
+                {
+                    "type": "object",
+                    "additionalProperties": False,
+                    "required": ["type"],
+                    "properties": {"type": {"enum": ["client"]}},
+                },
+                {
+                    "type": "object",
+                    "additionalProperties": False,
+                    "required": ["type", "responses"],
+                    "properties": {"type": {"enum": ["responses"]}, "responses": _LIVE_RESPONSES},
+                },
+            ]
+        },
+        "store": {"type": "boolean"},
+        "input": {
+            "type": "array",
+            "maxItems": 128,
+            "items": {
+                "anyOf": [
+                    _live_message(["developer", "user"], _LIVE_TEXT_PART),
+                    _live_message(["assistant"], _LIVE_OUTPUT_PART),
+                ]
+            },
+        },
+    },
+}
+LIVE_REQUEST_SCHEMAS: dict[str, dict[str, Any]] = {
+    "accept": {
+        "type": "object",
+        "additionalProperties": False,
+        "required": ["session"],
+        "properties": {"session": _LIVE_SESSION},
+    },
+    # No default status: it is always sent, 300 to 699.
+    "reject": {
+        "type": "object",
+        "additionalProperties": False,
+        "required": ["status_code"],
+        "properties": {"status_code": {"type": "integer", "minimum": 300, "maximum": 699}},
+    },
+    "refer": {
+        "type": "object",
+        "additionalProperties": False,
+        "required": ["target_uri"],
+        "properties": {"target_uri": {"type": "string", "minLength": 1, "pattern": r"\S"}},
+    },
+    "hangup": {"type": "object", "properties": {}, "additionalProperties": False},
+}
+_LIVE_VALIDATORS = {
+    verb: jsonschema.Draft202012Validator(s) for verb, s in LIVE_REQUEST_SCHEMAS.items()
+}
+_LIVE_BODY_REQUIRED = frozenset({"accept", "reject", "refer"})
 _SIP_SCHEMES = ("tel:", "sip:", "sips:")
 
 
@@ -648,6 +851,8 @@ class RecordedRequest:
     valid: bool
     problems: list[str]
     status: int | None = None
+    # `realtime` (/realtime/calls/...) or `live` (/live/sessions/...).
+    api: str = "realtime"
 
 
 @dataclass(frozen=True)
@@ -685,6 +890,9 @@ class FakeOpenAI:
         self._scripts: dict[str, deque[Behaviour]] = {}
         self._any_script: deque[Behaviour] = deque()
         self._calls: dict[str, str] = {}
+        # Ids announcing one SIP call share a group; the id that decided each group.
+        self._call_groups: dict[str, frozenset[str]] = {}
+        self._decided_by: dict[frozenset[str], str] = {}
         self._sideband_scripts: dict[str, deque[Sequence[AgentStep]]] = {}
         self._client_events: list[ClientEvent] = []
         self._sideband_attempts: list[SidebandAttempt] = []
@@ -722,6 +930,25 @@ class FakeOpenAI:
         with self._lock:
             self._calls[call_id] = "gone"
 
+    def same_call(self, *call_ids: str) -> None:
+        """Say that these ids (a Realtime `rtc_...` and a Live `live_...`) announce one SIP
+        call: after the first decision through one of them, every later decision (accept,
+        reject, refer before an accept) through any of them answers `decision_already_made`."""
+        with self._lock:
+            group = frozenset(call_ids).union(
+                *(self._call_groups.get(call_id, ()) for call_id in call_ids)
+            )
+            for call_id in group:
+                self._call_groups[call_id] = group
+
+    def decided_by(self, call_id: str) -> str | None:
+        """The id through which `call_id`'s SIP call was decided, or None."""
+        with self._lock:
+            return self._decided_by.get(self._group_locked(call_id))
+
+    def _group_locked(self, call_id: str) -> frozenset[str]:
+        return self._call_groups.get(call_id, frozenset({call_id}))
+
     def call_state(self, call_id: str) -> str | None:
         """`active`, `ended`, `gone`, or None for a call that saw no successful action."""
         with self._lock:
@@ -734,6 +961,8 @@ class FakeOpenAI:
             self._scripts.clear()
             self._any_script.clear()
             self._calls.clear()
+            self._call_groups.clear()
+            self._decided_by.clear()
             self._sideband_scripts.clear()
             self._client_events.clear()
             self._sideband_attempts.clear()
@@ -856,9 +1085,9 @@ class FakeOpenAI:
     def _handle(self, method: str, path: str, headers: Mapping[str, str], body: bytes) -> _Outcome:
         """Check and record one request, and decide its answer (the shared core)."""
         received_at = time.monotonic()
-        verb, call_id, routed = _route(method, path)
+        api, verb, call_id, routed = _route(method, path)
         auth_problems = _check_auth(headers, self.api_key)
-        parsed, body_problems = _check_body(verb, headers, body) if routed else (None, [])
+        parsed, body_problems = _check_body(verb, headers, body, api) if routed else (None, [])
         delay = 0.0
         final: Respond | Drop
         with self._lock:
@@ -871,7 +1100,7 @@ class FakeOpenAI:
                 first = body_problems[0]
                 final = Respond(400, code=first.code, message=first.message, param=first.param)
             else:
-                delay, final = self._next_answer_locked(verb, call_id)
+                delay, final = self._next_answer_locked(verb, call_id, api)
             problems = [*auth_problems, *body_problems]
             if not routed:
                 problems.append(_Problem(None, "no such endpoint", where=f"{method} {path}"))
@@ -885,14 +1114,28 @@ class FakeOpenAI:
                     valid=not problems,
                     problems=[str(p) for p in problems],
                     status=final.status if isinstance(final, Respond) else None,
+                    api=api,
                 )
             )
         return _Outcome(delay, final, call_id)
 
-    def _next_answer_locked(self, verb: str, call_id: str) -> tuple[float, Respond | Drop]:
+    def _next_answer_locked(
+        self, verb: str, call_id: str, api: str = "realtime"
+    ) -> tuple[float, Respond | Drop]:
         state = self._calls.get(call_id)
         if state == "gone":
             return 0.0, Respond(404, code="call_id_not_found")
+        group = self._group_locked(call_id)
+        decides = verb in ("accept", "reject") or (verb == "refer" and state != "active")
+        decided_by = self._decided_by.get(group)
+        # Another id of the SIP call decided it; a Live session also refuses a second
+        # decision through its own id (a Realtime call answers a copy as before).
+        if decides and decided_by is not None and (decided_by != call_id or api == "live"):
+            return 0.0, Respond(
+                ALREADY_DECIDED_STATUS,
+                code="decision_already_made",
+                message="A decision has already been made for this call.",
+            )
         queue = self._scripts.get(call_id)
         if queue:
             behaviour = queue.popleft()
@@ -909,6 +1152,8 @@ class FakeOpenAI:
         if not took_effect:
             return delay, final
         # The effect happens on arrival: a slow or lost answer does not undo the action.
+        if decides:
+            self._decided_by.setdefault(group, call_id)
         if verb == "hangup":
             if state != "active":
                 # A dropped hangup of a call that is not up had no effect either way.
@@ -924,22 +1169,19 @@ class FakeOpenAI:
         return delay, final
 
 
-def _route(method: str, path: str) -> tuple[str, str, bool]:
-    """(verb, call_id, whether this is one of the four endpoints)."""
-    if path.startswith(LIVE_SESSIONS_PREFIX):
-        # GPT-Live's refer and hangup, for the calls its sideband drives.
-        parts = path[len(LIVE_SESSIONS_PREFIX) :].split("/")
-        if len(parts) != 2:
-            return "", "", False
-        session_id, verb = parts
-        return verb, session_id, bool(session_id) and verb in LIVE_VERBS and method == "POST"
-    if not path.startswith(ROUTE_PREFIX):
-        return "", "", False
-    parts = path[len(ROUTE_PREFIX) :].split("/")
+def _route(method: str, path: str) -> tuple[str, str, str, bool]:
+    """(api, verb, call_id, whether this is one of the eight endpoints)."""
+    if path.startswith(ROUTE_PREFIX):
+        api, rest = "realtime", path[len(ROUTE_PREFIX) :]
+    elif path.startswith(LIVE_SESSIONS_PREFIX):
+        api, rest = "live", path[len(LIVE_SESSIONS_PREFIX) :]
+    else:
+        return "", "", "", False
+    parts = rest.split("/")
     if len(parts) != 2:
-        return "", "", False
+        return "", "", "", False
     call_id, verb = parts
-    return verb, call_id, bool(call_id) and verb in VERBS and method == "POST"
+    return api, verb, call_id, bool(call_id) and verb in VERBS and method == "POST"
 
 
 def _check_auth(headers: Mapping[str, str], api_key: str) -> list[_Problem]:
@@ -961,12 +1203,13 @@ def _check_auth(headers: Mapping[str, str], api_key: str) -> list[_Problem]:
 
 
 def _check_body(
-    verb: str, headers: Mapping[str, str], body: bytes
+    verb: str, headers: Mapping[str, str], body: bytes, api: str = "realtime"
 ) -> tuple[dict[str, Any] | None, list[_Problem]]:
     """Parse and validate a request body; returns (parsed object or None, problems)."""
+    live = api == "live"
     if not body:
-        if verb in _BODY_REQUIRED:
-            return None, _schema_problems(verb, {})
+        if verb in (_LIVE_BODY_REQUIRED if live else _BODY_REQUIRED):
+            return None, _schema_problems(verb, {}, live=live)
         return None, []
     content_type = headers.get("content-type", "").split(";")[0].strip().lower()
     if content_type != "application/json":
@@ -994,6 +1237,8 @@ def _check_body(
         ]
     if not isinstance(parsed, dict):
         return None, [_Problem(None, "The request body must be a JSON object.")]
+    if live:
+        return parsed, _schema_problems(verb, parsed, live=True)
     return parsed, [*_schema_problems(verb, parsed), *_semantic_problems(verb, parsed)]
 
 
@@ -1009,8 +1254,9 @@ def _reject_non_json_constant(name: str) -> Any:
     raise ValueError(f"{name} is not a JSON value")
 
 
-def _schema_problems(verb: str, body: dict[str, Any]) -> list[_Problem]:
-    errors = sorted(_VALIDATORS[verb].iter_errors(body), key=lambda e: list(map(str, e.path)))
+def _schema_problems(verb: str, body: dict[str, Any], *, live: bool = False) -> list[_Problem]:
+    validator = (_LIVE_VALIDATORS if live else _VALIDATORS)[verb]
+    errors = sorted(validator.iter_errors(body), key=lambda e: list(map(str, e.path)))
     return [_problem_from_error(_most_specific(e)) for e in errors]
 
 
