@@ -1,6 +1,7 @@
 """One webhook delivery from raw bytes to an answer: verify, claim, decide, act, record.
 
-raw body -> verify -> parse -> stale? -> claim (webhook-id, call_id) -> identity ->
+raw body -> verify -> parse -> stale? -> claim (webhook-id, call_id, and the phone call's
+SIP Call-ID when given, SPEC section 11) -> identity ->
 decide at `created_at` -> record the decision -> act (deadline, retries, on_error) ->
 record the outcome -> answer. The webhook is answered after the action, so a crash leads
 to a redelivery; a claim that finds a recorded decision without an outcome sends that
@@ -17,7 +18,7 @@ import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
-from typing import Any, Protocol
+from typing import Any, Protocol, cast
 
 from app.errors import DeliveryError, ServiceUnavailable, StoreDown
 from app.metrics import Metrics
@@ -25,11 +26,12 @@ from app.openai_calls import ActionResult, OpenAICallsClient, Verb
 from app.phone_numbers import mask_number
 from app.recorded_calls import compact_trace, decision_fields, kept_inputs
 from app.recorded_decisions import decision_from_record, decision_record, resent_outcome
-from app.rules.call_context import CallContext
+from app.rules.call_context import CallApi, CallContext
 from app.rules.profile_control import control_summary
 from app.rules.ruleset import Decision, Ruleset, party_fields
 from app.rules_reloading import RulesHolder
 from app.service_consultation import ServiceConsultant
+from app.sip_call_key import sip_call_key
 from app.sip_identity import Party, SipHeaders, parse_parties
 from app.store import Claim, ClaimResult, Store, StoreUnavailable
 from app.webhook_event import IncomingCall, OtherEvent, parse_event
@@ -52,6 +54,9 @@ class _Record:
     outcome: str
     webhook_id: str | None = None
     call_id: str | None = None
+    # Which API announced the call, and its `sip_media_security` (GPT-Live) when known.
+    api: CallApi | None = None
+    media_security: str | None = None
     caller: str | None = None
     called: str | None = None
     rule: str | None = None
@@ -182,9 +187,14 @@ class CallProcessor:
         record.webhook_id = delivery.webhook_id
         event = parse_event(delivery.body)
         if isinstance(event, OtherEvent):
-            record.outcome, record.detail = "ignored", event.type
-            return WebhookAnswer(200, {"status": "ignored", "call_id": None, "action": None})
+            record.outcome = "ignored"
+            record.detail = event.type if event.detail is None else f"{event.type}: {event.detail}"
+            ignored: dict[str, Any] = {"status": "ignored", "call_id": None, "action": None}
+            if event.detail is not None:
+                ignored["detail"] = event.detail
+            return WebhookAnswer(200, ignored)
         record.call_id = event.call_id
+        record.api, record.media_security = event.api, event.media_security
         ruleset = self._rules.current
         if ruleset is None:
             raise ServiceUnavailable("routing rules are not loaded")
@@ -192,11 +202,22 @@ class CallProcessor:
         if age > self._options.max_event_age_s:
             record.outcome, record.detail = "stale", f"event is {age:.0f} s old"
             return WebhookAnswer(200, {"status": "stale", "call_id": event.call_id, "action": None})
-        claim = await self._claim(delivery.webhook_id, event.call_id, ruleset.consult_budget_s)
-        if claim.result in (ClaimResult.DUPLICATE_DONE, ClaimResult.CALL_DONE):
+        claim = await self._claim(
+            delivery.webhook_id,
+            event.call_id,
+            sip_call_key(event.sip_headers),
+            ruleset.consult_budget_s,
+        )
+        if claim.result in (
+            ClaimResult.DUPLICATE_DONE,
+            ClaimResult.CALL_DONE,
+            ClaimResult.SIP_CALL_DONE,
+        ):
             done = claim.outcome or {}
             record.outcome = "duplicate"
             record.action = done.get("action")
+            if claim.result is ClaimResult.SIP_CALL_DONE:
+                record.detail = "the phone call was decided through its other announcement"
             return WebhookAnswer(
                 200, {"status": "duplicate", "call_id": event.call_id, "action": done.get("action")}
             )
@@ -207,11 +228,13 @@ class CallProcessor:
             )
         return await self._act_once(claim, event, ruleset, record)
 
-    async def _claim(self, webhook_id: str, call_id: str, consult_s: float) -> Claim:
+    async def _claim(
+        self, webhook_id: str, call_id: str, sip_call: str | None, consult_s: float
+    ) -> Claim:
         # The lease outlives the services consulted, the action and its on_error.
         lease_s = consult_s + 2 * self._options.action_deadline_s + 10
         try:
-            return await self._store.claim(webhook_id, call_id, lease_s)
+            return await self._store.claim(webhook_id, call_id, lease_s, sip_call)
         except StoreUnavailable:
             raise StoreDown("the shared store does not answer") from None
 
@@ -250,7 +273,7 @@ class CallProcessor:
             # decision and sends that same request again, which OpenAI answers as decided.
             log.error("could not record a finished call in the shared store")
         if status == "ok" and decision and decision.max_duration_s and result is not None:
-            self._schedule_hangup(event.call_id, decision.max_duration_s)
+            self._schedule_hangup(event.call_id, decision.max_duration_s, decision.api)
         if status in ("ok", "on_error") and decision is not None and result is not None:
             await self._stay_with(event.call_id, decision, record)
         return WebhookAnswer(
@@ -268,13 +291,20 @@ class CallProcessor:
         record.caller = self._shown(parties.caller)
         record.called = self._shown(parties.called)
         if self._options.keep_call_inputs:
-            record.inputs = kept_inputs(event.created_at, event.sip_headers)
+            record.inputs = kept_inputs(
+                event.created_at,
+                event.sip_headers,
+                api=event.api,
+                media_security=event.media_security,
+            )
         record.parties = (party_fields(parties.caller), party_fields(parties.called))
         return CallContext(
             call_id=event.call_id,
             parties=parties,
             headers=headers,
             at=datetime.fromtimestamp(event.created_at, tz=UTC),
+            api=event.api,
+            media_security=event.media_security,
         )
 
     async def _send(
@@ -287,14 +317,14 @@ class CallProcessor:
             raise StoreDown("the shared store does not answer") from None
         if not recorded:
             raise _LeaseLost
-        return await self._perform(decision.verb, call_id, decision.request_body, record)
+        return await self._perform(decision, call_id, record)
 
-    async def _perform(
-        self, verb: Verb, call_id: str, body: Mapping[str, Any] | None, record: _Record
-    ) -> ActionResult:
-        """Send one action upstream; its verb, status and latency go to the call's record."""
+    async def _perform(self, decision: Decision, call_id: str, record: _Record) -> ActionResult:
+        """Send a decision's request upstream, on the API of the delivery it decided; its
+        verb, status and latency go to the call's record."""
         started = time.perf_counter()
-        result = await self._calls.perform(verb, call_id, body)
+        verb: Verb = decision.verb
+        result = await self._calls.perform(verb, call_id, decision.request_body, api=decision.api)
         record.requests.append(
             {
                 "verb": verb,
@@ -336,7 +366,7 @@ class CallProcessor:
             record.outcome = "dry_run"
             return "ok", decision, None
         decision = _with_call_control(decision, ruleset, ctx)
-        result = await self._perform(decision.verb, event.call_id, decision.request_body, record)
+        result = await self._perform(decision, event.call_id, record)
         record.upstream_status = result.status
         status = resent_outcome(result)
         if status is None:
@@ -433,28 +463,46 @@ class CallProcessor:
         except StoreUnavailable:
             log.error("could not release a lease; it expires by itself")
 
-    def _schedule_hangup(self, call_id: str, after_s: float) -> None:
+    def _schedule_hangup(self, call_id: str, after_s: float, api: CallApi) -> None:
         loop = asyncio.get_running_loop()
-        self._hangup_timers[call_id] = loop.call_later(after_s, self._hangup_due, call_id)
+        self._hangup_timers[call_id] = loop.call_later(after_s, self._hangup_due, call_id, api)
 
-    def _hangup_due(self, call_id: str) -> None:
+    def _hangup_due(self, call_id: str, api: CallApi) -> None:
         self._hangup_timers.pop(call_id, None)
-        task = asyncio.create_task(self._hangup_now(call_id))
+        task = asyncio.create_task(self._hangup_now(call_id, api))
         self._hangups.add(task)
         task.add_done_callback(self._hangups.discard)
 
-    async def _hangup_now(self, call_id: str) -> None:
-        result = await self._calls.perform("hangup", call_id, None)
+    async def _hangup_now(self, call_id: str, api: CallApi) -> None:
+        result = await self._calls.perform("hangup", call_id, None, api=api)
         log.info(
             "max_duration_s reached",
             extra={
-                "fields": {"call_id": call_id, "outcome": result.outcome, "status": result.status}
+                "fields": {
+                    "call_id": call_id,
+                    "api": api,
+                    "outcome": result.outcome,
+                    "status": result.status,
+                }
             },
         )
 
-    async def hangup(self, call_id: str) -> ActionResult:
-        """Hang up an active call now (admin endpoint)."""
-        return await self._calls.perform("hangup", call_id, None)
+    async def hangup(self, call_id: str, api: CallApi | None = None) -> ActionResult:
+        """Hang up an active call now (admin endpoint), on `api` or the one that announced it."""
+        api = api or await self.call_api(call_id)
+        return await self._calls.perform("hangup", call_id, None, api=api)
+
+    async def call_api(self, call_id: str) -> CallApi:
+        """The API a call was announced on, as its call log record says; without a record
+        (or a store that does not answer), a `live_` id is taken for a GPT-Live session."""
+        try:
+            kept = await self._store.call_record(call_id)
+        except StoreUnavailable:
+            kept = None
+        api = kept.get("api") if kept is not None else None
+        if api in ("realtime", "live"):
+            return cast(CallApi, api)
+        return "live" if call_id.startswith("live_") else "realtime"
 
     async def drain(self, timeout_s: float) -> bool:
         """Refuse new deliveries and wait for in-flight ones; True if all finished."""
@@ -479,6 +527,8 @@ class CallProcessor:
         latency_ms = round(elapsed_s * 1000, 2)
         decided = {
             "call_id": record.call_id,
+            "api": record.api,
+            "media_security": record.media_security,
             "caller": record.caller,
             "called": record.called,
             "rule": record.rule,
@@ -535,6 +585,10 @@ def call_record(entry: Mapping[str, Any], record: _Record) -> dict[str, Any] | N
     if record.call_id is None:
         return None
     kept: dict[str, Any] = {"call_id": record.call_id, "entry": dict(entry)}
+    if record.api is not None:
+        kept["api"] = record.api
+    if record.media_security is not None:
+        kept["media_security"] = record.media_security
     if record.decided is not None:
         kept["decision"] = record.decided
     kept["requests"] = record.requests

@@ -15,7 +15,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from app.phone_numbers import mask_number
-from app.rules.call_context import CallContext
+from app.rules.call_context import CallApi, CallContext
 from app.rules.ruleset import Decision, Ruleset
 from app.sip_identity import SipHeaders, parse_parties
 
@@ -30,8 +30,18 @@ MAX_HEADER_VALUE_CHARS = 256
 MAX_TRACE_STEPS = 20
 
 
-def kept_inputs(created_at: int, sip_headers: Iterable[tuple[str, str]]) -> dict[str, Any]:
-    """The decision inputs of one delivery, capped; `truncated` when headers were left out."""
+def kept_inputs(
+    created_at: int,
+    sip_headers: Iterable[tuple[str, str]],
+    *,
+    api: CallApi = "realtime",
+    media_security: str | None = None,
+) -> dict[str, Any]:
+    """The decision inputs of one delivery, capped; `truncated` when headers were left out.
+
+    `api` (always) and `media_security` (when the delivery gave one) are kept too: rules
+    may read them (SPEC section 11).
+    """
     kept: list[list[str]] = []
     size = 0
     truncated = False
@@ -43,7 +53,9 @@ def kept_inputs(created_at: int, sip_headers: Iterable[tuple[str, str]]) -> dict
             break
         kept.append(pair)
         size += pair_size
-    inputs: dict[str, Any] = {"created_at": created_at, "sip_headers": kept}
+    inputs: dict[str, Any] = {"created_at": created_at, "sip_headers": kept, "api": api}
+    if media_security is not None:
+        inputs["media_security"] = media_security
     if truncated:
         inputs["truncated"] = True
     return inputs

@@ -14,9 +14,11 @@ from collections.abc import Mapping
 from typing import Any, cast, get_args
 
 from app.openai_calls import ActionResult
+from app.rules.call_context import CallApi
 from app.rules.ruleset import ActionKind, Decision
 
 _ACTIONS = frozenset(get_args(ActionKind))
+_APIS = frozenset(get_args(CallApi))
 
 
 def decision_record(decision: Decision) -> dict[str, Any]:
@@ -31,6 +33,8 @@ def decision_record(decision: Decision) -> dict[str, Any]:
         "error": decision.error,
         # A refer carried out after an accept: the accept is what was sent.
         "accept_body": dict(decision.accept_body) if decision.accept_body is not None else None,
+        # The API whose endpoints receive the request (a re-send goes to the same one).
+        "api": decision.api,
     }
     return {key: value for key, value in record.items() if value is not None}
 
@@ -49,6 +53,10 @@ def decision_from_record(record: Mapping[str, Any]) -> Decision:
     max_duration_s = record.get("max_duration_s")
     if max_duration_s is not None and not isinstance(max_duration_s, int | float):
         raise ValueError("not a recorded decision")
+    # Recorded before GPT-Live calls existed: a Realtime call's.
+    api = record.get("api", "realtime")
+    if api not in _APIS:
+        raise ValueError("not a recorded decision")
     return Decision(
         action=cast(ActionKind, action),
         body=body,
@@ -58,6 +66,7 @@ def decision_from_record(record: Mapping[str, Any]) -> Decision:
         ruleset=str(record.get("ruleset", "")),
         error=texts["error"],
         accept_body=accept_body,
+        api=cast(CallApi, api),
     )
 
 

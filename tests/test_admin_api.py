@@ -55,6 +55,7 @@ on_error: {reject: {status_code: 503}}
 CALL_FIELDS = {
     "time",
     "call_id",
+    "api",
     "caller",
     "called",
     "rule",
@@ -608,7 +609,13 @@ async def test_every_hangup_writes_one_audit_line_without_the_token(
     [record] = audit_lines.records
     assert record.levelno == logging.WARNING
     assert record.getMessage() == "admin hangup"
-    fields = {"audit": True, "client": "127.0.0.1", "call_id": call_id, "outcome": outcome}
+    fields = {
+        "audit": True,
+        "client": "127.0.0.1",
+        "call_id": call_id,
+        "api": "realtime",
+        "outcome": outcome,
+    }
     assert record.fields == {**fields, "upstream_status": status}  # type: ignore[attr-defined]
     for line in (JsonFormatter().format(record), TextFormatter().format(record)):
         assert TOKEN not in line
@@ -662,7 +669,7 @@ async def test_hangup_is_502_when_the_upstream_refuses_it(
 
 @pytest.mark.parametrize(
     "call_id",
-    ["a..b", "%2E%2E", "a%20b", "rtc_%3Cscript%3E", "rtc%0Aforged", "x" * 129, "rtc_%C3%A9"],
+    ["a..b", "%2E%2E", "a%20b", "rtc_%3Cscript%3E", "rtc%0Aforged", "x" * 161, "rtc_%C3%A9"],
 )
 async def test_hangup_refuses_an_illegal_call_id_with_400_and_sends_nothing(
     rules_file: Path, secret: str, fake: FakeOpenAI, call_id: str

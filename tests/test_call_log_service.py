@@ -38,6 +38,7 @@ RULES = OPS_RULES
 BASE_FIELDS = {
     "time",
     "call_id",
+    "api",
     "caller",
     "called",
     "rule",

@@ -312,7 +312,9 @@ async def test_no_log_line_holds_a_secret_a_raw_sip_header_or_a_full_number(
         ("Call-ID", f"{header_marker}@trunk.example"),
     ]
     plain = incoming_call_body("rtc_plain01", now, sip_headers[:3] + sip_headers[4:])
-    partner = incoming_call_body("rtc_partner01", now, sip_headers)
+    # Another phone call (its own Call-ID), so it is decided rather than a duplicate of plain.
+    partner_headers = [*sip_headers[:4], ("Call-ID", f"{header_marker}-2@trunk.example")]
+    partner = incoming_call_body("rtc_partner01", now, partner_headers)
     failing = incoming_call_body("rtc_failing01", now, sip_headers[:3])
     fake.script("rtc_failing01", Respond(500), Respond(400, code="invalid_request"))
     with fake.serve_on_loopback() as base_url:
@@ -348,6 +350,7 @@ async def test_no_log_line_holds_a_secret_a_raw_sip_header_or_a_full_number(
             await client.get("/admin/calls", headers={"authorization": f"Bearer {ADMIN_TOKEN}x"})
             await client.post("/admin/reload", headers=auth)
     assert fake.verbs_for("rtc_plain01") == ["accept", "hangup"]
+    assert len(fake.verbs_for("rtc_partner01")) == 1
     assert fake.verbs_for("rtc_failing01") == ["accept", "accept", "reject"]
     # The key the secret encodes, in any of the spellings a log could use.
     key = base64.b64decode(secret.removeprefix("whsec_"))
@@ -534,6 +537,7 @@ async def test_text_format_writes_key_value_lines(
     assert fields == {
         "webhook_id": delivery.webhook_id,
         "call_id": delivery.call_id,
+        "api": "realtime",
         "caller": "+1******0123",
         "called": "+1******0100",
         "rule": "default",

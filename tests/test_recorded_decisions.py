@@ -49,8 +49,10 @@ class ShortLeases:
     def __init__(self, inner: RedisStore) -> None:
         self.inner = inner
 
-    async def claim(self, webhook_id: str, call_id: str, lease_s: float) -> Claim:
-        return await self.inner.claim(webhook_id, call_id, LEASE_S)
+    async def claim(
+        self, webhook_id: str, call_id: str, lease_s: float, sip_call: str | None = None
+    ) -> Claim:
+        return await self.inner.claim(webhook_id, call_id, LEASE_S, sip_call)
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self.inner, name)

@@ -336,7 +336,7 @@ async def test_a_lone_surrogate_in_a_header_used_by_a_template_is_not_a_500(
 # --- events that are acknowledged without action --------------------------------------
 
 
-@pytest.mark.parametrize("event_type", ["response.completed", "live.call.incoming"])
+@pytest.mark.parametrize("event_type", ["response.completed", "realtime.call.ended"])
 async def test_other_event_types_are_ignored(service: Service, event_type: str) -> None:
     now, call_id = int(time.time()), new_call_id()
     event = event_json(call_id, now, type=event_type)

@@ -28,7 +28,7 @@ from app.rules.problems import RuleFileError
 from app.rules.simulation import decision_json, simulated_context
 from app.simulated_numbers import simulated_number_problem
 from app.store import StoreUnavailable
-from app.webhook_event import CallId
+from app.webhook_event import SessionId
 
 audit = logging.getLogger("sip_router.audit")
 MAX_SHOWN_FILE_BYTES = 256 * 1024
@@ -199,11 +199,13 @@ async def hangup(call_id: str, request: Request, services: AdminDep) -> JSONResp
     except ValidationError:
         return JSONResponse({"error": "not a call id"}, status_code=400)
     client = request.client.host if request.client else None
+    # Realtime calls and GPT-Live sessions hang up on their own endpoints (SPEC section 11).
+    api = await services.processor.call_api(call_id)
     if services.settings.dry_run:
-        _audit_hangup(client, call_id, "dry_run", None)
+        _audit_hangup(client, call_id, api, "dry_run", None)
         return JSONResponse({"status": "dry_run", "call_id": call_id})
-    result = await services.processor.hangup(call_id)
-    _audit_hangup(client, call_id, result.outcome, result.status)
+    result = await services.processor.hangup(call_id, api)
+    _audit_hangup(client, call_id, api, result.outcome, result.status)
     if result.outcome == "ok":
         return JSONResponse({"status": "ok", "call_id": call_id})
     if result.outcome == "gone":
@@ -214,10 +216,13 @@ async def hangup(call_id: str, request: Request, services: AdminDep) -> JSONResp
 
 
 class CallIdModel(BaseModel):
-    call_id: CallId
+    # A Realtime call id or a GPT-Live session id (the longer of the two bounds).
+    call_id: SessionId
 
 
-def _audit_hangup(client: str | None, call_id: str, outcome: str, status: int | None) -> None:
+def _audit_hangup(
+    client: str | None, call_id: str, api: str, outcome: str, status: int | None
+) -> None:
     """Who hung up which call, and what OpenAI answered; the token never appears."""
     audit.warning(
         "admin hangup",
@@ -226,6 +231,7 @@ def _audit_hangup(client: str | None, call_id: str, outcome: str, status: int | 
                 "audit": True,
                 "client": client,
                 "call_id": call_id,
+                "api": api,
                 "outcome": outcome,
                 "upstream_status": status,
             }
