@@ -337,7 +337,7 @@ def cmd_send_test_call(args: argparse.Namespace) -> int:
     try:
         headers = _parse_headers(args.header)
         delivery = signed_test_call(
-            secret, args.from_, args.to, now=int(time.time()), extra_headers=headers
+            secret, args.from_, args.to, now=int(time.time()), extra_headers=headers, api=args.api
         )
     except ValueError as exc:
         return _fail(str(exc), EXIT_PROBLEMS)
@@ -345,9 +345,20 @@ def cmd_send_test_call(args: argparse.Namespace) -> int:
         response = httpx.post(args.url, content=delivery.body, headers=delivery.headers, timeout=30)
     except httpx.HTTPError as exc:
         return _fail(f"could not reach {args.url}: {exc}", EXIT_PROBLEMS)
-    print(f"call {delivery.call_id} (webhook {delivery.webhook_id}): HTTP {response.status_code}")
+    event = _event_type_of(delivery.body)
+    print(
+        f"call {delivery.call_id} ({event}, webhook {delivery.webhook_id}):"
+        f" HTTP {response.status_code}"
+    )
     print(response.text)
     return EXIT_OK if response.is_success else EXIT_PROBLEMS
+
+
+def _event_type_of(body: bytes) -> str:
+    """The event type of a body send-test-call built (and, for Live, its media security)."""
+    event = json.loads(body)
+    media_security = event["data"].get("sip_media_security")
+    return f"{event['type']} over {media_security}" if media_security else str(event["type"])
 
 
 def _recorded_calls(args: argparse.Namespace) -> list[dict[str, object]]:
@@ -494,6 +505,13 @@ def build_parser() -> argparse.ArgumentParser:
     send.add_argument("--to", required=True, metavar="NUMBER")
     send.add_argument("--secret", help="whsec_... (default: $OPENAI_WEBHOOK_SECRET)")
     send.add_argument("--header", action="append", default=[], metavar="'Name: value'")
+    send.add_argument(
+        "--api",
+        choices=("realtime", "live"),
+        default="realtime",
+        help="realtime.call.incoming (default), or GPT-Live's live.transport.incoming for a"
+        " live_... session over srtp",
+    )
     send.set_defaults(func=cmd_send_test_call)
 
     replay = commands.add_parser(

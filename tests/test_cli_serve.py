@@ -427,6 +427,46 @@ def test_send_test_call_reads_the_secret_from_run_secrets(
     assert "HTTP 200" in out
 
 
+def test_send_test_call_api_live_sends_a_signed_live_transport_incoming(
+    service_with_known_secret: DryRunService, workdir: Path, fake: FakeOpenAI
+) -> None:
+    url = service_with_known_secret.webhook_url
+    args = ["send-test-call", "--url", url, "--from", CALLER, "--to", CALLED, "--secret", SECRET]
+    result = run_cli([*args, "--api", "live"], clean_env(), workdir)
+
+    assert result.returncode == 0, result.stdout + result.stderr
+    first, body = result.stdout.strip().splitlines()
+    answer = json.loads(body)
+    assert answer["status"] == "dry_run"
+    assert answer["call_id"].startswith("live_u0_")
+    assert first.startswith(f"call {answer['call_id']} (live.transport.incoming over srtp, ")
+    assert first.endswith("HTTP 200")
+    [line] = [
+        json.loads(text)
+        for text in service_with_known_secret.logs().splitlines()
+        if text.startswith("{") and '"sip_router.webhook"' in text
+    ]
+    assert (line["call_id"], line["api"], line["media_security"]) == (
+        answer["call_id"],
+        "live",
+        "srtp",
+    )
+    assert fake.requests == []
+
+
+def test_send_test_call_says_which_event_it_sent(
+    service_with_known_secret: DryRunService, workdir: Path
+) -> None:
+    url = service_with_known_secret.webhook_url
+    args = ["send-test-call", "--url", url, "--from", CALLER, "--to", CALLED, "--secret", SECRET]
+    result = run_cli(args, clean_env(), workdir)
+
+    assert result.returncode == 0, result.stdout + result.stderr
+    first = result.stdout.splitlines()[0]
+    assert first.startswith("call rtc_")
+    assert "(realtime.call.incoming, webhook " in first
+
+
 def test_send_test_call_without_any_secret_says_where_to_put_one(
     tmp_path: Path, workdir: Path
 ) -> None:
