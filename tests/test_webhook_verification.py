@@ -472,3 +472,44 @@ def test_a_deprecated_live_event_needs_no_transport_type_but_its_session_id() ->
 
     with pytest.raises(UnreadablePayload, match=r"live\.call\.incoming"):
         parse_event(json.dumps(event))
+
+
+_live_events = st.fixed_dictionaries(
+    {"type": st.sampled_from(["live.transport.incoming", "live.call.incoming"])},
+    optional={
+        "id": _json_values | st.text(max_size=300),
+        "created_at": _json_values | st.integers(),
+        "data": _json_values
+        | st.fixed_dictionaries(
+            {},
+            optional={
+                "type": _json_values | st.sampled_from(["sip", "webrtc"]),
+                "session_id": _json_values
+                | st.from_regex(r"live_[A-Za-z0-9_\-]{0,160}", fullmatch=True),
+                "sip_media_security": _json_values | st.sampled_from(["srtp", "rtp"]),
+                "sip_headers": _json_values
+                | st.lists(
+                    st.fixed_dictionaries(
+                        {}, optional={"name": _json_values, "value": _json_values}
+                    ),
+                    max_size=3,
+                ),
+            },
+        ),
+    },
+)
+
+
+@settings(max_examples=300)
+@given(event=_live_events)
+def test_parse_event_of_a_live_event_raises_only_unreadable_payload(event: dict[str, Any]) -> None:
+    try:
+        parsed = parse_event(json.dumps(event))
+    except UnreadablePayload:
+        return
+    if isinstance(parsed, IncomingCall):
+        assert parsed.api == "live"
+        assert parsed.call_id == event["data"]["session_id"]
+        assert event["data"].get("type") in ("sip", None)
+    else:
+        assert parsed.detail is not None
