@@ -2,8 +2,8 @@
 Live endpoints, logged with their API; and one decision per phone call across both APIs.
 
 The service runs in process with its lifespan; the fake OpenAI answers over loopback HTTP.
-Until Live profiles exist, the rules are Realtime-shaped: their reject and refer requests are
-valid on the Live endpoints as they are.
+Most rules here have no Live profile: their reject and refer requests are valid on the Live
+endpoints as they are.
 """
 
 from __future__ import annotations
@@ -499,3 +499,56 @@ def _phone_call_key(delivery: SignedDelivery) -> str:
     key = sip_call_key((h["name"], h["value"]) for h in headers)
     assert key is not None
     return key
+
+
+# --- with a Live profile: the accept and the max_duration_s hang-up on the Live session -----
+
+LIVE_PROFILE_RULES = """\
+version: 1
+defaults: {timezone: UTC, region: US}
+profiles:
+  voice:
+    api: live
+    model: gpt-live-1
+    instructions: "Answer for the clinic."
+    audio: {output: {voice: marin}}
+    max_duration_s: 0.3
+  desk: {model: gpt-realtime, instructions: "Answer politely.", max_duration_s: 0.3}
+rules:
+  - name: live-calls
+    when: {api: live}
+    accept: {profile: voice}
+default: {accept: {profile: desk}}
+"""
+
+
+async def test_a_live_accept_and_its_max_duration_hang_up_use_the_live_session(
+    tmp_path: Path, secret: str, fake_url: str, fake: FakeOpenAI
+) -> None:
+    settings = app_settings(
+        write_rules_file(tmp_path, LIVE_PROFILE_RULES),
+        secret,
+        openai_api_key=API_KEY,
+        openai_base_url=fake_url,
+    )
+    live, realtime = live_call(secret), signed_test_call(secret, CALLER, CALLED, now=now())
+    async with running(create_app(settings, watch_interval_s=None)) as client:
+        for delivery in (live, realtime):
+            answer = await client.post(
+                "/webhooks/openai", content=delivery.body, headers=delivery.headers
+            )
+            assert answer.json()["status"] == "processed", answer.text
+        deadline = time.monotonic() + 5
+        while len(fake.requests) < 4 and time.monotonic() < deadline:
+            await asyncio.sleep(0.02)
+
+    assert sorted(upstream(fake)) == [
+        ("live", "accept", live.call_id, 200),
+        ("live", "hangup", live.call_id, 200),
+        ("realtime", "accept", realtime.call_id, 200),
+        ("realtime", "hangup", realtime.call_id, 200),
+    ]
+    assert all(r.valid for r in fake.requests)
+    [accept] = [r for r in fake.requests if r.api == "live" and r.verb == "accept"]
+    assert accept.body is not None
+    assert accept.body["session"]["type"] == "live"

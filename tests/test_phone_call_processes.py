@@ -23,11 +23,18 @@ start_services = processes.start_services
 
 CALLER, CALLED = "+14155550123", "+14155550100"
 
-# Until Live profiles exist, a reject is the one action both APIs take in the same shape.
+# Each API's announcement is accepted with a profile of its own API.
 RULES = """\
 version: 1
 defaults: {timezone: UTC, region: US}
-default: {reject: {status_code: 486}}
+profiles:
+  voice: {api: live, model: gpt-live-1, instructions: "Answer for the clinic."}
+  desk: {model: gpt-realtime, instructions: "Answer for the clinic."}
+rules:
+  - name: live-calls
+    when: {api: live}
+    accept: {profile: voice}
+default: {accept: {profile: desk}}
 on_error: {reject: {status_code: 503}}
 """
 
@@ -92,15 +99,15 @@ async def test_one_phone_call_on_both_apis_is_decided_once_across_three_replicas
         assert decided.json() == {
             "status": "processed",
             "call_id": first.call_id,
-            "action": "reject",
+            "action": "accept",
         }
         assert duplicate.status_code == 200, duplicate.text
         assert duplicate.json() == {
             "status": "duplicate",
             "call_id": second.call_id,
-            "action": "reject",
+            "action": "accept",
         }
-        assert decisions(fake, realtime, live) == [(order, "reject", first.call_id)]
+        assert decisions(fake, realtime, live) == [(order, "accept", first.call_id)]
         assert processed_lines(services, realtime, live) == 1
 
 
@@ -136,7 +143,7 @@ async def test_both_announcements_at_once_on_three_replicas_decide_once_per_phon
     for delivery, answer in zip(deliveries, again, strict=True):
         assert answer.status_code == 200, answer.text
         assert answer.json()["status"] == "duplicate"
-        assert answer.json()["action"] == "reject"
+        assert answer.json()["action"] == "accept"
         assert answer.json()["call_id"] == delivery.call_id
     assert len(fake.requests) == len(calls)
     assert all(r.valid and r.status == 200 for r in fake.requests)
