@@ -12,7 +12,12 @@ service itself (`create_app`, its lifespan running):
 3. the same webhook run again while they are active.
 
 It reports memory per active call (RSS growth / calls), event-loop lag p99 (a 10 ms
-ticker), and decision latency p50/p99 without and with the active calls. The webhook
+ticker), and decision latency p50/p99 without and with the active calls. Timings vary with
+the machine's load; the collector's share does not, so it is reported too: objects the
+collector tracks and asyncio tasks per active call (after a `gc.collect()`, growth /
+calls), and the full (generation 2) collections during each webhook run, with their total
+and longest pause (`gc.callbacks`). `--object-types` adds the per-call count of the most
+common tracked types. The webhook
 path excludes the HTTP server (the same in both runs). The call endpoints (accept, and the
 calls' hangups) go to bench/upstream.py, a cheap loopback stand-in in a third process, so
 the fake's work for 1,000 sidebands (it validates every event) does not slow the accepts.
@@ -22,6 +27,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import gc
 import json
 import os
 import socket
@@ -30,6 +36,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections import Counter
 from pathlib import Path
 from typing import Any
 
@@ -172,6 +179,44 @@ async def webhooks(app: Any, rate: float, count: int) -> list[float]:
     return latencies
 
 
+class FullCollections:
+    """The collector's generation-2 collections while in use: how many, how long in all."""
+
+    def __init__(self) -> None:
+        self.pauses: list[float] = []
+        self._started: float | None = None
+
+    def __enter__(self) -> FullCollections:
+        gc.callbacks.append(self._observe)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        gc.callbacks.remove(self._observe)
+
+    def _observe(self, phase: str, info: dict[str, int]) -> None:
+        if info["generation"] != 2:
+            return
+        if phase == "start":
+            self._started = time.perf_counter()
+        elif self._started is not None:
+            self.pauses.append(time.perf_counter() - self._started)
+            self._started = None
+
+    def summary(self) -> dict[str, float]:
+        return {
+            "count": len(self.pauses),
+            "total_ms": round(sum(self.pauses) * 1000, 1),
+            "max_ms": round(max(self.pauses, default=0.0) * 1000, 1),
+        }
+
+
+def tracked_objects() -> tuple[int, Counter[str]]:
+    """What the collector tracks outside the frozen start-up objects, after a collection."""
+    gc.collect()
+    objects = gc.get_objects()
+    return len(objects), Counter(type(o).__qualname__ for o in objects)
+
+
 async def measure(args: argparse.Namespace, urls: dict[str, str]) -> dict[str, Any]:
     folder = Path(tempfile.mkdtemp())
     rules = folder / "rules.yaml"
@@ -188,6 +233,7 @@ async def measure(args: argparse.Namespace, urls: dict[str, str]) -> dict[str, A
     transport = ToCheapUpstream(urls["upstream_port"])
     app = create_app(settings, transport=transport, watch_interval_s=None)
     results: dict[str, Any] = {"calls": args.calls, "function_every_s": args.function_every_s}
+    results["load_average_at_start"] = [round(load, 2) for load in os.getloadavg()]
     async with app.router.lifespan_context(app):
         services = app.state.services
         metrics = services.metrics
@@ -198,11 +244,15 @@ async def measure(args: argparse.Namespace, urls: dict[str, str]) -> dict[str, A
 
         await webhooks(app, args.rate, min(100, args.webhooks))  # warm-up: connections
         lag.clear()
-        base = await webhooks(app, args.rate, args.webhooks)
+        with FullCollections() as full:
+            base = await webhooks(app, args.rate, args.webhooks)
         results["baseline"] = summary(base)
+        results["baseline_full_collections"] = full.summary()
         results["baseline_loop_lag_p99_ms"] = round(percentile(lag, 0.99) * 1000, 2)
         lag.clear()
 
+        objects_before, types_before = tracked_objects()
+        tasks_before = len(asyncio.all_tasks())
         rss_before = rss_bytes()
         ruleset = services.rules.current
         for index in range(args.calls):
@@ -227,10 +277,23 @@ async def measure(args: argparse.Namespace, urls: dict[str, str]) -> dict[str, A
         rss_after = rss_bytes()
         results["connected"] = int(connected)
         results["memory_per_call_kib"] = round((rss_after - rss_before) / args.calls / 1024, 1)
+        objects_after, types_after = tracked_objects()
+        per_call = max(1, args.calls)
+        results["tracked_objects_per_call"] = round((objects_after - objects_before) / per_call, 1)
+        results["tasks_per_call"] = round(
+            (len(asyncio.all_tasks()) - tasks_before) / per_call, 2
+        )
+        if args.object_types:
+            types_after.subtract(types_before)
+            results["tracked_types_per_call"] = {
+                name: round(count / per_call, 2) for name, count in types_after.most_common(20)
+            }
         lag.clear()
         before_functions = function_calls(metrics)
-        loaded = await webhooks(app, args.rate, args.webhooks)
+        with FullCollections() as full:
+            loaded = await webhooks(app, args.rate, args.webhooks)
         results["with_calls"] = summary(loaded)
+        results["with_calls_full_collections"] = full.summary()
         results["with_calls_loop_lag_p99_ms"] = round(percentile(lag, 0.99) * 1000, 2)
         results["function_calls_during_run"] = function_calls(metrics) - before_functions
         results["active_calls"] = len(attendant.active)
@@ -270,6 +333,9 @@ def main() -> int:
     parser.add_argument("--function-every-s", type=float, default=10.0)
     parser.add_argument("--rate", type=float, default=50.0, help="webhooks per second")
     parser.add_argument("--webhooks", type=int, default=1000)
+    parser.add_argument(
+        "--object-types", action="store_true", help="the most common tracked types per call"
+    )
     parser.add_argument("--peer", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
     duration_s = 120 + 2 * args.webhooks / args.rate
@@ -298,6 +364,7 @@ def main() -> int:
             child.wait(timeout=30)
             upstream.terminate()
             upstream.wait(timeout=10)
+    results["load_average_at_end"] = [round(load, 2) for load in os.getloadavg()]
     print(json.dumps(results, indent=2))
     return 0
 
