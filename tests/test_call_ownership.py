@@ -6,19 +6,21 @@ import asyncio
 import dataclasses
 import json
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Iterator, Sequence
 from types import MappingProxyType
 from uuid import uuid4
 
 import httpx
 import pytest
 import redis.asyncio
+from redis.exceptions import ConnectionError as RedisConnectionError
 
 from app.calls.call_control import CallControl, CompanyFunction
 from app.calls.call_ownership import (
     CallMemory,
     CallOwnership,
     CallTicket,
+    LeaseKeeper,
     MemoryCallOwnership,
     RedisCallOwnership,
     drive_while_owned,
@@ -137,6 +139,88 @@ async def test_a_call_past_its_active_time_is_not_taken_over(backend: Backend) -
     await ownership.register(ticket(active_for_s=60), "replica-a", TTL_S)
     await backend.expire_leases()
     assert await ownership.take_over("replica-b", TTL_S, time.time() + 120) == []
+
+
+async def test_many_leases_are_renewed_at_once_and_the_lost_ones_named(backend: Backend) -> None:
+    ownership = backend.ownership
+    for call_id in ("rtc_1", "rtc_2", "rtc_3"):
+        assert await ownership.register(ticket(call_id), "replica-a", TTL_S)
+    await backend.expire_leases()
+    assert [t.call_id for t, _ in await ownership.take_over("replica-b", TTL_S, time.time())]
+    # Replica B holds all three now; it renews its own and gets A's one back as lost.
+    await ownership.release("rtc_2", "replica-b")
+    assert await ownership.register(ticket("rtc_2"), "replica-a", TTL_S)
+    assert await ownership.renew_all(["rtc_1", "rtc_2", "rtc_3"], "replica-b", TTL_S) == {"rtc_2"}
+    assert await ownership.renew_all(["rtc_2", "rtc_gone"], "replica-a", TTL_S) == {"rtc_gone"}
+    assert await ownership.renew_all([], "replica-a", TTL_S) == set()
+
+
+class CountingOwnership(MemoryCallOwnership):
+    """Counts the renewal round trips; `failing` makes them fail as an absent Redis would."""
+
+    def __init__(self, clock: FakeClock) -> None:
+        super().__init__(clock)
+        self.renewals: list[list[str]] = []
+        self.failing = False
+
+    async def renew_all(self, call_ids: Sequence[str], owner: str, ttl_s: float) -> set[str]:
+        self.renewals.append(sorted(call_ids))
+        if self.failing:
+            raise RedisConnectionError("Redis went away")
+        return await super().renew_all(call_ids, owner, ttl_s)
+
+
+async def test_one_renewal_loop_serves_every_call_and_stops_only_the_lost_one() -> None:
+    clock = FakeClock()
+    ownership = CountingOwnership(clock)
+    keeper = LeaseKeeper(ownership, "replica-a", ttl_s=TTL_S, renew_every_s=0.01, clock=clock)
+    for call_id in ("rtc_1", "rtc_2", "rtc_3"):
+        await ownership.register(ticket(call_id), "replica-a", TTL_S)
+    release = asyncio.Event()
+
+    async def driving() -> str:
+        await release.wait()
+        return "ended"
+
+    tasks_before = len(asyncio.all_tasks())
+    calls = {
+        call_id: asyncio.ensure_future(keeper.drive(call_id, driving))
+        for call_id in ("rtc_1", "rtc_2", "rtc_3")
+    }
+    while len(ownership.renewals) < 3:
+        await asyncio.sleep(0.01)
+    # One task per call (the caller's), one renewal loop, one round trip for all three.
+    assert len(asyncio.all_tasks()) == tasks_before + 3 + 1
+    assert ownership.renewals[-1] == ["rtc_1", "rtc_2", "rtc_3"]
+    # Replica B gets rtc_2 (as after a lease that ran out during a long pause).
+    await ownership.release("rtc_2", "replica-a")
+    assert [t.call_id for t, _ in await ownership.take_over("replica-b", TTL_S, time.time())] == [
+        "rtc_2"
+    ]
+    assert await asyncio.wait_for(calls["rtc_2"], 2) is None
+    assert not calls["rtc_1"].done()
+    assert not calls["rtc_3"].done()
+    release.set()
+    assert await asyncio.gather(calls["rtc_1"], calls["rtc_3"]) == ["ended", "ended"]
+    # Finished calls are forgotten and the loop ends with the last lease.
+    assert await ownership.memory("rtc_1") == CallMemory()
+    assert len(keeper) == 0
+    await asyncio.sleep(0.05)
+    assert len(asyncio.all_tasks()) == tasks_before
+
+
+async def test_a_lease_that_cannot_be_renewed_for_its_whole_life_stops_the_driver() -> None:
+    clock = FakeClock()
+    ownership = CountingOwnership(clock)
+    keeper = LeaseKeeper(ownership, "replica-a", ttl_s=TTL_S, renew_every_s=0.01, clock=clock)
+    await ownership.register(ticket(), "replica-a", TTL_S)
+    ownership.failing = True
+    call = asyncio.ensure_future(keeper.drive("rtc_1", lambda: asyncio.sleep(60)))
+    while len(ownership.renewals) < 3:
+        await asyncio.sleep(0.01)
+    assert not call.done()  # failed renewals, but the lease may still be ours
+    clock.now += TTL_S + 0.01
+    assert await asyncio.wait_for(call, 2) is None
 
 
 async def test_the_owner_stops_driving_when_its_lease_is_lost() -> None:

@@ -9,6 +9,7 @@ ends, its later life (end, transfer, transcript) joins its entry in the call log
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import os
 import secrets
@@ -29,7 +30,7 @@ from app.calls.call_ownership import (
     CallMemory,
     CallOwnership,
     CallTicket,
-    drive_while_owned,
+    LeaseKeeper,
     take_over_orphans,
 )
 from app.calls.function_requests import CallFacts, FunctionRequester
@@ -75,6 +76,8 @@ class CallAttendant:
         self.active = active
         self.ownership = ownership
         self.owner = owner or replica_id()
+        # One renewal loop for the leases of every call this replica drives.
+        self.leases = LeaseKeeper(ownership, self.owner)
         self._actions = actions
         self._functions = functions
         self._call_log = call_log
@@ -142,34 +145,35 @@ class CallAttendant:
         await take_over_orphans(self.ownership, self.owner, self.take_over, stop=stop)
 
     def _start(self, ticket: CallTicket, control: CallControl, memory: CallMemory) -> None:
-        call_id = ticket.call_id
-        facts = CallFacts(call_id, ticket.caller, ticket.called, ticket.rule, ticket.profile)
-
-        async def run() -> Any:
-            driver = SidebandDriver(
-                facts=facts,
-                control=control,
-                url=sideband_url(self._base_url, call_id, ticket.api),
-                api_key=self._api_key,
-                actions=self._actions,
-                functions=self._functions,
-                metrics=self._metrics,
-                memory=self.ownership,
-                api=ticket.api,
-                active_for_s=max(1.0, ticket.active_until - self._wall_clock()),
-                answered=memory.answered,
-                greeted=memory.greeted,
-                lost=memory.lost,
-                reconnect_delays=self._reconnect_delays,
-            )
-            return await drive_while_owned(self.ownership, call_id, self.owner, driver.run)
-
-        async def on_end(outcome: CallOutcome | None) -> None:
-            if outcome is not None:  # None: the lease was lost, another replica records it
-                await self._record_end(ticket, control, outcome)
-
-        if self.active.start(call_id, run, on_end, api=ticket.api):
+        drive = functools.partial(self._drive, ticket, control, memory)
+        if self.active.start(ticket.call_id, drive, api=ticket.api):
             log.info("call_attached", extra={"fields": _ids(ticket)})
+
+    async def _drive(
+        self, ticket: CallTicket, control: CallControl, memory: CallMemory
+    ) -> CallOutcome | None:
+        """The call's whole life on this replica, in the call's one task (ActiveCalls)."""
+        call_id = ticket.call_id
+        driver = SidebandDriver(
+            facts=CallFacts(call_id, ticket.caller, ticket.called, ticket.rule, ticket.profile),
+            control=control,
+            url=sideband_url(self._base_url, call_id, ticket.api),
+            api_key=self._api_key,
+            actions=self._actions,
+            functions=self._functions,
+            metrics=self._metrics,
+            memory=self.ownership,
+            api=ticket.api,
+            active_for_s=max(1.0, ticket.active_until - self._wall_clock()),
+            answered=memory.answered,
+            greeted=memory.greeted,
+            lost=memory.lost,
+            reconnect_delays=self._reconnect_delays,
+        )
+        outcome: CallOutcome | None = await self.leases.drive(call_id, driver.run)
+        if outcome is not None:  # None: the lease was lost, another replica records it
+            await self._record_end(ticket, control, outcome)
+        return outcome
 
     async def _record_end(
         self, ticket: CallTicket, control: CallControl, outcome: CallOutcome

@@ -1,7 +1,8 @@
 """Which replica drives a call: a lease per call, renewed while driving, taken over when lost.
 
-A call is driven by one replica at a time. The owner renews its lease; when the owner dies
-the lease expires and another replica takes the call over (within 15 s: a 10 s lease and
+A call is driven by one replica at a time. The owner renews its lease (one loop renews
+every lease the replica holds, in one batched round trip); when the owner dies the lease
+expires and another replica takes the call over (within 15 s: a 10 s lease and
 a scan every 2 s), together with what the call remembers (the function calls already
 answered, whether it was greeted) so nothing is answered or said twice. On shutdown a
 replica releases its leases so others take over at once (SPEC section 10).
@@ -16,7 +17,7 @@ import contextlib
 import json
 import logging
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any, Protocol
 
@@ -74,6 +75,10 @@ class CallOwnership(Protocol):
 
     async def renew(self, call_id: str, owner: str, ttl_s: float) -> bool:
         """Extend `owner`'s lease; False if `owner` no longer holds it."""
+        ...
+
+    async def renew_all(self, call_ids: Sequence[str], owner: str, ttl_s: float) -> set[str]:
+        """Extend `owner`'s leases of `call_ids` at once; returns those it no longer holds."""
         ...
 
     async def release(self, call_id: str, owner: str) -> None:
@@ -139,6 +144,9 @@ class MemoryCallOwnership:
         call.lease_until = self._clock() + ttl_s
         return True
 
+    async def renew_all(self, call_ids: Sequence[str], owner: str, ttl_s: float) -> set[str]:
+        return {call_id for call_id in call_ids if not await self.renew(call_id, owner, ttl_s)}
+
     async def release(self, call_id: str, owner: str) -> None:
         call = self._calls.get(call_id)
         if call is not None and call.owner == owner:
@@ -199,6 +207,22 @@ if redis.call('GET', KEYS[1]) == ARGV[1] then
 end
 return 0
 """
+# KEYS: the owner keys of many calls. ARGV: owner, ttl ms. The positions (1-based) of the
+# keys `owner` no longer holds.
+_RENEW_ALL = """
+local lost = {}
+for i, key in ipairs(KEYS) do
+  if redis.call('GET', key) == ARGV[1] then
+    redis.call('PEXPIRE', key, ARGV[2])
+  else
+    table.insert(lost, i)
+  end
+end
+return lost
+"""
+# Leases renewed by one script call: one round trip up to this many calls, and Redis
+# busy for well under a millisecond each time.
+RENEW_BATCH = 1000
 _RELEASE = """
 if redis.call('GET', KEYS[1]) == ARGV[1] then redis.call('DEL', KEYS[1]) end
 return 0
@@ -237,6 +261,7 @@ class RedisCallOwnership:
         self._prefix = prefix
         self._take_lease = client.register_script(_TAKE_LEASE)
         self._renew = client.register_script(_RENEW)
+        self._renew_all = client.register_script(_RENEW_ALL)
         self._release = client.register_script(_RELEASE)
         self._finish = client.register_script(_FINISH)
         self._take_over = client.register_script(_TAKE_OVER)
@@ -265,6 +290,15 @@ class RedisCallOwnership:
 
     async def renew(self, call_id: str, owner: str, ttl_s: float) -> bool:
         return bool(await self._renew(keys=self._keys(call_id)[:1], args=[owner, _ms(ttl_s)]))
+
+    async def renew_all(self, call_ids: Sequence[str], owner: str, ttl_s: float) -> set[str]:
+        lost: set[str] = set()
+        for start in range(0, len(call_ids), RENEW_BATCH):
+            batch = call_ids[start : start + RENEW_BATCH]
+            keys = [f"{self._prefix}owner:{call_id}" for call_id in batch]
+            positions = await self._renew_all(keys=keys, args=[owner, _ms(ttl_s)])
+            lost.update(batch[int(position) - 1] for position in positions)
+        return lost
 
     async def release(self, call_id: str, owner: str) -> None:
         await self._release(keys=self._keys(call_id)[:1], args=[owner])
@@ -336,7 +370,125 @@ def _text(value: object) -> str:
     return value.decode() if isinstance(value, bytes) else str(value)
 
 
-# --- driving a call while owning it ----------------------------------------------------------
+# --- driving calls while owning them ---------------------------------------------------------
+
+
+@dataclass(slots=True, eq=False)
+class _Lease:
+    call_id: str
+    task: asyncio.Task[Any]
+    renewed_at: float
+    lost: bool = False
+
+
+class LeaseKeeper:
+    """Drives this replica's calls while it holds their leases: one renewal loop for all.
+
+    Every `renew_every_s` the loop renews every lease held in one batched round trip
+    (`renew_all`); a call whose lease is lost, or could not be renewed for as long as a
+    lease lasts, has its driver stopped. The loop runs only while a lease is held. A call
+    costs no task of its own: its driver runs in the caller's task, which the loop cancels
+    when the lease is lost.
+    """
+
+    def __init__(
+        self,
+        ownership: CallOwnership,
+        owner: str,
+        *,
+        ttl_s: float = LEASE_TTL_S,
+        renew_every_s: float = RENEW_EVERY_S,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self._ownership = ownership
+        self._owner = owner
+        self._ttl_s = ttl_s
+        self._every_s = renew_every_s
+        self._clock = clock
+        self._leases: dict[str, _Lease] = {}
+        self._renewing: asyncio.Task[None] | None = None
+        self._sleeping = False
+
+    def __len__(self) -> int:
+        return len(self._leases)
+
+    async def drive(self, call_id: str, run: Callable[[], Awaitable[Any]]) -> Any:
+        """Run the call's driver while renewing its lease; stop it if the lease is lost.
+
+        Returns the driver's result (and forgets the call), or None when the lease was lost.
+        Cancelled (shutdown), it releases the lease so another replica takes over at once.
+        """
+        task = asyncio.current_task()
+        assert task is not None
+        lease = _Lease(call_id, task, self._clock())
+        self._leases[call_id] = lease
+        if self._renewing is None or self._renewing.done():
+            self._renewing = asyncio.get_running_loop().create_task(self._renew_while_held())
+        try:
+            try:
+                result = await run()
+            finally:
+                self._drop(lease)
+        except asyncio.CancelledError:
+            # Cancelled only by the loop (the lease was lost), not by shutdown or hand-over.
+            if lease.lost and task.uncancel() == 0:
+                log.warning("call_lease_lost", extra={"fields": {"call_id": call_id}})
+                return None
+            with contextlib.suppress(RedisError, OSError):
+                await asyncio.shield(self._ownership.release(call_id, self._owner))
+            raise
+        if lease.lost:  # lost as the driver ended: another replica has the call now
+            log.warning("call_lease_lost", extra={"fields": {"call_id": call_id}})
+            return None
+        with contextlib.suppress(RedisError, OSError):
+            await self._ownership.finish(call_id, self._owner)
+        return result
+
+    def _drop(self, lease: _Lease) -> None:
+        if self._leases.get(lease.call_id) is lease:
+            del self._leases[lease.call_id]
+        if not self._leases and self._sleeping and self._renewing is not None:
+            # Nothing left to renew: the loop ends now rather than after its sleep (never
+            # inside a Redis command, which a cancel could leave without an answer).
+            self._renewing.cancel()
+
+    def _lose(self, lease: _Lease) -> None:
+        if self._leases.get(lease.call_id) is lease:
+            lease.lost = True
+            del self._leases[lease.call_id]
+            lease.task.cancel()
+
+    async def _renew_while_held(self) -> None:
+        while self._leases:
+            self._sleeping = True
+            try:
+                await asyncio.sleep(self._every_s)
+            finally:
+                self._sleeping = False
+            await self.renew_once()
+
+    async def renew_once(self) -> None:
+        """Renew every lease held; stop the drivers of those lost."""
+        leases = list(self._leases.values())
+        if not leases:
+            return
+        sent_at = self._clock()
+        try:
+            lost = await self._ownership.renew_all(
+                [lease.call_id for lease in leases], self._owner, self._ttl_s
+            )
+        except (RedisError, OSError):
+            log.warning("call_leases_not_renewed", extra={"fields": {"calls": len(leases)}})
+            for lease in leases:
+                if self._clock() - lease.renewed_at >= self._ttl_s:
+                    # Another replica may have taken the call over by now.
+                    self._lose(lease)
+            return
+        for lease in leases:
+            if lease.call_id in lost:
+                self._lose(lease)
+            else:
+                lease.renewed_at = sent_at
 
 
 async def drive_while_owned(
@@ -349,58 +501,9 @@ async def drive_while_owned(
     renew_every_s: float = RENEW_EVERY_S,
     clock: Callable[[], float] = time.monotonic,
 ) -> Any:
-    """Run the call's driver while renewing its lease; stop it if the lease is lost.
-
-    Returns the driver's result (and forgets the call), or None when the lease was lost.
-    Cancelled (shutdown), it releases the lease so another replica takes over at once.
-    """
-    driving = asyncio.ensure_future(run())
-    renewing = asyncio.ensure_future(
-        _renew_until_lost(ownership, call_id, owner, ttl_s, renew_every_s, clock)
-    )
-    try:
-        await asyncio.wait({driving, renewing}, return_when=asyncio.FIRST_COMPLETED)
-    except asyncio.CancelledError:
-        for task in (driving, renewing):
-            task.cancel()
-        await asyncio.gather(driving, renewing, return_exceptions=True)
-        with contextlib.suppress(RedisError, OSError):
-            await asyncio.shield(ownership.release(call_id, owner))
-        raise
-    if driving.done():
-        renewing.cancel()
-        await asyncio.gather(renewing, return_exceptions=True)
-        result = driving.result()
-        with contextlib.suppress(RedisError, OSError):
-            await ownership.finish(call_id, owner)
-        return result
-    log.warning("call_lease_lost", extra={"fields": {"call_id": call_id}})
-    driving.cancel()
-    await asyncio.gather(driving, return_exceptions=True)
-    return None
-
-
-async def _renew_until_lost(
-    ownership: CallOwnership,
-    call_id: str,
-    owner: str,
-    ttl_s: float,
-    every_s: float,
-    clock: Callable[[], float],
-) -> None:
-    """Returns once the lease is lost, or could not be renewed for as long as it lasts."""
-    renewed = clock()
-    while True:
-        await asyncio.sleep(every_s)
-        try:
-            if not await ownership.renew(call_id, owner, ttl_s):
-                return
-            renewed = clock()
-        except (RedisError, OSError):
-            log.warning("call_lease_not_renewed", extra={"fields": {"call_id": call_id}})
-        if clock() - renewed >= ttl_s:
-            # Another replica may have taken the call over by now.
-            return
+    """One call driven on its own (a replica shares one LeaseKeeper among its calls)."""
+    keeper = LeaseKeeper(ownership, owner, ttl_s=ttl_s, renew_every_s=renew_every_s, clock=clock)
+    return await keeper.drive(call_id, run)
 
 
 async def take_over_orphans(
