@@ -527,3 +527,43 @@ async def test_a_stopping_replica_hands_its_call_to_another(
     assert fake.verbs_for(call_id) == ["accept", "hangup"]
     assert entry["end_reason"] == "hangup"
     await delete_prefix(redis_url, prefix)
+
+
+@pytest.mark.redis
+async def test_a_call_under_on_errors_control_keeps_it_when_another_replica_takes_over(
+    tmp_path: Path,
+    fake: FakeOpenAI,
+    function_service: FunctionService,
+    redis_url: str,
+) -> None:
+    call_id = "rtc_" + uuid4().hex
+    fake.script(call_id, Respond(200), Respond(400, code="invalid_target", message="refused"))
+    fake.script_sideband(
+        call_id,
+        [AwaitClient("session.update"), AwaitClient("response.create", 2), Pause(60)],
+        # On the second replica: the tools of the desk profile (on_error's), not the sales
+        # rule's refer, are what the call is under.
+        [
+            AgentCallsFunction("lookup_appointment", {"date_of_birth": "1980-02-03"}, "call_f"),
+            AwaitClient("response.create", 3),
+            AgentCallsFunction("end_call", {}, "call_bye"),
+        ],
+    )
+    prefix = f"sip-router-test:{uuid4().hex}:"
+    stores = [RedisStore.from_url(redis_url, prefix=prefix) for _ in range(2)]
+    settings = settings_for(tmp_path, fake, function_service, on_error="{accept: {profile: desk}}")
+    async with replica(settings, store=stores[1]) as second:
+        async with replica(settings, store=stores[0]) as first:
+            await first.call(SALES_LINE, call_id=call_id)
+            while "response.create" not in sent_types(fake, call_id)[1:]:
+                await asyncio.sleep(0.02)
+        # The first replica stopped: the second takes the call over.
+        entry = await second.ended(call_id)
+    assert len(fake.sideband_attempts_for(call_id)) == 2
+    assert outputs(fake, call_id) == [
+        ("call_f", {"next": "Tuesday 9:00"}),
+        ("call_bye", {"status": "ending the call; say goodbye"}),
+    ]
+    assert fake.verbs_for(call_id) == ["accept", "refer", "hangup"]
+    assert entry["end_reason"] == "hangup"
+    await delete_prefix(redis_url, prefix)

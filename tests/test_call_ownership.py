@@ -15,7 +15,12 @@ import pytest
 import redis.asyncio
 from redis.exceptions import ConnectionError as RedisConnectionError
 
-from app.calls.call_control import CallControl, CompanyFunction
+from app.calls.call_control import (
+    CallControl,
+    CompanyFunction,
+    control_from_json,
+    control_to_json,
+)
 from app.calls.call_ownership import (
     CallMemory,
     CallOwnership,
@@ -111,6 +116,20 @@ async def test_an_expired_lease_is_taken_over_with_the_calls_memory(backend: Bac
     assert not await ownership.renew("rtc_1", "replica-a", TTL_S)
     assert await ownership.renew("rtc_1", "replica-b", TTL_S)
     assert await ownership.take_over("replica-c", TTL_S, time.time()) == []
+
+
+async def test_the_control_a_call_switched_to_goes_with_it(backend: Backend) -> None:
+    ownership = backend.ownership
+    switched = control_to_json(CallControl(end_call=True, transcript=True))
+    assert await ownership.register(ticket(), "replica-a", TTL_S)
+    await ownership.record_control("rtc_1", switched)
+    assert (await ownership.memory("rtc_1")).control == switched
+    await backend.expire_leases()
+    [(_, memory)] = await ownership.take_over("replica-b", TTL_S, time.time())
+    assert memory.control == switched
+    assert control_from_json(memory.control) == CallControl(end_call=True, transcript=True)
+    await ownership.finish("rtc_1", "replica-b")
+    assert await ownership.memory("rtc_1") == CallMemory()
 
 
 async def test_a_released_call_is_taken_over_at_once(backend: Backend) -> None:

@@ -129,9 +129,12 @@ class CallAttendant:
         self._start(ticket, control, CallMemory())
 
     def take_over(self, ticket: CallTicket, memory: CallMemory) -> None:
-        """Drive a call whose owner died, with what it remembers."""
+        """Drive a call whose owner died, with what it remembers (and its control as it was
+        last: the one it switched to, if it did)."""
         try:
-            control = control_from_json(ticket.control)
+            control = control_from_json(
+                memory.control if memory.control is not None else ticket.control
+            )
         except (ValueError, TypeError, KeyError, AttributeError):
             log.error("a call ticket without call control", extra={"fields": _ids(ticket)})
             return

@@ -4,7 +4,8 @@ A call is driven by one replica at a time. The owner renews its lease (one loop 
 every lease the replica holds, in one batched round trip); when the owner dies the lease
 expires and another replica takes the call over (within 15 s: a 10 s lease and
 a scan every 2 s), together with what the call remembers (the function calls already
-answered, whether it was greeted) so nothing is answered or said twice. On shutdown a
+answered, whether it was greeted, the call control it switched to) so nothing is answered
+or said twice and the call goes on as it was. On shutdown a
 replica releases its leases so others take over at once (SPEC section 10).
 
 In process memory (one replica) or in Redis (several), with the same behaviour.
@@ -62,6 +63,9 @@ class CallMemory:
     greeted: bool = False
     # Function calls the owner was asking about; those not in `answered` lost their answer.
     asking: frozenset[str] = frozenset()
+    # The call control the call switched to (call_control.control_to_json; a failed refer
+    # rule whose on_error accepts with a profile), else None: the ticket's control.
+    control: dict[str, Any] | None = None
 
     @property
     def lost(self) -> frozenset[str]:
@@ -101,6 +105,8 @@ class CallOwnership(Protocol):
 
     async def mark_greeted(self, call_id: str) -> None: ...
 
+    async def record_control(self, call_id: str, control: dict[str, Any]) -> None: ...
+
     async def memory(self, call_id: str) -> CallMemory: ...
 
 
@@ -115,9 +121,12 @@ class _MemoryCall:
     answered: set[str] = field(default_factory=set)
     asking: set[str] = field(default_factory=set)
     greeted: bool = False
+    control: dict[str, Any] | None = None
 
     def memory(self) -> CallMemory:
-        return CallMemory(frozenset(self.answered), self.greeted, frozenset(self.asking))
+        return CallMemory(
+            frozenset(self.answered), self.greeted, frozenset(self.asking), self.control
+        )
 
 
 class MemoryCallOwnership:
@@ -184,6 +193,11 @@ class MemoryCallOwnership:
         if call is not None:
             call.greeted = True
 
+    async def record_control(self, call_id: str, control: dict[str, Any]) -> None:
+        call = self._calls.get(call_id)
+        if call is not None:
+            call.control = control
+
     async def memory(self, call_id: str) -> CallMemory:
         call = self._calls.get(call_id)
         if call is None:
@@ -227,17 +241,17 @@ _RELEASE = """
 if redis.call('GET', KEYS[1]) == ARGV[1] then redis.call('DEL', KEYS[1]) end
 return 0
 """
-# KEYS: owner, ticket, answered, greeted, asking, active set. ARGV: owner, call_id.
+# KEYS: owner, ticket, answered, greeted, asking, control, active set. ARGV: owner, call_id.
 _FINISH = """
 local holder = redis.call('GET', KEYS[1])
 if holder and holder ~= ARGV[1] then return 0 end
-redis.call('DEL', KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5])
-redis.call('ZREM', KEYS[6], ARGV[2])
+redis.call('DEL', KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5], KEYS[6])
+redis.call('ZREM', KEYS[7], ARGV[2])
 return 1
 """
-# KEYS: owner, ticket, answered, greeted, asking. ARGV: owner, ttl ms.
+# KEYS: owner, ticket, answered, greeted, asking, control. ARGV: owner, ttl ms.
 # Returns nil when the call has an owner or no ticket, else
-# {ticket, greeted, number answered, answered..., asking...}.
+# {ticket, greeted, control or "", number answered, answered..., asking...}.
 _TAKE_OVER = """
 if redis.call('EXISTS', KEYS[1]) == 1 then return nil end
 local ticket = redis.call('GET', KEYS[2])
@@ -246,7 +260,8 @@ redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
 local greeted = redis.call('EXISTS', KEYS[4])
 local answered = redis.call('SMEMBERS', KEYS[3])
 local asking = redis.call('SMEMBERS', KEYS[5])
-local result = {ticket, tostring(greeted), tostring(#answered)}
+local control = redis.call('GET', KEYS[6]) or ''
+local result = {ticket, tostring(greeted), control, tostring(#answered)}
 for _, id in ipairs(answered) do table.insert(result, id) end
 for _, id in ipairs(asking) do table.insert(result, id) end
 return result
@@ -274,6 +289,7 @@ class RedisCallOwnership:
             f"{p}answered:{call_id}",
             f"{p}greeted:{call_id}",
             f"{p}asking:{call_id}",
+            f"{p}control:{call_id}",
         ]
 
     def _active_key(self) -> str:
@@ -319,18 +335,18 @@ class RedisCallOwnership:
             result = await self._take_over(keys=self._keys(call_id), args=[owner, _ms(ttl_s)])
             if not result:
                 continue
-            ticket_text, greeted, count, *ids = (_text(part) for part in result)
+            ticket_text, greeted, control_text, count, *ids = (_text(part) for part in result)
             answered, asking = ids[: int(count)], ids[int(count) :]
             try:
                 ticket = CallTicket(**json.loads(ticket_text))
+                control = json.loads(control_text) if control_text else None
             except (ValueError, TypeError):
                 log.error(
                     "an unreadable call ticket was skipped", extra={"fields": {"call_id": call_id}}
                 )
                 continue
-            taken.append(
-                (ticket, CallMemory(frozenset(answered), greeted == "1", frozenset(asking)))
-            )
+            memory = CallMemory(frozenset(answered), greeted == "1", frozenset(asking), control)
+            taken.append((ticket, memory))
         return taken
 
     async def record_answered(self, call_id: str, function_call_id: str) -> None:
@@ -350,15 +366,22 @@ class RedisCallOwnership:
     async def mark_greeted(self, call_id: str) -> None:
         await self._redis.set(self._keys(call_id)[3], "1", ex=int(LEASE_TTL_S) + 2 * 3600)
 
+    async def record_control(self, call_id: str, control: dict[str, Any]) -> None:
+        await self._redis.set(
+            self._keys(call_id)[5], json.dumps(control), ex=int(LEASE_TTL_S) + 2 * 3600
+        )
+
     async def memory(self, call_id: str) -> CallMemory:
-        _, _, answered_key, greeted_key, asking_key = self._keys(call_id)
+        _, _, answered_key, greeted_key, asking_key, control_key = self._keys(call_id)
         answered = await self._redis.smembers(answered_key)
         greeted = await self._redis.exists(greeted_key)
         asking = await self._redis.smembers(asking_key)
+        control = await self._redis.get(control_key)
         return CallMemory(
             frozenset(_text(a) for a in answered),
             bool(greeted),
             frozenset(_text(a) for a in asking),
+            json.loads(control) if control is not None else None,
         )
 
 

@@ -23,7 +23,7 @@ from websockets.asyncio.client import ClientConnection, connect
 from websockets.client import backoff
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 
-from app.calls.call_control import CallControl
+from app.calls.call_control import CallControl, control_to_json
 from app.calls.call_session import (
     ActionFinished,
     ActionOutcome,
@@ -122,6 +122,8 @@ class CallMemoryWriter(Protocol):
 
     async def mark_greeted(self, call_id: str) -> None: ...
 
+    async def record_control(self, call_id: str, control: dict[str, Any]) -> None: ...
+
 
 @dataclass(frozen=True, slots=True)
 class CallOutcome:
@@ -200,6 +202,7 @@ class SidebandDriver:
         self._remembered: set[str] = set(answered)
         self._remembered_asking: set[str] = set(lost)
         self._remembered_greeting = greeted
+        self._remembered_control = self.session.control
         self._active_for_s = active_for_s
         self._clock = clock
         self._wall_clock = wall_clock
@@ -276,6 +279,11 @@ class SidebandDriver:
             if self.session.greeted and not self._remembered_greeting:
                 await self._memory.mark_greeted(self.facts.call_id)
                 self._remembered_greeting = True
+            # The call switched control (on_error's profile): a replica taking over keeps it.
+            if self.session.control is not self._remembered_control:
+                control = self.session.control
+                await self._memory.record_control(self.facts.call_id, control_to_json(control))
+                self._remembered_control = control
         except Exception:
             # The call goes on; only a takeover could then repeat an answer.
             log.exception("could not remember the call's answers", extra={"fields": self._fields()})
