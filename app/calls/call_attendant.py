@@ -148,7 +148,8 @@ class CallAttendant:
         await take_over_orphans(self.ownership, self.owner, self.take_over, stop=stop)
 
     def _start(self, ticket: CallTicket, control: CallControl, memory: CallMemory) -> None:
-        drive = functools.partial(self._drive, ticket, control, memory)
+        # The ticket's control (JSON) is read only by a replica taking the call over.
+        drive = functools.partial(self._drive, replace(ticket, control={}), control, memory)
         if self.active.start(ticket.call_id, drive, api=ticket.api):
             log.info("call_attached", extra={"fields": _ids(ticket)})
 

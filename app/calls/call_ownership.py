@@ -113,7 +113,7 @@ class CallOwnership(Protocol):
 # --- in process memory -----------------------------------------------------------------------
 
 
-@dataclass
+@dataclass(slots=True)
 class _MemoryCall:
     ticket: CallTicket
     owner: str | None = None

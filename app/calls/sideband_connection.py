@@ -391,6 +391,9 @@ class SidebandDriver:
                 process_exception=self._retry_or_give_up,
             ):
                 self._count_connection("connected")
+                # The opening request's headers are not read again: not kept for the whole
+                # call, where the collector's full walks would visit them.
+                ws.request = None
                 await self._inbox.put(_Connected(ws, self._clock()))
                 with contextlib.suppress(ConnectionClosed):
                     async for message in ws:
