@@ -29,6 +29,7 @@ import argparse
 import asyncio
 import gc
 import json
+import logging
 import os
 import socket
 import statistics
@@ -179,14 +180,14 @@ async def webhooks(app: Any, rate: float, count: int) -> list[float]:
     return latencies
 
 
-class FullCollections:
-    """The collector's generation-2 collections while in use: how many, how long in all."""
+class Collections:
+    """The collector's collections while in use, by generation: how many, how long."""
 
     def __init__(self) -> None:
-        self.pauses: list[float] = []
+        self.pauses: dict[int, list[float]] = {0: [], 1: [], 2: []}
         self._started: float | None = None
 
-    def __enter__(self) -> FullCollections:
+    def __enter__(self) -> Collections:
         gc.callbacks.append(self._observe)
         return self
 
@@ -194,20 +195,40 @@ class FullCollections:
         gc.callbacks.remove(self._observe)
 
     def _observe(self, phase: str, info: dict[str, int]) -> None:
-        if info["generation"] != 2:
-            return
         if phase == "start":
             self._started = time.perf_counter()
         elif self._started is not None:
-            self.pauses.append(time.perf_counter() - self._started)
+            self.pauses[info["generation"]].append(time.perf_counter() - self._started)
             self._started = None
 
-    def summary(self) -> dict[str, float]:
+    def summary(self, generation: int) -> dict[str, float]:
+        pauses = self.pauses[generation]
         return {
-            "count": len(self.pauses),
-            "total_ms": round(sum(self.pauses) * 1000, 1),
-            "max_ms": round(max(self.pauses, default=0.0) * 1000, 1),
+            "count": len(pauses),
+            "total_ms": round(sum(pauses) * 1000, 1),
+            "max_ms": round(max(pauses, default=0.0) * 1000, 1),
         }
+
+    def young(self) -> dict[str, float]:
+        """Generations 0 and 1: how many of each, and the longest pause."""
+        return {
+            "gen0": len(self.pauses[0]),
+            "gen1": len(self.pauses[1]),
+            "max_ms": round(max(self.pauses[0] + self.pauses[1], default=0.0) * 1000, 1),
+        }
+
+
+class LostLeases(logging.Handler):
+    """Counts calls whose lease ran out: the replica was too slow (an overloaded machine)
+    to renew it, which makes the run's other figures meaningless."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.WARNING)
+        self.count = 0
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if record.getMessage() == "call_lease_lost":
+            self.count += 1
 
 
 def tracked_objects() -> tuple[int, Counter[str]]:
@@ -235,6 +256,11 @@ async def measure(args: argparse.Namespace, urls: dict[str, str]) -> dict[str, A
     results: dict[str, Any] = {"calls": args.calls, "function_every_s": args.function_every_s}
     results["load_average_at_start"] = [round(load, 2) for load in os.getloadavg()]
     async with app.router.lifespan_context(app):
+        lost_leases = LostLeases()
+        logging.getLogger("sip_router.sideband").addHandler(lost_leases)
+        if args.gc_threshold:
+            gc.set_threshold(*args.gc_threshold)
+        results["gc_threshold"] = list(gc.get_threshold())
         services = app.state.services
         metrics = services.metrics
         attendant = services.processor._keeper
@@ -244,10 +270,11 @@ async def measure(args: argparse.Namespace, urls: dict[str, str]) -> dict[str, A
 
         await webhooks(app, args.rate, min(100, args.webhooks))  # warm-up: connections
         lag.clear()
-        with FullCollections() as full:
+        with Collections() as collections:
             base = await webhooks(app, args.rate, args.webhooks)
         results["baseline"] = summary(base)
-        results["baseline_full_collections"] = full.summary()
+        results["baseline_full_collections"] = collections.summary(2)
+        results["baseline_young_collections"] = collections.young()
         results["baseline_loop_lag_p99_ms"] = round(percentile(lag, 0.99) * 1000, 2)
         lag.clear()
 
@@ -280,9 +307,7 @@ async def measure(args: argparse.Namespace, urls: dict[str, str]) -> dict[str, A
         objects_after, types_after = tracked_objects()
         per_call = max(1, args.calls)
         results["tracked_objects_per_call"] = round((objects_after - objects_before) / per_call, 1)
-        results["tasks_per_call"] = round(
-            (len(asyncio.all_tasks()) - tasks_before) / per_call, 2
-        )
+        results["tasks_per_call"] = round((len(asyncio.all_tasks()) - tasks_before) / per_call, 2)
         if args.object_types:
             types_after.subtract(types_before)
             results["tracked_types_per_call"] = {
@@ -290,13 +315,15 @@ async def measure(args: argparse.Namespace, urls: dict[str, str]) -> dict[str, A
             }
         lag.clear()
         before_functions = function_calls(metrics)
-        with FullCollections() as full:
+        with Collections() as collections:
             loaded = await webhooks(app, args.rate, args.webhooks)
         results["with_calls"] = summary(loaded)
-        results["with_calls_full_collections"] = full.summary()
+        results["with_calls_full_collections"] = collections.summary(2)
+        results["with_calls_young_collections"] = collections.young()
         results["with_calls_loop_lag_p99_ms"] = round(percentile(lag, 0.99) * 1000, 2)
         results["function_calls_during_run"] = function_calls(metrics) - before_functions
         results["active_calls"] = len(attendant.active)
+        results["leases_lost"] = lost_leases.count
         stop.set()
         await ticker
     ratio = results["with_calls"]["p50_ms"] / results["baseline"]["p50_ms"]
@@ -335,6 +362,13 @@ def main() -> int:
     parser.add_argument("--webhooks", type=int, default=1000)
     parser.add_argument(
         "--object-types", action="store_true", help="the most common tracked types per call"
+    )
+    parser.add_argument(
+        "--gc-threshold",
+        type=int,
+        nargs=3,
+        metavar=("GEN0", "GEN1", "GEN2"),
+        help="collector thresholds to try (gc.set_threshold) once the service has started",
     )
     parser.add_argument("--peer", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
