@@ -32,6 +32,8 @@ from app.upstream_transport import upstream_http_client
 from app.webhook_verification import WebhookVerifier
 
 log = logging.getLogger("sip_router")
+# How many young collections make one of the middle generation (CPython's default: 10).
+YOUNG_COLLECTIONS_PER_MIDDLE = 50
 
 
 def create_app(
@@ -144,9 +146,17 @@ def create_app(
         # service: out of the collector's full walks, which otherwise pause every call.
         gc.collect()
         gc.freeze()
+        # A full collection walks every active call's objects (about 130 each): 100-300 ms
+        # with 1,000 calls. It follows every 11th middle-generation collection, so those
+        # come after 50 young collections rather than 10: with 1,000 calls (bench/
+        # active_calls.py) 1 full collection a minute instead of 6, 39% fewer objects
+        # walked in all, the largest young walk 21,000 objects instead of 18,000.
+        thresholds = gc.get_threshold()
+        gc.set_threshold(thresholds[0], YOUNG_COLLECTIONS_PER_MIDDLE, thresholds[2])
         try:
             yield
         finally:
+            gc.set_threshold(*thresholds)
             gc.unfreeze()
             finished = await processor.drain(settings.action_deadline_s * 2 + 1)
             dropped = processor.cancel_scheduled_hangups()

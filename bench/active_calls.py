@@ -181,10 +181,12 @@ async def webhooks(app: Any, rate: float, count: int) -> list[float]:
 
 
 class Collections:
-    """The collector's collections while in use, by generation: how many, how long."""
+    """The collector's collections while in use, by generation: how many, how long, and
+    how many objects each walked (the generations it collects; frozen objects are not)."""
 
     def __init__(self) -> None:
         self.pauses: dict[int, list[float]] = {0: [], 1: [], 2: []}
+        self.walked: dict[int, list[int]] = {0: [], 1: [], 2: []}
         self._started: float | None = None
 
     def __enter__(self) -> Collections:
@@ -196,6 +198,9 @@ class Collections:
 
     def _observe(self, phase: str, info: dict[str, int]) -> None:
         if phase == "start":
+            generation = info["generation"]
+            walked = sum(len(gc.get_objects(g)) for g in range(generation + 1))
+            self.walked[generation].append(walked)
             self._started = time.perf_counter()
         elif self._started is not None:
             self.pauses[info["generation"]].append(time.perf_counter() - self._started)
@@ -205,6 +210,7 @@ class Collections:
         pauses = self.pauses[generation]
         return {
             "count": len(pauses),
+            "objects_walked": sum(self.walked[generation]),
             "total_ms": round(sum(pauses) * 1000, 1),
             "max_ms": round(max(pauses, default=0.0) * 1000, 1),
         }
@@ -214,6 +220,8 @@ class Collections:
         return {
             "gen0": len(self.pauses[0]),
             "gen1": len(self.pauses[1]),
+            "objects_walked": sum(self.walked[0]) + sum(self.walked[1]),
+            "most_walked": max(self.walked[0] + self.walked[1], default=0),
             "max_ms": round(max(self.pauses[0] + self.pauses[1], default=0.0) * 1000, 1),
         }
 
@@ -304,7 +312,12 @@ async def measure(args: argparse.Namespace, urls: dict[str, str]) -> dict[str, A
         rss_after = rss_bytes()
         results["connected"] = int(connected)
         results["memory_per_call_kib"] = round((rss_after - rss_before) / args.calls / 1024, 1)
-        objects_after, types_after = tracked_objects()
+        # The calls' function calls in flight come and go: the fewest of three samples.
+        samples = []
+        for _ in range(3):
+            samples.append(tracked_objects())
+            await asyncio.sleep(0.5)
+        objects_after, types_after = min(samples, key=lambda sample: sample[0])
         per_call = max(1, args.calls)
         results["tracked_objects_per_call"] = round((objects_after - objects_before) / per_call, 1)
         results["tasks_per_call"] = round((len(asyncio.all_tasks()) - tasks_before) / per_call, 2)
@@ -315,8 +328,10 @@ async def measure(args: argparse.Namespace, urls: dict[str, str]) -> dict[str, A
             }
         lag.clear()
         before_functions = function_calls(metrics)
+        rss_before_run = rss_bytes()
         with Collections() as collections:
             loaded = await webhooks(app, args.rate, args.webhooks)
+        results["rss_growth_during_run_mib"] = round((rss_bytes() - rss_before_run) / 2**20, 1)
         results["with_calls"] = summary(loaded)
         results["with_calls_full_collections"] = collections.summary(2)
         results["with_calls_young_collections"] = collections.young()

@@ -564,3 +564,16 @@ async def test_start_up_objects_leave_the_collectors_full_walks_while_the_servic
         assert not any(tracked is ruleset for tracked in gc.get_objects())
     # Stopped, nothing stays frozen (a process may start the service again).
     assert gc.get_freeze_count() == 0
+
+
+async def test_full_collections_come_after_fewer_middle_generation_collections_while_running(
+    rules_file: Path, secret: str, fake: FakeOpenAI
+) -> None:
+    app = create_app(make_settings(rules_file, secret), transport=fake.mock_transport())
+    before = gc.get_threshold()
+    async with app.router.lifespan_context(app):
+        young, middle, full = gc.get_threshold()
+        assert (young, full) == (before[0], before[2])
+        assert middle == 50  # young collections per middle-generation one (CPython: 10)
+    # Stopped, the process's own settings are back.
+    assert gc.get_threshold() == before
