@@ -12,7 +12,7 @@ from typing import Any
 
 from app.calls.call_control import DEFAULT_FUNCTION_TIMEOUT_S, MAX_FUNCTION_TIMEOUT_S
 from app.rules.accept_body import accept_body_json_schema
-from app.rules.live_session import live_session_json_schema
+from app.rules.live_accept_body import live_session_json_schema
 from app.rules.profile_overrides import MAX_DURATION_LIMIT_S
 from app.rules.schedule import WEEKDAYS
 

@@ -80,7 +80,7 @@ from app.rules.file_shape import (
     written,
 )
 from app.rules.linear_regex import Regex, RegexError, compile_regex
-from app.rules.live_session import (
+from app.rules.live_accept_body import (
     MODEL_REQUIRED,
     LiveSessionConfig,
     build_live_accept_body,

@@ -35,7 +35,7 @@ from app.rules.consultation import (
 )
 from app.rules.file_model import TestCaseSpec
 from app.rules.file_shape import Finding, validation_findings
-from app.rules.live_session import (
+from app.rules.live_accept_body import (
     LIVE_ANNOUNCER_SESSION,
     LiveSessionConfig,
     build_live_accept_body,
