@@ -8,7 +8,8 @@ every process is started and stopped here. Three targets behind the same raw-asy
 upstream (bench/upstream.py), started with bench/run.py's helpers:
   floor       bench/floor_app.py: uvicorn + one upstream request, nothing else
   peer        bench/openai_example_app.py: OpenAI's FastAPI SIP example (`openai` SDK)
-  sip-router  `sip-router serve`, routing_rules/rules.yaml, memory store, not dry-run
+  sip-router  `sip-router serve`, routing_rules/rules.yaml without its call-control keys
+              (bench.run.decision_only_rules), memory store, not dry-run
 
 Each repetition goes floor, peer, sip-router (interleaved, so slow drifts of a shared
 machine touch every target alike); each target is a fresh process that gets a 2 s warm-up
@@ -57,6 +58,7 @@ from bench.run import (
     Bench,
     Process,
     _own_cpu_s,
+    decision_only_rules,
     decision_path,
     fetch_records,
     machine,
@@ -286,7 +288,8 @@ def started(bench: Bench, target: str, upstream: int) -> Iterator[tuple[int, Pro
         with bench.peer(upstream) as served:
             yield served
     else:
-        with bench.service(upstream, rules=ROOT / "routing_rules" / "rules.yaml") as served:
+        rules = decision_only_rules(ROOT / "routing_rules" / "rules.yaml", bench.scratch)
+        with bench.service(upstream, rules=rules) as served:
             yield served
 
 

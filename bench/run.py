@@ -907,6 +907,37 @@ def _short(frame: str) -> str:
 # ---------------------------------------------------------------- report
 
 
+# Profile keys that make sip-router stay with an accepted call (open its sideband).
+CALL_CONTROL_KEYS = ("greeting", "transfer", "end_call", "functions", "transcript")
+
+
+def decision_only_rules(rules: Path, scratch: Path) -> Path:
+    """A copy of `rules` (and its folder) that decides the same way but never stays with a
+    call: call-control keys are dropped from profiles and refers go to the ringing call.
+
+    The decision benchmarks compare deciding and acting with the floor and the peer, which
+    do nothing after the accept; a fake upstream without sidebands would otherwise leave
+    every accepted call reconnecting. Staying with calls is measured by bench.active_calls.
+    """
+    import yaml
+
+    folder = scratch / "decision-only-rules"
+    shutil.copytree(rules.parent, folder, dirs_exist_ok=True)
+    document = yaml.safe_load(rules.read_text())
+    for profile in (document.get("profiles") or {}).values():
+        for key in CALL_CONTROL_KEYS:
+            profile.pop(key, None)
+    for rule in document.get("rules") or []:
+        if isinstance(rule.get("refer"), dict):
+            rule["refer"] = {"target_uri": rule["refer"]["target_uri"], "before_accept": True}
+    for key in ("transfer_targets", "functions"):
+        document.pop(key, None)
+    copy = folder / rules.name
+    # JSON is YAML, and keeps times like "08:00" the strings they are.
+    copy.write_text(json.dumps(document, indent=1, ensure_ascii=False, default=str))
+    return copy
+
+
 def decision_path(rules: Path) -> str:
     """Which rule an ordinary call takes now: schedules make the path depend on the time."""
     from app.rules.loader import load_ruleset
@@ -1399,17 +1430,17 @@ def main(argv: list[str] | None = None) -> int:
     unknown = set(chosen) - set(PHASES)
     if unknown:
         parser.error(f"unknown phases: {', '.join(sorted(unknown))}")
+    scratch = Path(tempfile.mkdtemp(prefix="sip-router-bench-"))
     cfg = Config(
         quick=args.quick,
         duration_s=3.0 if args.quick else 30.0,
         rates=(50, 500) if args.quick else (50, 200, 500, 1000),
-        example_rules=ROOT / "routing_rules" / "rules.yaml",
+        example_rules=decision_only_rules(ROOT / "routing_rules" / "rules.yaml", scratch),
         profile="profile" in chosen,
     )
     place = placement(not args.no_pin)
     # The orchestrator itself stays off the service's CPU.
     place.pin(os.getpid(), place.harness)
-    scratch = Path(tempfile.mkdtemp(prefix="sip-router-bench-"))
     results: dict[str, Any] = {
         "machine": machine(),
         "mode": ("quick (3 s runs, 1 s warm-up)" if args.quick else "full (30 s runs, 3 s warm-up)")
