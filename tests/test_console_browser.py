@@ -16,6 +16,7 @@ import httpx
 import pytest
 
 from app.app_factory import create_app
+from app.rules.call_context import CallApi
 from app.webhook_signing import signed_test_call
 from tests.conftest import app_settings
 from tests.fake_openai import FakeOpenAI
@@ -74,8 +75,8 @@ class Console:
     secret: str
     rules: Path
 
-    def call(self, caller: str, called: str = LINE) -> str:
-        delivery = signed_test_call(self.secret, caller, called, now=int(time.time()))
+    def call(self, caller: str, called: str = LINE, *, api: CallApi = "realtime") -> str:
+        delivery = signed_test_call(self.secret, caller, called, now=int(time.time()), api=api)
         response = httpx.post(
             f"{self.url}/webhooks/openai", content=delivery.body, headers=delivery.headers
         )
@@ -158,10 +159,19 @@ def test_the_console_end_to_end(browser: object, console: Console) -> None:
     expect(page.locator("#calls-count")).to_have_text("1 of 2 calls")
     page.get_by_label("Action").select_option("")
     expect(rows).to_have_count(2)
+    # A call announced on GPT-Live shows its API, and the API filter finds it.
+    console.call("+12125550143", api="live")
+    expect(rows).to_have_count(3, timeout=10_000)
+    expect(rows.first).to_contain_text("GPT-Live")
+    expect(rows.nth(1)).to_contain_text("Realtime")
+    page.locator("#calls-filter").get_by_label("API").select_option("live")
+    expect(rows).to_have_count(1)
+    page.locator("#calls-filter").get_by_label("API").select_option("")
+    expect(rows).to_have_count(3)
     shoot(page, "desktop-calls")
 
     # Call: one call in full, with its request and a hangup button (accepted, live).
-    rows.nth(1).get_by_role("link").click()
+    rows.nth(2).get_by_role("link").click()
     expect(page.get_by_role("heading", name=re.compile("Call"))).to_contain_text(accepted)
     expect(page.locator("#call-facts")).to_contain_text("processed")
     expect(page.locator("#call-requests")).to_contain_text("accept")
@@ -193,7 +203,7 @@ def test_the_console_end_to_end(browser: object, console: Console) -> None:
     )
     page.get_by_role("button", name="Replay", exact=True).click()
     result = page.locator("#replay-result")
-    expect(result).to_contain_text("1 of 2 recorded calls would be decided differently")
+    expect(result).to_contain_text("1 of 3 recorded calls would be decided differently")
     expect(page.locator("#replay-changes tbody tr")).to_have_count(1)
     expect(page.locator("#replay-changes")).to_contain_text("default → accept")
     expect(page.locator("#replay-changes")).to_contain_text("blocked-callers → reject")
@@ -222,10 +232,10 @@ def test_the_console_end_to_end(browser: object, console: Console) -> None:
     # (the token belongs to one tab).
     phone = browser.new_page(viewport=PHONE)  # type: ignore[attr-defined]
     sign_in(phone, console)
-    expect(phone.locator("#calls-rows tr")).to_have_count(2, timeout=10_000)
+    expect(phone.locator("#calls-rows tr")).to_have_count(3, timeout=10_000)
     shoot(phone, "phone-calls")
     assert phone.evaluate("document.documentElement.scrollWidth") <= PHONE["width"]
-    phone.locator("#calls-rows tr").nth(1).get_by_role("link").click()
+    phone.locator("#calls-rows tr").nth(2).get_by_role("link").click()
     expect(phone.locator("#call-requests")).to_contain_text("accept")
     shoot(phone, "phone-call")
     assert phone.evaluate("document.documentElement.scrollWidth") <= PHONE["width"]

@@ -227,10 +227,16 @@
       const chosen = select.value;
       const known = new Set(Array.from(select.options).map((o) => o.value));
       for (const value of Array.from(values).sort()) {
-        if (!known.has(String(value))) select.append(el("option", { value, text: value }));
+        const text = key === "api" ? apiName(value) : value;
+        if (!known.has(String(value))) select.append(el("option", { value, text }));
       }
       select.value = chosen;
     }
+  }
+
+  // The API that announced a call, as OpenAI names it (entries before GPT-Live have none).
+  function apiName(api) {
+    return api === "live" ? "GPT-Live" : "Realtime";
   }
 
   function renderCalls() {
@@ -251,6 +257,7 @@
           el("td", {}, link),
           el("td", { text: call.caller || "" }),
           el("td", { text: call.called || "" }),
+          el("td", { text: apiName(call.api) }),
           el("td", { text: call.rule || "" }),
           el("td", {}, badge(call.action || "")),
           el("td", {}, badge(call.outcome || "")),
@@ -298,7 +305,7 @@
       ["Time", localTime(call.time)],
       ["Caller", call.caller],
       ["Called", call.called],
-      ["API", call.api],
+      ["API", apiName(call.api)],
       ["Action", call.action],
       ["Outcome", call.outcome],
       ["Profile", call.profile],
@@ -502,7 +509,7 @@
     facts(dl, [
       ["Action", decision.action],
       ["Rule", decision.rule || "default (no rule matched)"],
-      ["API", decision.api === "live" ? "GPT-Live" : "Realtime"],
+      ["API", apiName(decision.api)],
       ["Profile", decision.profile],
       ["Request", `POST ${decision.request.path}`],
       ["Ruleset", decision.ruleset],
