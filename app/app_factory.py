@@ -69,7 +69,7 @@ def create_app(
     # Your own services get a client of their own: a slow one cannot hold OpenAI's pool.
     outbound = outbound_http_client(outbound_transport)
     consultant = ServiceConsultant(outbound, secret=settings.outbound_secret_value, metrics=metrics)
-    # The calls sip-router stays with after the accept (SPEC section 10).
+    # The calls sip-router stays with after the accept.
     active_calls = ActiveCalls(metrics)
     ownership: CallOwnership = (
         RedisCallOwnership(store.client, prefix=f"{store.prefix}sideband:")

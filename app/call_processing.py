@@ -1,7 +1,7 @@
 """One webhook delivery from raw bytes to an answer: verify, claim, decide, act, record.
 
 raw body -> verify -> parse -> stale? -> claim (webhook-id, call_id, and the phone call's
-SIP Call-ID when given, SPEC section 11) -> identity ->
+SIP Call-ID when given) -> identity ->
 decide at `created_at` -> record the decision -> act (deadline, retries, on_error) ->
 record the outcome -> answer. The webhook is answered after the action, so a crash leads
 to a redelivery; a claim that finds a recorded decision without an outcome sends that

@@ -1,4 +1,4 @@
-"""Replay: decide recorded calls again with a candidate ruleset (SPEC section 12).
+"""Replay: decide recorded calls again with a candidate ruleset.
 
 Pure: recorded calls in (the side records of app.recorded_calls, or lines of a JSONL
 export), a report out. Each call is decided at its own `created_at` with its recorded SIP

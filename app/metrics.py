@@ -99,7 +99,7 @@ class Metrics:
             multiprocess_mode="liveall",
         )
 
-        # --- calls sip-router stays with after the accept (SPEC section 10) ---------------
+        # --- calls sip-router stays with after the accept ---------------
         self.active_calls = Gauge(
             "sip_router_active_calls",
             "Calls with a live sideband, by API.",

@@ -1,4 +1,4 @@
-"""What the call log keeps of one call beyond its masked list entry (SPEC sections 8 and 12).
+"""What the call log keeps of one call beyond its masked list entry.
 
 Each call log entry has a side record keyed by its call id, kept as long as the entry: the
 entry itself, the decision with a compact trace, every upstream request with its status
@@ -40,7 +40,7 @@ def kept_inputs(
     """The decision inputs of one delivery, capped; `truncated` when headers were left out.
 
     `api` (always) and `media_security` (when the delivery gave one) are kept too: rules
-    may read them (SPEC section 11).
+    may read them.
     """
     kept: list[list[str]] = []
     size = 0
@@ -64,7 +64,7 @@ def kept_inputs(
 def context_from_inputs(inputs: Mapping[str, Any], call_id: str, ruleset: Ruleset) -> CallContext:
     """The CallContext the recorded inputs describe, read with `ruleset`'s region.
 
-    `api` and `media_security` are those recorded with the call (SPEC section 11); a
+    `api` and `media_security` are those recorded with the call; a
     record without `api` was a Realtime call.
 
     ValueError when `inputs` is not what `kept_inputs` writes.

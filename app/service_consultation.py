@@ -1,4 +1,4 @@
-"""Asking your own services for a decision (`consult`, SPEC section 13): the HTTP side.
+"""Asking your own services for a decision (`consult`): the HTTP side.
 
 The rule engine stays pure: `Ruleset.evaluate` stops at a `consult` rule, this module
 posts the call to the service, and `Ruleset.resume` follows the answer or the next rule.
@@ -35,7 +35,7 @@ from app.settings import UNSIGNED_SERVICES_WARNING
 
 log = logging.getLogger("sip_router.consult")
 
-# No service may take longer than this (SPEC: timeout_s at most 5); the per-request bound
+# No service may take longer than this (timeout_s at most 5); the per-request bound
 # is the service's own timeout_s, enforced around the whole exchange.
 MAX_SERVICE_TIMEOUT_S = 5.0
 

@@ -74,7 +74,7 @@ class Settings(BaseSettings):
         default="info", alias="SIP_ROUTER_LOG_LEVEL"
     )
     mask_numbers: bool = Field(default=True, alias="SIP_ROUTER_MASK_NUMBERS")
-    # Each recorded call keeps its decision inputs (unmasked) for `replay` (SPEC section 12).
+    # Each recorded call keeps its decision inputs (unmasked) for `replay`.
     keep_call_inputs: bool = Field(default=True, alias="SIP_ROUTER_KEEP_CALL_INPUTS")
     # What one HTTP client may hold (app/http/connection_limits.py), and the metrics port.
     max_connections: int = Field(default=2000, ge=1, alias="SIP_ROUTER_MAX_CONNECTIONS")
@@ -87,9 +87,9 @@ class Settings(BaseSettings):
         default=120.0, gt=0, le=3600, alias="SIP_ROUTER_RELOAD_TIMEOUT_S"
     )
     reload_memory_mb: int = Field(default=2048, ge=64, alias="SIP_ROUTER_RELOAD_MEMORY_MB")
-    # Signs sip-router's requests to your own services (SPEC section 13); unset: unsigned.
+    # Signs sip-router's requests to your own services; unset: unsigned.
     outbound_secret: SecretStr | None = Field(default=None, alias="SIP_ROUTER_OUTBOUND_SECRET")
-    # Keep the transcripts of calls whose profile says `transcript: true` (SPEC section 10).
+    # Keep the transcripts of calls whose profile says `transcript: true`.
     transcripts: bool = Field(default=False, alias="SIP_ROUTER_TRANSCRIPTS")
 
     @field_validator("openai_api_key", "admin_token", "redis_url", mode="before")

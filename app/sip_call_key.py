@@ -1,4 +1,4 @@
-"""The key that names one phone call across its announcements (SPEC section 11).
+"""The key that names one phone call across its announcements.
 
 The same SIP call may be announced twice, by Realtime (`rtc_...`) and by GPT-Live
 (`live_...`), each with an id of its own. OpenAI does not document how to tell that two

@@ -2,7 +2,7 @@
 
 Realtime announces a call with `realtime.call.incoming` (`data.call_id`); GPT-Live with
 `live.transport.incoming` (`data.type: "sip"`, `data.session_id`) or the deprecated
-`live.call.incoming` (no `data.type`). SPEC section 11, reference/gpt-live-sip.md section 3.
+`live.call.incoming` (no `data.type`).
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Capacity: one replica holding many active calls with open sidebands (SPEC section 10).
+"""Capacity: one replica holding many active calls with open sidebands.
 
 `uv run python -m bench.active_calls [--calls 1000]` starts a peer process (the project's
 fake OpenAI on loopback, scripted so every call's agent calls a company function every

@@ -1,4 +1,4 @@
-"""A company's own decision service on loopback, for `consult` rules (SPEC section 13).
+"""A company's own decision service on loopback, for `consult` rules.
 
 Served by uvicorn in a background thread like tests/fake_openai.py, so the requests cross
 a real socket. It checks each request's Standard Webhooks signature with the

@@ -1,4 +1,4 @@
-"""The call-control keys of the rule language (SPEC section 10): what loads, what is refused
+"""The call-control keys of the rule language: what loads, what is refused
 with its `file:line`, and what a decision carries for the call's life after the accept."""
 
 from __future__ import annotations

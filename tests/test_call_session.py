@@ -1,4 +1,4 @@
-"""The call's state machine after the accept: events in, commands out (SPEC section 10)."""
+"""The call's state machine after the accept: events in, commands out."""
 
 from __future__ import annotations
 

@@ -1,5 +1,5 @@
 """`consult` against a real service on loopback: signed requests, answers followed, and a
-slow, failing or nonsensical service that never strands a call (SPEC sections 5 and 13)."""
+slow, failing or nonsensical service that never strands a call."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Staying with a GPT-Live call, end to end over real sockets (SPEC sections 10 and 11).
+"""Staying with a GPT-Live call, end to end over real sockets.
 
 The service runs in process with its lifespan; the accepted call is handed to its call
 attendant with a Decision for `api: live` (as the webhook does after a Live accept), and

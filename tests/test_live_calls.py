@@ -1,4 +1,4 @@
-"""GPT-Live deliveries through the service (SPEC section 11): parsed, decided, sent on the
+"""GPT-Live deliveries through the service: parsed, decided, sent on the
 Live endpoints, logged with their API; and one decision per phone call across both APIs.
 
 The service runs in process with its lifespan; the fake OpenAI answers over loopback HTTP.

@@ -1,4 +1,4 @@
-"""GPT-Live in the rule language (SPEC section 11): `when: {api, media_security}`, `api: live`
+"""GPT-Live in the rule language: `when: {api, media_security}`, `api: live`
 profiles checked against the Live accept session, Live accept/reject/refer bodies, the
 api-mismatch fallback and its `check` warnings, simulate, `tests:` cases and replay."""
 

@@ -1,4 +1,4 @@
-"""A GPT-Live call's state machine after the accept: events in, commands out (SPEC section 11)."""
+"""A GPT-Live call's state machine after the accept: events in, commands out."""
 
 from __future__ import annotations
 

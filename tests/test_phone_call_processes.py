@@ -1,6 +1,6 @@
 """One phone call announced on both APIs (Realtime and GPT-Live), across three real
 `sip-router serve` replicas sharing one Redis: exactly one decision reaches OpenAI, the other
-announcement is a duplicate (SPEC section 11)."""
+announcement is a duplicate."""
 
 from __future__ import annotations
 

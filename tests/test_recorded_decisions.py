@@ -1,5 +1,5 @@
-"""One action per call when a replica dies mid-action or the final write is lost (SPEC
-section 7): the decision recorded before sending is what any later owner sends again."""
+"""One action per call when a replica dies mid-action or the final write is lost: the
+decision recorded before sending is what any later owner sends again."""
 
 from __future__ import annotations
 

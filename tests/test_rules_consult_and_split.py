@@ -1,4 +1,4 @@
-"""`consult`, `services`, `split` and `vars` in the rule language (SPEC sections 5 and 13).
+"""`consult`, `services`, `split` and `vars` in the rule language.
 
 The pure part: validation with `file:line`, decisions with stubbed service answers
 (`tests:`, `simulate --consult`), answers validated like a rule's action, and splits

@@ -535,7 +535,7 @@ async def test_workers_metrics_show_only_the_version_in_service_after_a_reload(
     assert ruleset_info(text) == [({"version": second}, 1.0)], text
 
 
-# -- staying with the call across replicas (SPEC section 10) -------------------------------
+# -- staying with the call across replicas -------------------------------
 
 CALL_RULES = """\
 version: 1

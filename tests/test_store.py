@@ -401,7 +401,7 @@ async def test_call_log_rejects_a_negative_limit(store: Store) -> None:
         await store.recent(-1)
 
 
-# --- one phone call announced twice (Realtime and GPT-Live), SPEC section 11 --------------
+# --- one phone call announced twice (Realtime and GPT-Live) --------------
 
 PHONE_CALL = "sipcall:" + "ab" * 32
 

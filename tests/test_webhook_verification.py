@@ -357,7 +357,7 @@ def test_an_incoming_call_without_its_required_fields_is_unreadable(
         parse_event(json.dumps(event))
 
 
-# --- GPT-Live events (SPEC section 11) ---------------------------------------------------
+# --- GPT-Live events ---------------------------------------------------
 
 LIVE_SESSION = "live_u0_479a275623b54bdb9b6fbae2f7cbd408"
 LIVE_HEADERS = [

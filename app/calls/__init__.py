@@ -1,1 +1,1 @@
-"""The call after the accept: its sideband, its function calls and its end (SPEC section 10)."""
+"""The call after the accept: its sideband, its function calls and its end."""

@@ -1,4 +1,4 @@
-"""The calls this replica stays with after the accept (SPEC section 10): start, take over, record.
+"""The calls this replica stays with after the accept: start, take over, record.
 
 After a successful accept whose decision asks for it, the call is registered with its
 ownership lease and its driver starts in `ActiveCalls`; the webhook does not wait for it.

@@ -14,7 +14,7 @@ from typing import Any, Literal
 TRANSFER_CALL = "transfer_call"
 END_CALL = "end_call"
 BUILT_IN_FUNCTIONS = frozenset({TRANSFER_CALL, END_CALL})
-# SPEC section 10: a function's `timeout_s` defaults to 5 and may not exceed 30.
+# A function's `timeout_s` defaults to 5 and may not exceed 30.
 DEFAULT_FUNCTION_TIMEOUT_S = 5.0
 MAX_FUNCTION_TIMEOUT_S = 30.0
 

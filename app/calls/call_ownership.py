@@ -6,7 +6,7 @@ expires and another replica takes the call over (within 15 s: a 10 s lease and
 a scan every 2 s), together with what the call remembers (the function calls already
 answered, whether it was greeted, the call control it switched to) so nothing is answered
 or said twice and the call goes on as it was. On shutdown a
-replica releases its leases so others take over at once (SPEC section 10).
+replica releases its leases so others take over at once.
 
 In process memory (one replica) or in Redis (several), with the same behaviour.
 """

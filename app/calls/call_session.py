@@ -3,7 +3,7 @@
 No sockets and no clock: every event carries its time (`at`, seconds on the driver's
 clock) and timers are commands with an absolute deadline. The driver
 (`sideband_connection.py`) feeds it what the sideband, the call endpoints and the
-company's functions say, and carries out what it asks for (SPEC section 10).
+company's functions say, and carries out what it asks for.
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""The function tools a profile's call-control keys add to the accept body (SPEC section 10).
+"""The function tools a profile's call-control keys add to the accept body.
 
 Pure: built from `CallControl` with the accept body's own models, so they are validated
 like any tool a profile lists itself.

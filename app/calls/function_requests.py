@@ -1,4 +1,4 @@
-"""Requests to the company's own functions (SPEC section 13): signed, capped, timed out.
+"""Requests to the company's own functions: signed, capped, timed out.
 
 The answer body (JSON or text) becomes the function call's output; everything that is not
 a usable answer (timeout, non-2xx, a redirect, connection error, over 16 KiB, undecodable)
@@ -21,7 +21,7 @@ from app.calls.call_control import CompanyFunction
 from app.outbound_requests import read_at_most, signature_headers
 from app.outbound_urls import check_outbound_url
 
-# SPEC section 10: the function call output is at most 16 KiB.
+# The function call output is at most 16 KiB.
 MAX_ANSWER_BYTES = 16 * 1024
 USER_AGENT = "sip-router"
 

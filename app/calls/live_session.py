@@ -10,7 +10,7 @@ the same events and give the same commands to the same driver (`sideband_connect
   `response.output_item.done`); it is answered with `response.item.create` and
   `response.create`, and once the agent's speech is quiet sip-router hangs up;
 - transcripts come as deltas, joined into turns; `session.closed` ends the call with its
-  `reason` as `end_reason` (SPEC section 11).
+  `reason` as `end_reason`.
 """
 
 from __future__ import annotations

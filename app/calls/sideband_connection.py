@@ -3,7 +3,7 @@
 It feeds what the sideband, the call endpoints, the company's functions and its timers say
 to the call's `CallSession`, one event at a time, and does what the session asks. The
 socket reconnects with backoff (`async for ws in connect(...)`) while the call may still be
-active; every task of the call lives in the call's own task group (SPEC section 10).
+active; every task of the call lives in the call's own task group.
 """
 
 from __future__ import annotations
@@ -53,7 +53,7 @@ from app.rules.call_context import CallApi
 
 log = logging.getLogger("sip_router.sideband")
 
-# A call may be active for `max_duration_s`, else for 2 hours (SPEC section 10).
+# A call may be active for `max_duration_s`, else for 2 hours.
 DEFAULT_ACTIVE_FOR_S = 2 * 3600.0
 MAX_MESSAGE_BYTES = 1024 * 1024
 MAX_UNSENT_EVENTS = 100

@@ -199,7 +199,7 @@ async def hangup(call_id: str, request: Request, services: AdminDep) -> JSONResp
     except ValidationError:
         return JSONResponse({"error": "not a call id"}, status_code=400)
     client = request.client.host if request.client else None
-    # Realtime calls and GPT-Live sessions hang up on their own endpoints (SPEC section 11).
+    # Realtime calls and GPT-Live sessions hang up on their own endpoints.
     api = await services.processor.call_api(call_id)
     if services.settings.dry_run:
         _audit_hangup(client, call_id, api, "dry_run", None)

@@ -1,4 +1,4 @@
-"""`GET /admin/`: the operator console, a server-rendered page over the admin API (SPEC 12).
+"""`GET /admin/`: the operator console, a server-rendered page over the admin API.
 
 The page and its two assets (app/console_static: plain JavaScript and CSS, no build step,
 nothing from another origin) need no token and hold no data: the script asks for the

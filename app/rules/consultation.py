@@ -1,4 +1,4 @@
-"""Asking your own service for a decision (`consult`, SPEC sections 5 and 13): the pure part.
+"""Asking your own service for a decision (`consult`): the pure part.
 
 What a service receives (`consult_request_body`), what it may answer (`read_answer`: JSON
 bytes -> ServiceAnswer, or InvalidAnswer saying why not), and what a decision keeps of
@@ -194,7 +194,7 @@ def _clean_variables(variables: Mapping[str, str]) -> dict[str, str]:
 
 # Names that never resolve on the public internet: a Kubernetes service, a private zone.
 def consult_request_body(ctx: CallContext, rule: str, api: str | None = None) -> dict[str, Any]:
-    """The JSON a consulted service receives (SPEC section 13); `api` is the call's."""
+    """The JSON a consulted service receives; `api` is the call's."""
     return {
         "call_id": ctx.call_id,
         "api": api or ctx.api,

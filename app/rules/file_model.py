@@ -104,7 +104,7 @@ class WhenSpec(BaseModel):
     called: NumberConditionSpec | None = None
     header: dict[str, HeaderTestSpec] | None = None
     schedule: Name | None = None
-    # Which API announced the call, and its media protection (SPEC section 11).
+    # Which API announced the call, and its media protection.
     api: Literal["realtime", "live"] | None = None
     media_security: Literal["srtp", "rtp"] | None = None
     all: tuple[WhenSpec, ...] | None = None
@@ -152,7 +152,7 @@ class AcceptSpec(BaseModel):
 
 
 class ReferSpec(BaseModel):
-    """A refer: by default carried out after an accept with `profile` (SPEC section 10)."""
+    """A refer: by default carried out after an accept with `profile`."""
 
     model_config = _FROZEN
 
@@ -233,7 +233,7 @@ class TestCaseSpec(BaseModel):
     to: str
     headers: dict[str, str] | None = None
     at: datetime | None = None
-    # The API that announces the call, and its media protection (SPEC section 11).
+    # The API that announces the call, and its media protection.
     api: Literal["realtime", "live"] = "realtime"
     media_security: str | None = Field(default=None, min_length=1, max_length=32)
     # Stubbed answers of `services`, by service name: the JSON a service would answer.
@@ -274,7 +274,7 @@ class ListSpec(BaseModel):
 
 
 class ServiceSpec(BaseModel):
-    """One of your own services that `consult` rules ask (SPEC section 13)."""
+    """One of your own services that `consult` rules ask."""
 
     model_config = _FROZEN
 

@@ -657,7 +657,7 @@ def _profile_defs(
     # `extends` must be complete on its own.
     realtime["if"] = {"required": ["extends"]}
     realtime["else"] = {"properties": full_props}
-    # SPEC section 11: transfer and functions are refused on GPT-Live.
+    # Transfer and functions are refused on GPT-Live.
     live_extras = {k: v for k, v in extras.items() if k not in ("transfer", "functions")}
     live_extras["end_call"] = {
         "type": ["boolean", "null"],

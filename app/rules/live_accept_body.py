@@ -1,4 +1,4 @@
-"""The session of a GPT-Live accept, validated against the API reference (SPEC section 11).
+"""The session of a GPT-Live accept, validated against the API reference.
 
 A profile with `api: live` is checked with these models when rules load; its accept body
 is `{"session": {"type": "live", ...}}`. The fields are those of the Live accept session

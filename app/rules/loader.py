@@ -134,7 +134,7 @@ _PATTERN_TOKEN = re.compile(r"[0-9]|X|Z|N|\[(?:[0-9](?:-[0-9])?)+\]")
 _DEFAULT_ON_ERROR = RejectAction(503)
 # Keys of a profile that are not accept fields: sip-router reads them itself.
 _PROFILE_OWN_KEYS = ("extends", "instructions_file", "max_duration_s", "api", *CONTROL_KEYS)
-# SPEC section 11: what GPT-Live profiles cannot have, and why.
+# What GPT-Live profiles cannot have, and why.
 _LIVE_TOOLS_REFUSED = (
     "{key} is not available on GPT-Live: function tools on GPT-Live run through its"
     " delegation protocol; sip-router offers end_call only"
@@ -368,7 +368,7 @@ def _compile(parts: FileParts, ctx: _Context) -> Ruleset:
 
 
 def _compile_services(parts: FileParts, ctx: _Context) -> dict[str, ServiceTarget]:
-    """`services`, each URL checked (SPEC section 13): https, or http to a private address."""
+    """`services`, each URL checked: https, or http to a private address."""
     services = {}
     for name, spec in parts.services.items():
         path: DataPath = ("services", name, "url")

@@ -1,4 +1,4 @@
-"""A profile's call-control keys, as written and as compiled (SPEC section 10).
+"""A profile's call-control keys, as written and as compiled.
 
 `greeting`, `transfer`, `end_call`, `functions` and `transcript` are sip-router's own keys
 of a profile: never sent upstream as such. The top-level `transfer_targets` and `functions`

@@ -1,4 +1,4 @@
-"""A profile with a rule's (or a service's) `overrides` merged over it (SPEC section 5)."""
+"""A profile with a rule's (or a service's) `overrides` merged over it."""
 
 from __future__ import annotations
 

@@ -1,7 +1,7 @@
 """`{{ ... }}` in `instructions` and `target_uri`, rendered in Jinja2's immutable sandbox.
 
 Variables: caller, called, call_id, rule, headers, now, and `vars` (the `variables` of
-consulted services' answers, SPEC section 13).
+consulted services' answers).
 
 Unknown variables and attributes of `caller`/`called` are load-time errors; anything
 only detectable while rendering raises TemplateRenderError, and `on_error` applies.

@@ -36,7 +36,7 @@ class CallLog(Protocol):
 
     async def add_to_call(self, call_id: str, fields: Mapping[str, Any]) -> bool:
         """Join `fields` to the call's record: its later life when sip-router stayed with it
-        (LIFECYCLE_KEYS of app.recorded_calls; SPEC section 10), which `recent` shows with
+        (LIFECYCLE_KEYS of app.recorded_calls), which `recent` shows with
         the call's entry too. False when the call has no record (yet, or any more)."""
         ...
 
@@ -48,7 +48,7 @@ def check_limit(limit: int) -> int:
     return min(limit, CALL_LOG_SIZE)
 
 
-# The call's later life when sip-router stays with it (SPEC section 10), kept in its record.
+# The call's later life when sip-router stays with it, kept in its record.
 LIFECYCLE_KEYS = ("ended_at", "duration_s", "end_reason", "transfer", "events", "transcript")
 
 

@@ -12,7 +12,7 @@ from typing import Any, Protocol
 DONE_KEEP_S = 96 * 3600
 # Both announcements of one phone call (Realtime and GPT-Live) arrive within seconds; the
 # phone call's own record is kept this long (a later copy is stale anyway, or OpenAI
-# answers it `decision_already_made`). SPEC section 11.
+# answers it `decision_already_made`).
 SIP_CALL_KEEP_S = 15 * 60
 MAX_ID_LENGTH = 256
 
