@@ -27,6 +27,7 @@ from app.calls.call_control import END_CALL, CompanyFunction
 from app.outbound_urls import check_outbound_url
 from app.phone_numbers import NumberFormatError, normalize_number, normalize_prefix
 from app.rules.accept_body import (
+    BodyPath,
     SessionConfig,
     build_accept_body,
     function_tool_warnings,
@@ -712,18 +713,8 @@ def _live_session(
                 finding = replace(finding, message=MODEL_REQUIRED)
             findings.append(finding)
         return None
-    compiles = True
     session = build_live_accept_body(config)["session"]
-    for path, source in live_templated_fields(session):
-        if path == ("instructions",) and source in ctx.checked_templates:
-            compiles = compiles and ctx.checked_templates[source]
-            continue
-        try:
-            compile_template(source)
-        except TemplateCompileError as exc:
-            findings.append(Finding(path, path, str(exc)))
-            compiles = False
-    return config if compiles else None
+    return config if _templates_compile(live_templated_fields(session), findings, ctx) else None
 
 
 def _has_input_transcription(body: Mapping[str, Any]) -> bool:
@@ -796,8 +787,16 @@ def _session_config(
     except ValidationError as exc:
         findings.extend(validation_findings(exc, dict(body), SessionConfig, _PROFILE_OWN_KEYS))
         return None
+    fields = templated_fields(build_accept_body(config))
+    return config if _templates_compile(fields, findings, ctx) else None
+
+
+def _templates_compile(
+    fields: Iterable[tuple[BodyPath, str]], findings: list[Finding], ctx: _Context
+) -> bool:
+    """Whether every templated field compiles; each one that does not becomes a finding."""
     compiles = True
-    for path, source in templated_fields(build_accept_body(config)):
+    for path, source in fields:
         # Instructions read from a file were checked there, with the file's own lines.
         if path == ("instructions",) and source in ctx.checked_templates:
             compiles = compiles and ctx.checked_templates[source]
@@ -807,7 +806,7 @@ def _session_config(
         except TemplateCompileError as exc:
             findings.append(Finding(path, path, str(exc)))
             compiles = False
-    return config if compiles else None
+    return compiles
 
 
 class _RuleCompiler:
