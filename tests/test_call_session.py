@@ -15,13 +15,10 @@ from app.calls.call_control import (
     ReferFailure,
     TransferTarget,
 )
-from app.calls.call_session import (
-    AUDIO_TIMER,
-    AUDIO_WAIT_S,
-    RESPONSE_TAG_KEY,
+from app.calls.call_session import RESPONSE_TAG_KEY, CallSession
+from app.calls.session_events import (
     ActionFinished,
     CallFunction,
-    CallSession,
     CancelTimer,
     Command,
     Finish,
@@ -36,6 +33,7 @@ from app.calls.call_session import (
     TimerFired,
     Turn,
 )
+from app.calls.sideband_session import AUDIO_TIMER, AUDIO_WAIT_S
 
 FRONT_DESK = "sip:frontdesk@pbx.example.com"
 CONTROL = CallControl(

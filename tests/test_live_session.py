@@ -8,9 +8,15 @@ from typing import Any
 import pytest
 
 from app.calls.call_control import CallControl, ReferAfterAccept, ReferFailure
-from app.calls.call_session import (
-    AUDIO_TIMER,
-    AUDIO_WAIT_S,
+from app.calls.live_session import (
+    CLOSE_TIMER,
+    CLOSE_WAIT_S,
+    GREETING_NUDGE,
+    QUIET_S,
+    QUIET_TIMER,
+    LiveCallSession,
+)
+from app.calls.session_events import (
     ActionFinished,
     Command,
     Finish,
@@ -25,14 +31,7 @@ from app.calls.call_session import (
     TimerFired,
     Turn,
 )
-from app.calls.live_session import (
-    CLOSE_TIMER,
-    CLOSE_WAIT_S,
-    GREETING_NUDGE,
-    QUIET_S,
-    QUIET_TIMER,
-    LiveCallSession,
-)
+from app.calls.sideband_session import AUDIO_TIMER, AUDIO_WAIT_S
 
 GREETING = "Thanks for calling Lakeside Clinic."
 CONTROL = CallControl(greeting=GREETING, end_call=True, transcript=True)

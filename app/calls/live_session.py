@@ -1,8 +1,9 @@
 """One GPT-Live call's life after the accept, as a pure state machine: events in, commands out.
 
 The GPT-Live sideband (`/live/sessions/{session_id}/attach`) speaks another protocol than
-Realtime's, so it has its own state machine beside `call_session.CallSession`; both take
-the same events and give the same commands to the same driver (`sideband_connection.py`).
+Realtime's, so it has its own subclass of `sideband_session.SidebandSession` beside
+`call_session.CallSession`; both take the same events and give the same commands
+(`session_events.py`) to the same driver (`sideband_connection.py`).
 
 - greeting (and a refer's announcement): `session.instructions.append` with the words to
   say, then a short `session.commentary.append`, so the agent speaks first;
@@ -15,36 +16,31 @@ the same events and give the same commands to the same driver (`sideband_connect
 
 from __future__ import annotations
 
-import json
 from collections import deque
-from collections.abc import Collection, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, replace
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal, Unpack
 
-from app.calls.call_control import END_CALL, HANG_UP, CallControl
-from app.calls.call_session import (
-    AUDIO_TIMER,
-    AUDIO_WAIT_S,
-    LOST_ANSWER,
-    MAX_ANSWERED_IDS,
-    MAX_TRANSCRIPT_TURNS,
-    MAX_TURN_CHARS,
-    ActionFinished,
+from app.calls.call_control import END_CALL, CallControl, ReferFailure
+from app.calls.session_events import (
+    ActionVerb,
     CancelTimer,
     Command,
-    Event,
-    Finish,
-    FunctionAnswered,
     Note,
     PerformAction,
     SendEvent,
     SetTimer,
-    SidebandClosed,
-    SidebandMessage,
-    SidebandOpened,
     TimerFired,
-    TransferRecord,
     Turn,
+)
+from app.calls.sideband_session import (
+    AUDIO_TIMER,
+    AUDIO_WAIT_S,
+    MAX_TURN_CHARS,
+    ActionWait,
+    CallMemory,
+    SidebandSession,
+    bad_event,
 )
 
 # The agent's speech is over once no output transcript or audio arrived for this long.
@@ -54,7 +50,6 @@ QUIET_TIMER = "quiet"
 CLOSE_WAIT_S = 5.0
 CLOSE_TIMER = "close"
 GREETING_NUDGE = "Begin the conversation now, following the instructions provided."
-END_CALL_OUTPUT = {"status": "ending the call; say goodbye"}
 REFER_FAILED = (
     "The transfer of this call failed. Tell the caller now that you could not transfer"
     " them, then keep helping them."
@@ -76,125 +71,55 @@ def say_now_instruction(text: str) -> str:
 
 
 @dataclass(slots=True)
-class _QuietWait:
+class _QuietWait(ActionWait):
     """A refer or hangup that waits until the agent's speech has been quiet for a while."""
 
-    verb: Literal["refer", "hangup"]
-    target_uri: str | None
-    deadline: float
-    last_speech: float
-    function_call_id: str | None = None
-    # The refer `on_error` asked for after a refer rule failed: no further fallback.
-    fallback: bool = False
+    last_speech: float = 0.0
 
 
-class LiveCallSession:
+class LiveCallSession(SidebandSession[_QuietWait]):
     """The state of one GPT-Live call after the accept; `handle` is its only way in.
 
-    `answered`, `greeted` and `lost` are what a call taken over remembers, as for
-    `CallSession`; `quiet_s` is how long the agent's speech must be quiet before a
+    `answered`, `greeted` and `lost` are what a call taken over remembers (see
+    `SidebandSession`); `quiet_s` is how long the agent's speech must be quiet before a
     hangup or refer.
     """
+
+    OUTPUT_EVENT: ClassVar[str] = "response.item.create"
+    WAIT_TIMERS: ClassVar[tuple[str, ...]] = (QUIET_TIMER, AUDIO_TIMER)
+    TIMERS: ClassVar[tuple[str, ...]] = (QUIET_TIMER, AUDIO_TIMER, CLOSE_TIMER)
 
     def __init__(
         self,
         call_id: str,
         control: CallControl,
         *,
-        answered: Collection[str] = (),
-        greeted: bool = False,
-        lost: Collection[str] = (),
         quiet_s: float = QUIET_S,
+        **memory: Unpack[CallMemory],
     ) -> None:
-        self.call_id = call_id
-        self.control = control
-        self.answered: set[str] = set(answered)
-        self.greeted = greeted
-        self.transfer: TransferRecord | None = None
-        self.ended_at: float | None = None
-        self.end_reason: str | None = None
-        self.connections = 0
+        super().__init__(call_id, control, **memory)
         self._quiet_s = quiet_s
-        self._turns: list[Turn] = []
-        self._wait: _QuietWait | None = None
-        self._action_in_flight: _QuietWait | None = None
-        self._done: Literal["hangup", "transferred"] | None = None
         self._closed_reason: str | None = None
-        self._socket_closed: SidebandClosed | None = None
         self._seen_ids: set[str] = set()
         self._seen_order: deque[str] = deque()
-        self._lost = [call_id for call_id in lost if call_id not in self.answered]
-
-    @property
-    def ended(self) -> bool:
-        return self.end_reason is not None
-
-    @property
-    def asking(self) -> frozenset[str]:
-        """GPT-Live calls ask no company functions."""
-        return frozenset()
 
     @property
     def transcript(self) -> Sequence[Turn]:
         return [replace(turn, text=turn.text.strip()) for turn in self._turns]
 
-    def handle(self, event: Event) -> list[Command]:
-        """Apply one event; never raises for anything the outside world sends."""
-        if self.ended:
-            return []
-        if isinstance(event, SidebandOpened):
-            return self._opened(event.at)
-        if isinstance(event, SidebandMessage):
-            return self._message(event.data, event.at)
-        if isinstance(event, FunctionAnswered):
-            return [Note("function_answer_unexpected", "debug", {"call_id": event.call_id})]
-        if isinstance(event, ActionFinished):
-            return self._action_finished(event)
-        if isinstance(event, TimerFired):
-            return self._timer(event)
-        return self._closed(event)
+    # --- the sideband speaks GPT-Live ----------------------------------------------------
 
-    # --- the sideband opens --------------------------------------------------------------
+    def _say_now(self, text: str, wait: _QuietWait | None) -> list[Command]:
+        return list(_speak(text))
 
-    def _opened(self, at: float) -> list[Command]:
-        self.connections += 1
-        lost = self._answer_lost()
-        if self.greeted:
-            return [*lost, Note("sideband_reopened", fields={"connections": self.connections})]
-        self.greeted = True
-        refer = self.control.refer
-        if refer is not None:
-            if refer.announce:
-                wait = self._start_wait("refer", refer.target_uri, at)
-                return [*lost, *_speak(refer.announce), *self._timers_for(wait)]
-            return [*lost, *self._act(_QuietWait("refer", refer.target_uri, at, at))]
-        if self.control.greeting:
-            return [*lost, *_speak(self.control.greeting), Note("greeting", "debug")]
-        return lost
+    def _response_for(self, wait: _QuietWait | None) -> dict[str, Any]:
+        # `response.create` after an output, so the delegation goes on.
+        return {"type": "response.create"}
 
-    def _answer_lost(self) -> list[Command]:
-        """One error output for each function call the previous owner never answered."""
-        commands: list[Command] = []
-        for call_id in self._lost:
-            if call_id in self.answered:
-                continue
-            self.answered.add(call_id)
-            commands.append(_output(call_id, {"error": LOST_ANSWER}))
-            commands.append(Note("function_call", "warning", {"function": "?", "outcome": "lost"}))
-        self._lost = []
-        if commands:
-            commands.append(SendEvent({"type": "response.create"}))
-        return commands
+    def _error_event_id(self, error: dict[str, Any]) -> object:
+        return error.get("client_event_id", error.get("event_id"))
 
-    # --- messages from the sideband ------------------------------------------------------
-
-    def _message(self, data: str | bytes, at: float) -> list[Command]:
-        try:
-            event = json.loads(data)
-        except (ValueError, UnicodeDecodeError):
-            return [_bad("not JSON", size=len(data))]
-        if not isinstance(event, dict) or not isinstance(event.get("type"), str):
-            return [_bad("not an event object")]
+    def _event(self, event: dict[str, Any], at: float) -> list[Command]:
         if self._seen_before(event.get("event_id")):
             return []
         kind: str = event["type"]
@@ -209,19 +134,7 @@ class LiveCallSession:
         if kind == "session.closed":
             return self._session_closed(event.get("reason"), at)
         if kind == "error":
-            raw_error = event.get("error")
-            error: dict[str, Any] = raw_error if isinstance(raw_error, dict) else {}
-            return [
-                Note(
-                    "openai_error",
-                    "warning",
-                    {
-                        "code": str(error.get("code"))[:100],
-                        "message": str(error.get("message"))[:300],
-                        "event_id": str(error.get("client_event_id", error.get("event_id")))[:100],
-                    },
-                )
-            ]
+            return self._openai_error(event)
         return []
 
     def _seen_before(self, event_id: object) -> bool:
@@ -242,14 +155,14 @@ class LiveCallSession:
         last = self._turns[-1] if self._turns else None
         if last is not None and last.role == role:
             self._turns[-1] = replace(last, text=(last.text + delta)[:MAX_TURN_CHARS])
-        elif len(self._turns) < MAX_TRANSCRIPT_TURNS:
-            self._turns.append(Turn(role, delta[:MAX_TURN_CHARS], at))
+        else:
+            self._add_turn(role, delta, at)
         return []
 
     def _response_event(self, nested: object, at: float) -> list[Command]:
         """A delegated Responses stream event: function calls are in its output items."""
         if not isinstance(nested, dict):
-            return [_bad("response.event without an event")]
+            return [bad_event("response.event without an event")]
         kind = nested.get("type")
         items: list[object] = []
         if kind == "response.output_item.done":
@@ -271,66 +184,24 @@ class LiveCallSession:
 
     # --- end_call, the only function on a GPT-Live call ----------------------------------
 
-    def _function_call(
-        self, call_id: object, name: object, arguments: object, at: float
+    def _call_function(
+        self, call_id: str, function: str, arguments: dict[str, Any], at: float
     ) -> list[Command]:
-        if not isinstance(call_id, str) or not call_id:
-            return [_bad("function call without a call_id")]
-        if call_id in self.answered:
-            return [Note("function_call_repeated", "debug", {"call_id": call_id})]
-        if len(self.answered) >= MAX_ANSWERED_IDS:
-            return [_bad("too many function calls on one call", call_id=call_id)]
-        function = name if isinstance(name, str) else ""
-        try:
-            parsed = json.loads(arguments) if isinstance(arguments, str) else None
-        except ValueError:
-            parsed = None
-        if not isinstance(parsed, dict):
-            return self._refuse(call_id, function, "the arguments are not a JSON object")
         if function != END_CALL or not self.control.end_call:
             return self._refuse(call_id, function, f"there is no function named {function[:64]!r}")
-        if self._busy():
-            return self._refuse(call_id, END_CALL, "a transfer or hang-up is already under way")
-        wait = self._start_wait("hangup", None, at, function_call_id=call_id)
-        return [
-            *self._answer(call_id, END_CALL_OUTPUT),
-            *self._timers_for(wait),
-            Note("function_call", fields={"function": END_CALL, "outcome": "ok", "latency_s": 0.0}),
-        ]
-
-    def _refuse(self, call_id: str, function: str, error: str) -> list[Command]:
-        note = Note(
-            "function_call",
-            "warning",
-            {
-                "function": function[:64] or "?",
-                "outcome": "refused",
-                "latency_s": 0.0,
-                "error": error,
-            },
-        )
-        return [*self._answer(call_id, {"error": error}), note]
-
-    def _answer(self, call_id: str, output: dict[str, Any]) -> list[Command]:
-        """The function call's output, then `response.create` so the delegation goes on."""
-        self.answered.add(call_id)
-        return [_output(call_id, output), SendEvent({"type": "response.create"})]
+        return self._end_call(call_id, at)
 
     # --- refer and hangup once the agent is quiet ----------------------------------------
 
-    def _busy(self) -> bool:
-        return self._wait is not None or self._action_in_flight is not None or bool(self._done)
-
-    def _start_wait(
-        self,
-        verb: Literal["refer", "hangup"],
-        target_uri: str | None,
-        at: float,
-        *,
-        function_call_id: str | None = None,
+    def _new_wait(
+        self, verb: ActionVerb, target_uri: str | None, at: float, function_call_id: str | None
     ) -> _QuietWait:
-        self._wait = _QuietWait(verb, target_uri, at + AUDIO_WAIT_S, at, function_call_id)
-        return self._wait
+        return _QuietWait(verb, target_uri, at + AUDIO_WAIT_S, function_call_id, last_speech=at)
+
+    def _no_wait(
+        self, verb: ActionVerb, target_uri: str | None, at: float, *, fallback: bool = False
+    ) -> _QuietWait:
+        return _QuietWait(verb, target_uri, at, fallback=fallback, last_speech=at)
 
     def _timers_for(self, wait: _QuietWait) -> list[Command]:
         return [
@@ -360,68 +231,29 @@ class LiveCallSession:
     def _act(self, wait: _QuietWait) -> list[Command]:
         self._wait = None
         self._action_in_flight = wait
-        cancel: list[Command] = [CancelTimer(QUIET_TIMER), CancelTimer(AUDIO_TIMER)]
+        cancel: list[Command] = [CancelTimer(key) for key in self.WAIT_TIMERS]
         if wait.verb == "refer":
             return [*cancel, PerformAction("refer", {"target_uri": wait.target_uri})]
         return [*cancel, PerformAction("hangup", None)]
 
-    def _action_finished(self, event: ActionFinished) -> list[Command]:
-        commands = self._action_result(event)
-        if self.ended or self._action_in_flight is not None:
-            return commands
-        if self._closed_reason is not None or self._socket_closed is not None:
-            fallback = self._socket_closed.reason if self._socket_closed else "unknown"
-            return [*commands, *self._finish(self._end_reason(fallback), event.at)]
-        return commands
-
-    def _action_result(self, event: ActionFinished) -> list[Command]:
-        wait = self._action_in_flight
-        if wait is None or wait.verb != event.verb:
-            return [Note("action_answer_unexpected", "debug", {"verb": event.verb})]
-        self._action_in_flight = None
-        if event.outcome == "gone":
-            if wait.verb == "refer" and wait.target_uri is not None:
-                self.transfer = TransferRecord(wait.target_uri, "gone", event.at)
-            return self._finish(self._closed_reason or "caller_hung_up", event.at)
-        if wait.verb == "hangup":
-            if event.outcome == "ok":
-                return self._await_close("hangup", event.at)
-            return [
-                Note("hangup_failed", "warning", {"outcome": event.outcome, "detail": event.detail})
-            ]
-        assert wait.target_uri is not None
-        self.transfer = TransferRecord(wait.target_uri, event.outcome, event.at)
-        note = Note(
-            "transfer",
-            "info" if event.outcome == "ok" else "warning",
-            {"outcome": event.outcome, "detail": event.detail, "rule_refer": True},
-        )
-        if event.outcome == "ok":
-            return [note, *self._await_close("transferred", event.at)]
-        if wait.fallback:
-            # on_error's own refer failed too: the call stays with the agent.
-            return [note]
-        failed = Note("refer_rule_failed", "warning", {"outcome": event.outcome})
-        return [note, failed, *self._refer_rule_failed(event.at)]
-
-    def _await_close(self, done: Literal["hangup", "transferred"], at: float) -> list[Command]:
+    def _succeeded(self, done: Literal["hangup", "transferred"], at: float) -> list[Command]:
         """The call is ending: `session.closed` says how, unless it never comes."""
         self._done = done
-        if self._closed_reason is not None or self._socket_closed is not None:
+        if self._closed_meanwhile():
             return []  # _action_finished finishes the call
         return [SetTimer(CLOSE_TIMER, at + CLOSE_WAIT_S)]
 
-    def _refer_rule_failed(self, at: float) -> list[Command]:
-        """A refer rule's refer failed: the rule file's `on_error` applies to the live call."""
-        failure = self.control.refer.on_error if self.control.refer is not None else HANG_UP
-        if failure.kind == "session":
-            # A GPT-Live session cannot be given another profile: the agent keeps the call.
-            return list(_speak_instruction(REFER_FAILED))
-        if failure.kind == "refer" and failure.target_uri:
-            return self._act(_QuietWait("refer", failure.target_uri, at, at, fallback=True))
-        return self._act(_QuietWait("hangup", None, at, at))
+    def _gone_reason(self) -> str:
+        return self._closed_reason or "caller_hung_up"
+
+    def _keep_call(self, failure: ReferFailure) -> list[Command] | None:
+        # A GPT-Live session cannot be given another profile: the agent keeps the call.
+        return list(_speak_instruction(REFER_FAILED))
 
     # --- the end -------------------------------------------------------------------------
+
+    def _closed_meanwhile(self) -> bool:
+        return self._closed_reason is not None or self._socket_closed is not None
 
     def _session_closed(self, reason: object, at: float) -> list[Command]:
         self._closed_reason = (
@@ -429,31 +261,14 @@ class LiveCallSession:
         )
         if self._action_in_flight is not None:
             # The answer of the refer or hangup just sent is still to come.
-            return [CancelTimer(QUIET_TIMER), CancelTimer(AUDIO_TIMER)]
+            return [CancelTimer(key) for key in self.WAIT_TIMERS]
         return self._finish(self._closed_reason, at)
-
-    def _closed(self, event: SidebandClosed) -> list[Command]:
-        if self._action_in_flight is not None:
-            self._socket_closed = event
-            return [CancelTimer(QUIET_TIMER), CancelTimer(AUDIO_TIMER)]
-        return self._finish(self._end_reason(event.reason), event.at)
 
     def _end_reason(self, fallback: str) -> str:
         """`session.closed`'s reason; without it, what sip-router itself did, or `fallback`."""
         if self._closed_reason is not None:
             return self._closed_reason
         return self._done or fallback
-
-    def _finish(self, reason: str, at: float) -> list[Command]:
-        self.end_reason = reason
-        self.ended_at = at
-        self._wait = None
-        return [
-            CancelTimer(QUIET_TIMER),
-            CancelTimer(AUDIO_TIMER),
-            CancelTimer(CLOSE_TIMER),
-            Finish(reason, at),
-        ]
 
 
 def _speak(text: str) -> tuple[SendEvent, SendEvent]:
@@ -470,13 +285,3 @@ def _speak_instruction(instruction: str) -> tuple[SendEvent, SendEvent]:
             {"type": "session.commentary.append", "delegation_id": None, "content": GREETING_NUDGE}
         ),
     )
-
-
-def _output(call_id: str, output: dict[str, Any]) -> SendEvent:
-    text = json.dumps(output, separators=(",", ":"))
-    item = {"type": "function_call_output", "call_id": call_id, "output": text}
-    return SendEvent({"type": "response.item.create", "item": item})
-
-
-def _bad(problem: str, **fields: Any) -> Note:
-    return Note("bad_sideband_event", "warning", {"problem": problem, **fields})

@@ -24,11 +24,13 @@ from websockets.client import backoff
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 
 from app.calls.call_control import CallControl, control_to_json
-from app.calls.call_session import (
+from app.calls.call_session import CallSession
+from app.calls.function_requests import CallFacts, FunctionRequester, FunctionResult
+from app.calls.live_session import LiveCallSession
+from app.calls.session_events import (
     ActionFinished,
     ActionOutcome,
     CallFunction,
-    CallSession,
     CancelTimer,
     Command,
     Event,
@@ -45,8 +47,6 @@ from app.calls.call_session import (
     TransferRecord,
     Turn,
 )
-from app.calls.function_requests import CallFacts, FunctionRequester, FunctionResult
-from app.calls.live_session import LiveCallSession
 from app.metrics import Metrics
 from app.openai_calls import ActionResult, Verb
 from app.rules.call_context import CallApi
