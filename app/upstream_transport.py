@@ -24,6 +24,7 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator, Iterator
 from contextlib import contextmanager
+from typing import Any
 
 import aiohttp
 import httpx
@@ -34,11 +35,42 @@ UPSTREAM_LIMITS = httpx.Limits(max_connections=200, max_keepalive_connections=50
 
 def upstream_http_client(transport: httpx.AsyncBaseTransport | None = None) -> httpx.AsyncClient:
     """The shared client of OpenAI's endpoints; `transport` replaces the network (tests)."""
-    return httpx.AsyncClient(
+    return UpstreamClient(
         transport=transport if transport is not None else UpstreamTransport(),
         limits=UPSTREAM_LIMITS,
         follow_redirects=False,
     )
+
+
+class AnswerCookies(httpx.Cookies):
+    """httpx's cookies, which read an answer only when it sets a cookie.
+
+    httpx hands every answer to `http.cookiejar` through urllib request and response views,
+    which cost more CPU than the rest of the client's own work on an answer; the jar takes
+    cookies from `Set-Cookie` and `Set-Cookie2` only, so an answer without them changes
+    nothing and is skipped.
+    """
+
+    def extract_cookies(self, response: httpx.Response) -> None:
+        headers = response.headers
+        if "set-cookie" in headers or "set-cookie2" in headers:
+            super().extract_cookies(response)
+
+
+class UpstreamClient(httpx.AsyncClient):
+    """`httpx.AsyncClient` whose cookies are `AnswerCookies` (the same jar, read lazily)."""
+
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self._answer_cookies = AnswerCookies(super().cookies.jar)
+
+    @property
+    def cookies(self) -> httpx.Cookies:
+        return self._answer_cookies
+
+    @cookies.setter
+    def cookies(self, cookies: httpx._types.CookieTypes) -> None:
+        self._answer_cookies = AnswerCookies(httpx.Cookies(cookies).jar)
 
 
 class UpstreamTransport(AiohttpTransport):
