@@ -553,6 +553,11 @@ class CallProcessor:
                 await self._store.append(entry, call_record(entry, record))
             except StoreUnavailable:
                 log.warning("could not append to the call log")
+        # A store that is down refuses every call until it is back: an operator must act.
+        failed = record.store_down or record.outcome in ("unknown", "failed")
+        level = logging.ERROR if failed else logging.INFO
+        if not log.isEnabledFor(level):
+            return
         fields = {
             "webhook_id": record.webhook_id,
             **decided,
@@ -564,9 +569,6 @@ class CallProcessor:
             "detail": record.detail,
             **why,
         }
-        # A store that is down refuses every call until it is back: an operator must act.
-        failed = record.store_down or record.outcome in ("unknown", "failed")
-        level = logging.ERROR if failed else logging.INFO
         log.log(
             level, "webhook", extra={"fields": {k: v for k, v in fields.items() if v is not None}}
         )
