@@ -110,6 +110,7 @@ def compact_trace(
     With `mask`, the caller's and called numbers are masked in the reasons, as in the log.
     """
     numbers = [p.e164 for p in (ctx.parties.caller, ctx.parties.called) if p.e164] if mask else []
+    masks = [(number, mask_number(number)) for number in numbers]
     steps: list[list[Any]] = []
     tried = 0
     for position in ruleset.index.candidates(ctx):
@@ -118,8 +119,7 @@ def compact_trace(
         if compiled.name != rule and len(steps) >= MAX_TRACE_STEPS - 1:
             continue
         matched, reason = compiled.when.explain(ctx)
-        for number in numbers:
-            masked = mask_number(number)
+        for number, masked in masks:
             reason = reason.replace(number, masked).replace(number[1:], masked[1:])
         steps.append([compiled.name, matched, reason])
         if compiled.name == rule:
