@@ -542,7 +542,7 @@ class CallProcessor:
             "failure": record.failure,
             "consulted": record.consulted,
         }
-        self._metrics.webhooks.labels(outcome=record.outcome).inc()
+        self._metrics.webhook_handled(record.outcome)
         if record.action is not None and record.outcome not in ("duplicate", "in_flight"):
             self._count_decision(record)
             self._metrics.decision_seconds.observe(elapsed_s)

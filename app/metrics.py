@@ -32,6 +32,31 @@ _RULESET_INFO_HELP = "The active ruleset version (value 1)."
 _cleared_for_pid: int | None = None
 
 
+# Children kept per metric by _BoundChildren before it starts over (label values such as an
+# upstream status come from outside).
+MAX_BOUND_CHILDREN = 256
+
+
+class _BoundChildren:
+    """A labelled metric's children by their label values, looked up once per values:
+    `labels()` checks the values and takes a lock on every call."""
+
+    def __init__(self, metric: Counter) -> None:
+        self._metric = metric
+        self._children: dict[tuple[str, ...], Counter] = {}
+
+    def __call__(self, *values: str) -> Counter:
+        child = self._children.get(values)
+        if child is None:
+            if len(self._children) >= MAX_BOUND_CHILDREN:
+                self._children.clear()
+            child = self._children[values] = self._metric.labels(*values)
+        return child
+
+    def __len__(self) -> int:
+        return len(self._children)
+
+
 class Metrics:
     """The service's counters, histogram and info gauge, and this process's rule hits."""
 
@@ -77,6 +102,10 @@ class Metrics:
             ["verb", "status"],
             registry=self.registry,
         )
+        self._webhook = _BoundChildren(self.webhooks)
+        self._decision = _BoundChildren(self.decisions)
+        self._fallback = _BoundChildren(self.fallbacks)
+        self._upstream = _BoundChildren(self.upstream_requests)
         self.decision_seconds = Histogram(
             "sip_router_decision_seconds",
             "Time from webhook in to upstream answer.",
@@ -135,9 +164,13 @@ class Metrics:
         self._ruleset = version
         self.ruleset_info.labels(version=version).set(1)
 
+    def webhook_handled(self, outcome: str) -> None:
+        """One webhook delivery answered, with its outcome."""
+        self._webhook(outcome).inc()
+
     def decided(self, rule: str, action: str, profile: str | None = None) -> None:
         """One call decided by `rule` (`default` when no rule matched) to `action`."""
-        self.decisions.labels(rule=rule, action=action, profile=profile or "").inc()
+        self._decision(rule, action, profile or "").inc()
         self.rule_hits[rule] += 1
 
     def consulted(self, service: str, outcome: str) -> None:
@@ -146,10 +179,10 @@ class Metrics:
 
     def fell_back(self, rule: str, action: str) -> None:
         """The action `rule` chose failed and on_error's `action` ran instead."""
-        self.fallbacks.labels(rule=rule, action=action).inc()
+        self._fallback(rule, action).inc()
 
     def upstream_answered(self, verb: str, status: int | None) -> None:
-        self.upstream_requests.labels(verb=verb, status=str(status) if status else "error").inc()
+        self._upstream(verb, str(status) if status else "error").inc()
 
     def render(self) -> bytes:
         """The exposition text; all workers' values in multiprocess mode."""

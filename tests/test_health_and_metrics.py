@@ -18,6 +18,7 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from app.app_factory import create_app
+from app.metrics import MAX_BOUND_CHILDREN, Metrics
 from app.rules.problems import RuleFileError
 from app.settings import Settings
 from app.store import RedisStore
@@ -577,3 +578,25 @@ async def test_full_collections_come_after_fewer_middle_generation_collections_w
         assert middle == 50  # young collections per middle-generation one (CPython: 10)
     # Stopped, the process's own settings are back.
     assert gc.get_threshold() == before
+
+
+def test_counts_through_bound_children_add_up_and_the_kept_children_stay_bounded() -> None:
+    metrics = Metrics()
+    for status in range(100, 100 + 2 * MAX_BOUND_CHILDREN):
+        metrics.upstream_answered("accept", status)
+    metrics.upstream_answered("accept", 200)
+    metrics.upstream_answered("accept", None)
+    metrics.decided("default", "accept", "desk")
+    metrics.decided("default", "accept", "desk")
+    metrics.webhook_handled("processed")
+    assert len(metrics._upstream) <= MAX_BOUND_CHILDREN
+
+    def value(name: str, **labels: str) -> float | None:
+        return metrics.registry.get_sample_value(name, labels)
+
+    upstream = "sip_router_upstream_requests_total"
+    assert value(upstream, verb="accept", status="200") == 2
+    assert value(upstream, verb="accept", status="101") == 1
+    assert value(upstream, verb="accept", status="error") == 1
+    assert value("sip_router_decisions_total", rule="default", action="accept", profile="desk") == 2
+    assert value("sip_router_webhooks_total", outcome="processed") == 1
