@@ -1537,15 +1537,22 @@ _CLIENT_EVENT_VALIDATORS = _client_event_validators()
 
 def client_event_problems(text: str) -> tuple[dict[str, Any] | None, list[str]]:
     """The event parsed from `text` and why it is not a valid client event (empty: valid)."""
+    return _event_problems(text, _CLIENT_EVENT_VALIDATORS, "client event")
+
+
+def _event_problems(
+    text: str, validators: Mapping[str, jsonschema.Draft202012Validator], kind: str
+) -> tuple[dict[str, Any] | None, list[str]]:
+    """The event parsed from `text` and why `validators` refuse it (empty: valid)."""
     try:
         event = json.loads(text, object_pairs_hook=_object_without_duplicate_keys)
     except ValueError as exc:
         return None, [f"not JSON: {exc}"]
     if not isinstance(event, dict):
         return None, ["not a JSON object"]
-    validator = _CLIENT_EVENT_VALIDATORS.get(event.get("type"))  # type: ignore[arg-type]
+    validator = validators.get(event.get("type"))  # type: ignore[arg-type]
     if validator is None:
-        return event, [f"unknown client event type {event.get('type')!r}"]
+        return event, [f"unknown {kind} type {event.get('type')!r}"]
     problems = [
         f"{_dotted(list(error.absolute_path)) or '(event)'}: {error.message}"
         for error in validator.iter_errors(event)
@@ -1902,20 +1909,7 @@ _LIVE_CLIENT_EVENT_VALIDATORS = {
 
 def live_client_event_problems(text: str) -> tuple[dict[str, Any] | None, list[str]]:
     """The event parsed from `text` and why it is not a valid GPT-Live sideband client event."""
-    try:
-        event = json.loads(text, object_pairs_hook=_object_without_duplicate_keys)
-    except ValueError as exc:
-        return None, [f"not JSON: {exc}"]
-    if not isinstance(event, dict):
-        return None, ["not a JSON object"]
-    validator = _LIVE_CLIENT_EVENT_VALIDATORS.get(event.get("type"))  # type: ignore[arg-type]
-    if validator is None:
-        return event, [f"unknown GPT-Live client event type {event.get('type')!r}"]
-    problems = [
-        f"{_dotted(list(error.absolute_path)) or '(event)'}: {error.message}"
-        for error in validator.iter_errors(event)
-    ]
-    return event, problems
+    return _event_problems(text, _LIVE_CLIENT_EVENT_VALIDATORS, "GPT-Live client event")
 
 
 @dataclass(frozen=True)
