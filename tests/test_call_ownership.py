@@ -6,7 +6,7 @@ import asyncio
 import dataclasses
 import json
 import time
-from collections.abc import AsyncIterator, Iterator, Sequence
+from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from types import MappingProxyType
 from uuid import uuid4
 
@@ -324,32 +324,7 @@ async def test_another_replica_takes_over_a_killed_owners_call_without_answering
     async with httpx.AsyncClient() as http, function_services() as start_service:
         service = await start_service(json_answer({"next": "Tuesday 9:00"}))
         function = CompanyFunction("lookup_appointment", service.url)
-        control = CallControl(
-            greeting="Lakeside Clinic, how can I help?",
-            end_call=True,
-            functions=MappingProxyType({function.name: function}),
-        )
-        calls = OpenAICallsClient(
-            http,
-            base_url=fake.base_url,
-            api_key=fake.api_key,
-            deadline_s=1.0,  # type: ignore[attr-defined]
-        )
-        assert (await calls.perform("accept", call_id, {"type": "realtime"})).outcome == "ok"
-
-        def driver(ownership: CallOwnership, memory: CallMemory) -> SidebandDriver:
-            return SidebandDriver(
-                facts=CallFacts(call_id, {}, {}, "clinic", "desk"),
-                control=control,
-                url=sideband_url(fake.base_url, call_id),  # type: ignore[attr-defined]
-                api_key=fake.api_key,
-                actions=calls,
-                functions=FunctionRequester(http, secret=None),
-                memory=ownership,
-                answered=memory.answered,
-                greeted=memory.greeted,
-                lost=memory.lost,
-            )
+        driver = await _accepted_clinic_call(fake, http, call_id, function)
 
         owner = DiesWithoutReleasing(clients[0], prefix=prefix)
         assert await owner.register(ticket(call_id), "replica-a", TTL_S)
@@ -459,32 +434,7 @@ async def test_a_function_call_whose_owner_died_while_asking_gets_one_error_outp
         # The company's function answers only long after the owner died.
         slow = await start_service(json_answer({"next": "Tuesday 9:00"}, delay=5))
         function = CompanyFunction("lookup_appointment", slow.url, timeout_s=10)
-        control = CallControl(
-            greeting="Lakeside Clinic, how can I help?",
-            end_call=True,
-            functions=MappingProxyType({function.name: function}),
-        )
-        calls = OpenAICallsClient(
-            http,
-            base_url=fake.base_url,
-            api_key=fake.api_key,
-            deadline_s=1.0,  # type: ignore[attr-defined]
-        )
-        assert (await calls.perform("accept", call_id, {"type": "realtime"})).outcome == "ok"
-
-        def driver(ownership: CallOwnership, memory: CallMemory) -> SidebandDriver:
-            return SidebandDriver(
-                facts=CallFacts(call_id, {}, {}, "clinic", "desk"),
-                control=control,
-                url=sideband_url(fake.base_url, call_id),  # type: ignore[attr-defined]
-                api_key=fake.api_key,
-                actions=calls,
-                functions=FunctionRequester(http, secret=None),
-                memory=ownership,
-                answered=memory.answered,
-                greeted=memory.greeted,
-                lost=memory.lost,
-            )
+        driver = await _accepted_clinic_call(fake, http, call_id, function)
 
         owner = DiesWithoutReleasing(client, prefix=prefix)
         assert await owner.register(ticket(call_id), "replica-a", TTL_S)
@@ -558,3 +508,33 @@ async def test_a_ticket_written_before_gpt_live_is_a_realtime_call(
     assert (taken.call_id, taken.api) == ("rtc_old", "realtime")
     await client.aclose()
     await delete_prefix(redis_url, prefix)
+
+
+async def _accepted_clinic_call(
+    fake: FakeOpenAI, http: httpx.AsyncClient, call_id: str, function: CompanyFunction
+) -> Callable[[CallOwnership, CallMemory], SidebandDriver]:
+    """Accept `call_id` on the fake, then a factory of the drivers any replica would run for
+    it: greeting, end_call and `function`."""
+    control = CallControl(
+        greeting="Lakeside Clinic, how can I help?",
+        end_call=True,
+        functions=MappingProxyType({function.name: function}),
+    )
+    calls = OpenAICallsClient(http, base_url=fake.base_url, api_key=fake.api_key, deadline_s=1.0)  # type: ignore[attr-defined]
+    assert (await calls.perform("accept", call_id, {"type": "realtime"})).outcome == "ok"
+
+    def driver(ownership: CallOwnership, memory: CallMemory) -> SidebandDriver:
+        return SidebandDriver(
+            facts=CallFacts(call_id, {}, {}, "clinic", "desk"),
+            control=control,
+            url=sideband_url(fake.base_url, call_id),  # type: ignore[attr-defined]
+            api_key=fake.api_key,
+            actions=calls,
+            functions=FunctionRequester(http, secret=None),
+            memory=ownership,
+            answered=memory.answered,
+            greeted=memory.greeted,
+            lost=memory.lost,
+        )
+
+    return driver
