@@ -1666,16 +1666,20 @@ class _FakeSideband:
             elif event is not None:
                 await self._answer(event)
 
+    # How the API's error event names its code and the client event it refuses.
+    ERROR_CODE = "invalid_event"
+    ERROR_EVENT_ID_KEY = "event_id"
+
     def _error_event(self, event: dict[str, Any] | None, problems: list[str]) -> dict[str, Any]:
         return {
             "type": "error",
             "event_id": _event_id(),
             "error": {
                 "type": "invalid_request_error",
-                "code": "invalid_event",
+                "code": self.ERROR_CODE,
                 "message": "; ".join(problems)[:500],
                 "param": None,
-                "event_id": (event or {}).get("event_id"),
+                self.ERROR_EVENT_ID_KEY: (event or {}).get("event_id"),
             },
         }
 
@@ -1942,18 +1946,8 @@ class _FakeLiveSideband(_FakeSideband):
     def _problems(self, text: str) -> tuple[dict[str, Any] | None, list[str]]:
         return live_client_event_problems(text)
 
-    def _error_event(self, event: dict[str, Any] | None, problems: list[str]) -> dict[str, Any]:
-        return {
-            "type": "error",
-            "event_id": _event_id(),
-            "error": {
-                "type": "invalid_request_error",
-                "code": "unknown_parameter",
-                "message": "; ".join(problems)[:500],
-                "param": None,
-                "client_event_id": (event or {}).get("event_id"),
-            },
-        }
+    ERROR_CODE = "unknown_parameter"
+    ERROR_EVENT_ID_KEY = "client_event_id"
 
     async def _answer(self, event: dict[str, Any]) -> None:
         kind = event["type"]
