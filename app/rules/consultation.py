@@ -193,11 +193,11 @@ def _clean_variables(variables: Mapping[str, str]) -> dict[str, str]:
 
 
 # Names that never resolve on the public internet: a Kubernetes service, a private zone.
-def consult_request_body(ctx: CallContext, rule: str, api: str | None = None) -> dict[str, Any]:
+def consult_request_body(ctx: CallContext, rule: str) -> dict[str, Any]:
     """The JSON a consulted service receives; `api` is the call's."""
     return {
         "call_id": ctx.call_id,
-        "api": api or ctx.api,
+        "api": ctx.api,
         "caller": _party(ctx.parties.caller),
         "called": _party(ctx.parties.called),
         "headers": {

@@ -639,17 +639,22 @@ def _for_api(
         return action
     if api == "live":
         return replace(action, accept=announcer("live"))
-    if action.accept.profile == ANNOUNCER_PROFILE:
-        return replace(action, accept=announcer("realtime"))
     raise ActionRenderError(api_mismatch(action.accept.profile, action.accept.api, api))
 
 
 def announcer(api: CallApi = "realtime") -> AcceptAction:
     """The accept of a refer without a profile: a session that only speaks announcements."""
-    if api == "live":
-        body: Mapping[str, Any] = {"session": dict(LIVE_ANNOUNCER_SESSION)}
-        return AcceptAction(ANNOUNCER_PROFILE, body, None, None, api="live")
-    return AcceptAction(ANNOUNCER_PROFILE, {"type": "realtime", **ANNOUNCER_SESSION}, None, None)
+    return _ANNOUNCERS[api]
+
+
+_ANNOUNCERS: Mapping[CallApi, AcceptAction] = {
+    "realtime": AcceptAction(
+        ANNOUNCER_PROFILE, {"type": "realtime", **ANNOUNCER_SESSION}, None, None
+    ),
+    "live": AcceptAction(
+        ANNOUNCER_PROFILE, {"session": dict(LIVE_ANNOUNCER_SESSION)}, None, None, api="live"
+    ),
+}
 
 
 def accept_body_of(

@@ -36,7 +36,7 @@ class CallLog(Protocol):
 
     async def add_to_call(self, call_id: str, fields: Mapping[str, Any]) -> bool:
         """Join `fields` to the call's record: its later life when sip-router stayed with it
-        (LIFECYCLE_KEYS of app.recorded_calls), which `recent` shows with
+        (LIFECYCLE_KEYS), which `recent` shows with
         the call's entry too. False when the call has no record (yet, or any more)."""
         ...
 
