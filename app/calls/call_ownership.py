@@ -472,8 +472,10 @@ class LeaseKeeper:
             del self._leases[lease.call_id]
         if not self._leases and self._sleeping and self._renewing is not None:
             # Nothing left to renew: the loop ends now rather than after its sleep (never
-            # inside a Redis command, which a cancel could leave without an answer).
+            # inside a Redis command, which a cancel could leave without an answer). A call
+            # driven before the cancelled loop has ended starts a loop of its own.
             self._renewing.cancel()
+            self._renewing = None
 
     def _lose(self, lease: _Lease) -> None:
         if self._leases.get(lease.call_id) is lease:
@@ -488,7 +490,10 @@ class LeaseKeeper:
                 await asyncio.sleep(self._every_s)
             finally:
                 self._sleeping = False
-            await self.renew_once()
+            try:
+                await self.renew_once()
+            except Exception:  # the loop outlives any one round; leases time out if it fails
+                log.exception("call lease renewal failed")
 
     async def renew_once(self) -> None:
         """Renew every lease held; stop the drivers of those lost."""

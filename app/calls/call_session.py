@@ -238,10 +238,10 @@ class CallSession(SidebandSession[_AudioWait]):
         return [*cancel, PerformAction("hangup", None)]
 
     def _succeeded(self, done: Literal["hangup", "transferred"], at: float) -> list[Command]:
+        self._done = done  # nothing more is carried out on this call
         if done == "transferred":
             # The caller is with the target now; the sideband closing ends the call.
             return []
-        self._done = done
         return self._finish("hangup", at)
 
     def _gone_reason(self) -> str:
