@@ -439,9 +439,10 @@ class CallProcessor:
         record.rule = decision.rule or "default"
         record.action = decision.action
         record.request = requested(decision)
+        # Shown only in a dry run's log line (what would happen after the accept).
         record.after_accept = (
             control_summary(decision.control, decision.tools_added)
-            if decision.control is not None
+            if decision.control is not None and self._options.dry_run
             else None
         )
 
@@ -565,7 +566,7 @@ class CallProcessor:
             "upstream_status": record.upstream_status,
             "dry_run": self._options.dry_run or None,
             # In a dry run, what would happen on the call after the accept; sent nothing.
-            "after_accept": self._masked(record.after_accept) if self._options.dry_run else None,
+            "after_accept": self._masked(record.after_accept),
             "detail": record.detail,
             **why,
         }

@@ -25,7 +25,7 @@ from typing import Any, Literal
 
 import httpx
 
-from app.rules.call_context import CallApi
+from app.rules.call_context import CALL_PATHS, CallApi
 
 Verb = Literal["accept", "refer", "reject", "hangup"]
 Outcome = Literal["ok", "gone", "duplicate", "failed", "unknown"]
@@ -36,7 +36,6 @@ MAX_REQUESTS_PER_ACTION = 3
 MAX_ATTEMPTS_PER_ACTION = 10
 ALREADY_DECIDED = "decision_already_made"
 
-_PATHS: dict[CallApi, str] = {"realtime": "realtime/calls", "live": "live/sessions"}
 _RETRY_STATUSES = frozenset({408, 429})
 _BACKOFF_BASE_S = 0.05
 _BACKOFF_CAP_S = 1.0
@@ -101,7 +100,7 @@ class OpenAICallsClient:
         picks the endpoints: Realtime calls or GPT-Live sessions (`call_id` is then the
         session id).
         """
-        url = f"{self._base_url}/{_PATHS[api]}/{call_id}/{verb}"
+        url = f"{self._base_url}{CALL_PATHS[api]}/{call_id}/{verb}"
         deadline = self._clock() + self._deadline_s
         attempts = sent = 0
         maybe_applied = sent_before

@@ -24,7 +24,7 @@ from app.rules.accept_body import (
     compile_accept_templates,
     validate_session_config,
 )
-from app.rules.call_context import CallApi, CallContext
+from app.rules.call_context import CALL_PATHS, CallApi, CallContext
 from app.rules.conditions import Condition
 from app.rules.consultation import (
     ConsultNote,
@@ -256,9 +256,7 @@ class Decision:
         return self.control is not None and self.control.needs_sideband
 
     def path(self, call_id: str) -> str:
-        if self.api == "live":
-            return f"/live/sessions/{call_id}/{self.verb}"
-        return f"/realtime/calls/{call_id}/{self.verb}"
+        return f"{CALL_PATHS[self.api]}/{call_id}/{self.verb}"
 
 
 @dataclass(frozen=True, slots=True)
