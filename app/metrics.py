@@ -106,6 +106,7 @@ class Metrics:
         self._decision = _BoundChildren(self.decisions)
         self._fallback = _BoundChildren(self.fallbacks)
         self._upstream = _BoundChildren(self.upstream_requests)
+        self._consult = _BoundChildren(self.consults)
         self.decision_seconds = Histogram(
             "sip_router_decision_seconds",
             "Time from webhook in to upstream answer.",
@@ -175,7 +176,7 @@ class Metrics:
 
     def consulted(self, service: str, outcome: str) -> None:
         """One request to a service of `services` and what became of it."""
-        self.consults.labels(service=service, outcome=outcome).inc()
+        self._consult(service, outcome).inc()
 
     def fell_back(self, rule: str, action: str) -> None:
         """The action `rule` chose failed and on_error's `action` ran instead."""

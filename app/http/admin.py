@@ -28,7 +28,7 @@ from app.rules.problems import RuleFileError
 from app.rules.simulation import decision_json, simulated_context
 from app.simulated_numbers import simulated_number_problem
 from app.store import StoreUnavailable
-from app.webhook_event import SessionId
+from app.webhook_event import MAX_MEDIA_SECURITY_CHARS, SessionId
 
 audit = logging.getLogger("sip_router.audit")
 MAX_SHOWN_FILE_BYTES = 256 * 1024
@@ -60,7 +60,9 @@ class SimulateRequest(BaseModel):
     headers: dict[str, Annotated[str, Field(max_length=1024)]] | None = None
     at: datetime | None = None
     api: CallApi = "realtime"
-    media_security: str | None = Field(default=None, min_length=1, max_length=32)
+    media_security: str | None = Field(
+        default=None, min_length=1, max_length=MAX_MEDIA_SECURITY_CHARS
+    )
 
 
 @router.get("/rules")
