@@ -130,16 +130,18 @@ def _realtime_call(raw: dict[str, object]) -> IncomingCall:
 
 
 def _live_call(raw: dict[str, object], kind: str) -> IncomingCall | OtherEvent:
+    data = raw.get("data")
+    transport = data.get("type") if isinstance(data, dict) else None
+    if isinstance(transport, str) and transport != SIP_TRANSPORT:
+        # Only SIP transports are phone calls sip-router can route; another transport's
+        # event is acknowledged whatever else it carries, so it is not delivered again.
+        return OtherEvent(kind, detail=f"transport {_text(transport[:40])!r} is not sip")
     try:
         event = _IncomingLiveCall.model_validate(raw)
     except ValidationError:
         raise UnreadablePayload(f"the {kind} event lacks required fields") from None
-    transport = event.data.type
-    if transport is None and kind == LIVE_TRANSPORT_INCOMING:
+    if event.data.type is None and kind == LIVE_TRANSPORT_INCOMING:
         raise UnreadablePayload(f"the {kind} event lacks data.type")
-    if transport is not None and transport != SIP_TRANSPORT:
-        # Only SIP transports are phone calls sip-router can route.
-        return OtherEvent(kind, detail=f"transport {_text(transport[:40])!r} is not sip")
     return IncomingCall(
         event_id=event.id,
         created_at=event.created_at,

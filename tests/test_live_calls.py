@@ -223,6 +223,22 @@ async def test_a_live_transport_other_than_sip_is_ignored_with_the_reason(
     assert "webrtc" in line.fields["detail"]  # type: ignore[attr-defined]
 
 
+async def test_another_transports_event_is_acknowledged_without_sip_fields(
+    service: Running, fake: FakeOpenAI
+) -> None:
+    # A WebRTC session has no SIP headers: its event is not malformed, only not a phone call,
+    # and a 400 would have OpenAI deliver it again for days.
+    event = json.loads(live_call_body("live_u0_webrtc", now(), []))
+    event["data"] = {"type": "webrtc", "session_id": "live_u0_webrtc"}
+    body = json.dumps(event).encode()
+
+    response = await service.post(signed(service.secret, body, "live_u0_webrtc"))
+
+    assert response.status_code == 200
+    assert response.json()["status"] == "ignored"
+    assert fake.requests == []
+
+
 @pytest.mark.parametrize(
     "change",
     [
