@@ -365,7 +365,8 @@ class CallProcessor:
         if self._options.dry_run:
             record.outcome = "dry_run"
             return "ok", decision, None
-        decision = _with_call_control(decision, ruleset, ctx)
+        if decision.control is None:
+            decision = _with_call_control(decision, ruleset, ctx)
         result = await self._perform(decision, event.call_id, record)
         record.upstream_status = result.status
         status = resent_outcome(result)
@@ -602,7 +603,8 @@ def call_record(entry: Mapping[str, Any], record: _Record) -> dict[str, Any] | N
 
 def _with_call_control(recorded: Decision, ruleset: Ruleset, ctx: CallContext) -> Decision:
     """A recorded decision with what to do after its accept, when the same rules decide the
-    same request again (the record keeps only the request)."""
+    same request again: for a decision recorded without its call control (by a version
+    before records kept it, during a rolling update)."""
     if recorded.verb != "accept" or ruleset.version != recorded.ruleset:
         return recorded
     again = ruleset.decide(ctx)

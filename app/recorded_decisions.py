@@ -13,6 +13,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any, cast, get_args
 
+from app.calls.call_control import control_from_json, control_to_json
 from app.openai_calls import ActionResult
 from app.rules.call_context import CallApi
 from app.rules.ruleset import ActionKind, Decision
@@ -35,6 +36,10 @@ def decision_record(decision: Decision) -> dict[str, Any]:
         "accept_body": dict(decision.accept_body) if decision.accept_body is not None else None,
         # The API whose endpoints receive the request (a re-send goes to the same one).
         "api": decision.api,
+        # What to do after the accept, as decided (a re-send stays with the call the same
+        # way, even after a reload or when the rule consulted a service).
+        "control": control_to_json(decision.control) if decision.control is not None else None,
+        "tools_added": list(decision.tools_added) or None,
     }
     return {key: value for key, value in record.items() if value is not None}
 
@@ -57,6 +62,15 @@ def decision_from_record(record: Mapping[str, Any]) -> Decision:
     api = record.get("api", "realtime")
     if api not in _APIS:
         raise ValueError("not a recorded decision")
+    tools_added = record.get("tools_added", [])
+    if not isinstance(tools_added, list) or not all(isinstance(t, str) for t in tools_added):
+        raise ValueError("not a recorded decision")
+    control = record.get("control")
+    if control is not None:
+        try:
+            control = control_from_json(control)
+        except (ValueError, TypeError, KeyError, AttributeError) as exc:
+            raise ValueError("not a recorded decision") from exc
     return Decision(
         action=cast(ActionKind, action),
         body=body,
@@ -67,6 +81,8 @@ def decision_from_record(record: Mapping[str, Any]) -> Decision:
         error=texts["error"],
         accept_body=accept_body,
         api=cast(CallApi, api),
+        control=control,
+        tools_added=tuple(tools_added),
     )
 
 

@@ -20,12 +20,14 @@ from uuid import uuid4
 import httpx
 import pytest
 from fastapi import FastAPI
+from redis.exceptions import ConnectionError as RedisConnectionError
 from standardwebhooks import Webhook
 
 from app.app_factory import create_app
 from app.calls.call_attendant import CallAttendant
 from app.calls.call_control import CallControl
-from app.calls.call_ownership import LEASE_TTL_S, CallTicket, RedisCallOwnership
+from app.calls.call_ownership import LEASE_TTL_S, CallTicket, LeaseKeeper, RedisCallOwnership
+from app.recorded_decisions import decision_record
 from app.rules.ruleset import Decision
 from app.settings import Settings
 from app.store import RedisStore
@@ -471,6 +473,65 @@ async def test_a_call_another_replica_already_owns_is_not_driven_twice(
     [line] = [r for r in caplog.records if r.getMessage() == "the call is owned by another replica"]
     assert line.levelno == logging.WARNING
     assert line.fields == {"call_id": call_id}  # type: ignore[attr-defined]
+
+
+async def test_a_call_whose_lease_cannot_be_registered_is_still_driven_to_its_end(
+    tmp_path: Path,
+    fake: FakeOpenAI,
+    function_service: FunctionService,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    call_id = "rtc_" + uuid4().hex
+    fake.script_sideband(
+        call_id,
+        # Several lease renewal rounds pass before the agent ends the call.
+        [AwaitClient("response.create"), Pause(0.4), AgentCallsFunction("end_call", {}, "bye")],
+    )
+    caplog.set_level(logging.ERROR, logger="sip_router.sideband")
+
+    async def store_down(*_: Any) -> bool:
+        raise RedisConnectionError("Connection refused")
+
+    async with replica(settings_for(tmp_path, fake, function_service)) as service:
+        attendant = service.attendant
+        attendant.ownership.register = store_down  # type: ignore[method-assign,assignment]
+        attendant.leases = LeaseKeeper(attendant.ownership, attendant.owner, renew_every_s=0.05)
+        await service.call(call_id=call_id)
+        entry = await service.ended(call_id)
+    assert entry["end_reason"] == "hangup"
+    assert fake.verbs_for(call_id) == ["accept", "hangup"]
+    assert [r.getMessage() for r in caplog.records] == ["could not register a call's lease"]
+
+
+async def test_a_recorded_accept_sent_again_stays_with_the_call_as_first_decided(
+    tmp_path: Path, fake: FakeOpenAI, function_service: FunctionService
+) -> None:
+    call_id = "rtc_" + uuid4().hex
+    fake.script_sideband(call_id, [AwaitClient("response.create"), HangUp()])
+    # Decided by rules since reloaded (another ruleset version): only the record knows
+    # what to do after the accept.
+    recorded = Decision(
+        action="accept",
+        body={"type": "realtime", "model": "gpt-realtime", "instructions": "Take a message."},
+        rule="clinic",
+        profile="desk",
+        max_duration_s=None,
+        ruleset="an-older-ruleset",
+        control=CallControl(greeting="Thanks for calling the old number."),
+    )
+    async with replica(settings_for(tmp_path, fake, function_service)) as service:
+        store = service.app.state.services.store
+        earlier = await store.claim("wh_earlier", call_id, 0.05)
+        assert await store.record_decision(earlier, decision_record(recorded))
+        await asyncio.sleep(0.1)
+        answer = await service.call(call_id=call_id)
+        entry = await service.ended(call_id)
+    assert answer.json()["status"] == "processed"
+    [accept] = fake.requests_for(call_id)
+    assert accept.body == recorded.body
+    first = fake.client_events_for(call_id)[0]
+    assert "Thanks for calling the old number." in first["response"]["instructions"]
+    assert entry["end_reason"] == "caller_hung_up"
 
 
 async def test_dry_run_stays_away_but_logs_what_would_happen(

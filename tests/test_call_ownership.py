@@ -396,11 +396,12 @@ async def test_the_orphan_scan_starts_every_call_it_takes_over() -> None:
     await ownership.register(ticket("rtc_2"), "replica-a", 10)
     await ownership.record_answered("rtc_2", "call_9")
     started: list[tuple[str, CallMemory]] = []
-    scan = asyncio.ensure_future(
-        take_over_orphans(
-            ownership, "replica-b", lambda t, m: started.append((t.call_id, m)), every_s=0.01
-        )
-    )
+
+    def start(taken: CallTicket, memory: CallMemory) -> bool:
+        started.append((taken.call_id, memory))
+        return True
+
+    scan = asyncio.ensure_future(take_over_orphans(ownership, "replica-b", start, every_s=0.01))
     await asyncio.sleep(0.05)
     assert started == []  # replica A still holds both
     await ownership.release("rtc_2", "replica-a")
@@ -410,6 +411,31 @@ async def test_the_orphan_scan_starts_every_call_it_takes_over() -> None:
     with pytest.raises(asyncio.CancelledError):
         await scan
     assert started == [("rtc_2", CallMemory(frozenset({"call_9"}), greeted=False))]
+
+
+async def test_a_ticket_no_replica_can_drive_is_forgotten_not_passed_around(
+    backend: Backend,
+) -> None:
+    ownership = backend.ownership
+    assert await ownership.register(ticket("rtc_unreadable"), "replica-a", TTL_S)
+    await ownership.release("rtc_unreadable", "replica-a")
+    refused: list[str] = []
+
+    def refuse(taken: CallTicket, _: CallMemory) -> bool:
+        refused.append(taken.call_id)
+        return False
+
+    stop = asyncio.Event()
+    scan = asyncio.ensure_future(
+        take_over_orphans(ownership, "replica-b", refuse, every_s=0.01, ttl_s=TTL_S, stop=stop)
+    )
+    while not refused:
+        await asyncio.sleep(0.01)
+    stop.set()
+    await scan
+    await backend.expire_leases()
+    assert refused == ["rtc_unreadable"]
+    assert await ownership.take_over("replica-c", TTL_S, time.time()) == []
 
 
 @pytest.mark.redis

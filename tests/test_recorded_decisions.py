@@ -9,6 +9,7 @@ import secrets
 import time
 from collections.abc import AsyncIterator, Callable, Mapping
 from pathlib import Path
+from types import MappingProxyType
 from typing import Any
 
 import httpx
@@ -16,6 +17,13 @@ import pytest
 import redis.asyncio
 
 from app.app_factory import create_app
+from app.calls.call_control import (
+    CallControl,
+    CompanyFunction,
+    ReferAfterAccept,
+    ReferFailure,
+    TransferTarget,
+)
 from app.recorded_decisions import decision_from_record, decision_record
 from app.rules.ruleset import Decision
 from app.store import DONE_KEEP_S, Claim, MemoryStore, RedisStore, StoreUnavailable
@@ -211,6 +219,50 @@ def test_a_recorded_decision_reads_back_as_the_same_request() -> None:
     assert again == decision
 
 
+def test_a_recorded_decision_keeps_every_part_of_its_call_control() -> None:
+    desk = CallControl(
+        greeting="Lakeside Clinic, how can I help?",
+        transfer_targets=MappingProxyType(
+            {"front_desk": TransferTarget("sip:desk@pbx.example.com", "the front desk")}
+        ),
+        end_call=True,
+        functions=MappingProxyType(
+            {
+                "lookup": CompanyFunction(
+                    "lookup",
+                    "https://crm.example.com/lookup",
+                    "Find the caller's next appointment.",
+                    MappingProxyType({"type": "object", "properties": {"dob": {"type": "string"}}}),
+                    timeout_s=3.5,
+                )
+            }
+        ),
+        transcript=True,
+    )
+    failure = ReferFailure("session", MappingProxyType({"type": "realtime"}), control=desk)
+    control = CallControl(
+        greeting="Connecting you.",
+        refer=ReferAfterAccept("tel:+14155550150", "One moment, please.", failure),
+    )
+    decision = Decision(
+        action="refer",
+        body={"target_uri": "tel:+14155550150"},
+        rule="sales",
+        profile=None,
+        max_duration_s=None,
+        ruleset="3f2a",
+        accept_body={"type": "realtime", "tools": []},
+        control=control,
+        tools_added=("transfer_call", "end_call", "lookup"),
+    )
+
+    again = decision_from_record(json.loads(json.dumps(decision_record(decision))))
+
+    assert again == decision
+    assert again.control == control
+    assert again.tools_added == ("transfer_call", "end_call", "lookup")
+
+
 @pytest.mark.parametrize(
     "record",
     [
@@ -219,6 +271,9 @@ def test_a_recorded_decision_reads_back_as_the_same_request() -> None:
         {"action": "accept", "body": "text"},
         {"action": "reject", "body": {}, "rule": 7},
         {"action": "reject", "body": {}, "max_duration_s": "long"},
+        {"action": "accept", "body": {}, "control": "greet"},
+        {"action": "accept", "body": {}, "control": {"refer": {"on_error": 1}}},
+        {"action": "accept", "body": {}, "tools_added": "end_call"},
     ],
 )
 def test_a_record_that_is_not_a_decision_is_refused(record: dict[str, Any]) -> None:

@@ -18,7 +18,7 @@ import time
 from collections.abc import Callable, Generator, Mapping
 from dataclasses import replace
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, get_args
 
 from redis.exceptions import RedisError
 from websockets.client import backoff
@@ -42,6 +42,7 @@ from app.calls.sideband_connection import (
     sideband_url,
 )
 from app.metrics import Metrics
+from app.rules.call_context import CallApi
 from app.rules.ruleset import Decision
 from app.store import CallLog, StoreUnavailable
 
@@ -116,9 +117,11 @@ class CallAttendant:
         try:
             registered = await self.ownership.register(ticket, self.owner, LEASE_TTL_S)
         except (RedisError, OSError):
-            # Driven without a lease: no other replica can take this call over.
+            # Driven without a lease rather than not at all: the caller keeps the greeting,
+            # transfers and functions, but no other replica can take this call over.
             log.error("could not register a call's lease", extra={"fields": {"call_id": call_id}})
-            registered = True
+            self._start(ticket, control, CallMemory(), leased=False)
+            return
         if not registered:
             # Another replica holds this call's lease (a repeated webhook): it drives the call.
             log.warning(
@@ -128,33 +131,38 @@ class CallAttendant:
             return
         self._start(ticket, control, CallMemory())
 
-    def take_over(self, ticket: CallTicket, memory: CallMemory) -> None:
+    def take_over(self, ticket: CallTicket, memory: CallMemory) -> bool:
         """Drive a call whose owner died, with what it remembers (and its control as it was
-        last: the one it switched to, if it did)."""
+        last: the one it switched to, if it did). False for a ticket no replica can drive."""
         try:
             control = control_from_json(
                 memory.control if memory.control is not None else ticket.control
             )
         except (ValueError, TypeError, KeyError, AttributeError):
             log.error("a call ticket without call control", extra={"fields": _ids(ticket)})
-            return
-        if ticket.api not in ("realtime", "live"):
+            return False
+        if ticket.api not in get_args(CallApi):
             log.error("a call ticket of an unknown API", extra={"fields": _ids(ticket)})
-            return
+            return False
         self._start(ticket, control, memory)
+        return True
 
     async def scan_for_orphans(self, stop: asyncio.Event) -> None:
         """Take over calls without an owner until `stop` is set."""
         await take_over_orphans(self.ownership, self.owner, self.take_over, stop=stop)
 
-    def _start(self, ticket: CallTicket, control: CallControl, memory: CallMemory) -> None:
+    def _start(
+        self, ticket: CallTicket, control: CallControl, memory: CallMemory, *, leased: bool = True
+    ) -> None:
         # The ticket's control (JSON) is read only by a replica taking the call over.
-        drive = functools.partial(self._drive, replace(ticket, control={}), control, memory)
+        drive = functools.partial(
+            self._drive, replace(ticket, control={}), control, memory, leased=leased
+        )
         if self.active.start(ticket.call_id, drive, api=ticket.api):
             log.info("call_attached", extra={"fields": _ids(ticket)})
 
     async def _drive(
-        self, ticket: CallTicket, control: CallControl, memory: CallMemory
+        self, ticket: CallTicket, control: CallControl, memory: CallMemory, *, leased: bool
     ) -> CallOutcome | None:
         """The call's whole life on this replica, in the call's one task (ActiveCalls)."""
         call_id = ticket.call_id
@@ -174,7 +182,11 @@ class CallAttendant:
             lost=memory.lost,
             reconnect_delays=self._reconnect_delays,
         )
-        outcome: CallOutcome | None = await self.leases.drive(call_id, driver.run)
+        outcome: CallOutcome | None
+        if leased:
+            outcome = await self.leases.drive(call_id, driver.run)
+        else:
+            outcome = await driver.run()
         if outcome is not None:  # None: the lease was lost, another replica records it
             await self._record_end(ticket, control, outcome)
         return outcome

@@ -537,7 +537,7 @@ async def drive_while_owned(
 async def take_over_orphans(
     ownership: CallOwnership,
     owner: str,
-    on_taken: Callable[[CallTicket, CallMemory], None],
+    on_taken: Callable[[CallTicket, CallMemory], bool],
     *,
     every_s: float = TAKEOVER_SCAN_S,
     ttl_s: float = LEASE_TTL_S,
@@ -545,13 +545,16 @@ async def take_over_orphans(
     stop: asyncio.Event | None = None,
 ) -> None:
     """Scan for active calls without an owner until `stop` is set (or until cancelled);
-    `on_taken` starts each one. Stopped, it ends between scans, never inside one."""
+    `on_taken` starts each one, or answers False for a ticket no replica can drive, which
+    is then forgotten (not taken over again by one replica after another). Stopped, it
+    ends between scans, never inside one."""
     stop = stop or asyncio.Event()
     while not stop.is_set():
         try:
             for ticket, memory in await ownership.take_over(owner, ttl_s, wall_clock()):
                 log.info("call_taken_over", extra={"fields": {"call_id": ticket.call_id}})
-                on_taken(ticket, memory)
+                if not on_taken(ticket, memory):
+                    await ownership.finish(ticket.call_id, owner)
         except (RedisError, OSError):
             log.warning("could not look for calls to take over")
         with contextlib.suppress(TimeoutError):
