@@ -396,6 +396,34 @@ async def test_call_log_keeps_the_last_1000_entries(store: Store) -> None:
     assert calls[-1] == entry(5)
 
 
+async def test_a_calls_later_life_joins_its_record_while_the_record_is_kept(
+    store: Store,
+) -> None:
+    record = {"call_id": "rtc_a", "trace": [], "tools_added": [], "vars": {}}
+    await store.append(entry(1) | {"call_id": "rtc_a"}, record)
+    end = {"ended_at": "2026-11-30T17:00:00+00:00", "duration_s": 42.5, "end_reason": "hangup"}
+
+    assert await store.add_to_call("rtc_a", end) is True
+    assert await store.add_to_call("rtc_a", {"end_reason": "transferred", "events": []})
+    assert await store.add_to_call("rtc_a", {}) is True
+    assert await store.add_to_call("rtc_gone", end) is False
+
+    # Empty lists and objects stay what they were; a field given again has its last value.
+    expected = {**record, **end, "end_reason": "transferred", "events": []}
+    assert await store.call_record("rtc_a") == expected
+    assert await store.call_record("rtc_gone") is None
+
+
+async def test_a_record_trimmed_from_the_call_log_is_not_brought_back(store: Store) -> None:
+    await store.append(entry(0) | {"call_id": "rtc_old"}, {"call_id": "rtc_old"})
+    for n in range(CALL_LOG_SIZE):
+        await store.append(entry(n) | {"call_id": f"rtc_{n}"}, {"call_id": f"rtc_{n}"})
+
+    assert await store.add_to_call("rtc_old", {"end_reason": "hangup"}) is False
+    assert await store.call_record("rtc_old") is None
+    assert len(await store.call_records(CALL_LOG_SIZE * 2)) == CALL_LOG_SIZE
+
+
 async def test_call_log_rejects_a_negative_limit(store: Store) -> None:
     with pytest.raises(ValueError, match="limit"):
         await store.recent(-1)

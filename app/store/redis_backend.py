@@ -105,6 +105,21 @@ end
 return 1
 """
 
+# KEYS: records. ARGV: call id, fields as a JSON object. Joins the fields to the call's
+# record in one step while the record is kept (one trimmed meanwhile is not brought back).
+# The fields' members are appended to the record's object text rather than decoded and
+# encoded again in Lua (cjson would turn empty lists into objects); a member named again
+# is read as its last value, as json.loads reads it.
+_ADD_TO_RECORD = """
+local record = redis.call('HGET', KEYS[1], ARGV[1])
+if not record then return 0 end
+local members = string.sub(ARGV[2], 2)
+if members == '}' then return 1 end
+if record ~= '{}' then members = ',' .. members end
+redis.call('HSET', KEYS[1], ARGV[1], string.sub(record, 1, -2) .. members)
+return 1
+"""
+
 _CLAIM_RESULTS = {
     0: ClaimResult.ACQUIRED,
     1: ClaimResult.DUPLICATE_DONE,
@@ -129,6 +144,7 @@ class RedisStore:
         self._record_decision = client.register_script(_RECORD_DECISION)
         self._finish = client.register_script(_FINISH)
         self._append = client.register_script(_APPEND)
+        self._add_to_record = client.register_script(_ADD_TO_RECORD)
 
     @classmethod
     def from_url(cls, url: str, *, prefix: str = KEY_PREFIX) -> RedisStore:
@@ -267,15 +283,10 @@ class RedisStore:
 
     async def add_to_call(self, call_id: str, fields: Mapping[str, Any]) -> bool:
         """Join `fields` to the call's record (only while the record is kept)."""
+        text = json.dumps(dict(fields), separators=(",", ":"))
         with _unavailable():
-            text = await self._redis.hget(self._records_key(), call_id)
-            if text is None:
-                return False
-            record = {**json.loads(text), **fields}
-            await self._redis.hset(
-                self._records_key(), call_id, json.dumps(record, separators=(",", ":"))
-            )
-        return True
+            added = await self._add_to_record(keys=[self._records_key()], args=[call_id, text])
+        return bool(added)
 
     async def ping(self) -> None:
         """Return when Redis answers; StoreUnavailable otherwise (readiness)."""
