@@ -14,6 +14,8 @@ from app.calls.live_session import (
     GREETING_NUDGE,
     QUIET_S,
     QUIET_TIMER,
+    SILENT_START_S,
+    SPEAK_NOW_NUDGE,
     LiveCallSession,
 )
 from app.calls.session_events import (
@@ -135,9 +137,9 @@ def test_end_call_is_answered_then_hung_up_once_the_speech_is_quiet() -> None:
     assert SetTimer(QUIET_TIMER, 1.0 + QUIET_S) in commands
     assert SetTimer(AUDIO_TIMER, 1.0 + AUDIO_WAIT_S) in commands
     # The agent says goodbye: the quiet time counts from its last words.
-    live.handle(speech(2.0))
+    assert live.handle(speech(2.0)) == [SetTimer(QUIET_TIMER, 2.0 + QUIET_S)]
     live.handle(message({"type": "session.output_audio.delta", "delta": "AAAA"}, 2.2))
-    assert live.handle(TimerFired(QUIET_TIMER, 1.0 + QUIET_S)) == [
+    assert live.handle(TimerFired(QUIET_TIMER, 2.0 + QUIET_S)) == [
         SetTimer(QUIET_TIMER, 2.2 + QUIET_S)
     ]
     assert actions(live.handle(TimerFired(QUIET_TIMER, 2.2 + QUIET_S))) == [
@@ -146,6 +148,28 @@ def test_end_call_is_answered_then_hung_up_once_the_speech_is_quiet() -> None:
     # The same function call again (a replay or a reconnect) is not answered twice.
     assert sent(live.handle(delegated_call(at=4.0))) == []
     assert actions(live.handle(TimerFired(QUIET_TIMER, 9.0))) == []
+
+
+def test_the_quiet_before_the_agents_first_words_does_not_end_the_call() -> None:
+    live = session()
+    live.handle(delegated_call(at=1.0))
+    # The model takes a while to begin its goodbye: no hangup meanwhile.
+    assert live.handle(TimerFired(QUIET_TIMER, 1.0 + QUIET_S)) == [
+        SetTimer(QUIET_TIMER, 1.0 + SILENT_START_S)
+    ]
+    assert live.handle(speech(3.0)) == [SetTimer(QUIET_TIMER, 3.0 + QUIET_S)]
+    assert actions(live.handle(TimerFired(QUIET_TIMER, 3.0 + QUIET_S))) == [
+        PerformAction("hangup", None)
+    ]
+
+
+def test_an_agent_that_says_nothing_more_is_hung_up_after_the_silent_start() -> None:
+    live = session()
+    live.handle(delegated_call(at=1.0))
+    live.handle(TimerFired(QUIET_TIMER, 1.0 + QUIET_S))
+    assert actions(live.handle(TimerFired(QUIET_TIMER, 1.0 + SILENT_START_S))) == [
+        PerformAction("hangup", None)
+    ]
 
 
 def test_end_call_hangs_up_at_the_latest_after_the_audio_wait() -> None:
@@ -161,6 +185,7 @@ def test_end_call_hangs_up_at_the_latest_after_the_audio_wait() -> None:
 def test_after_the_hangup_session_closed_gives_the_end_reason() -> None:
     live = session()
     live.handle(delegated_call(at=1.0))
+    live.handle(speech(1.0))
     live.handle(TimerFired(QUIET_TIMER, 1.0 + QUIET_S))
     # session.closed arrives before the hangup's own answer.
     assert [c for c in live.handle(closed("close_requested", 3.0)) if isinstance(c, Finish)] == []
@@ -172,6 +197,7 @@ def test_after_the_hangup_session_closed_gives_the_end_reason() -> None:
 def test_without_session_closed_after_the_hangup_the_call_ends_as_hung_up() -> None:
     live = session()
     live.handle(delegated_call(at=1.0))
+    live.handle(speech(1.0))
     live.handle(TimerFired(QUIET_TIMER, 1.0 + QUIET_S))
     assert SetTimer(CLOSE_TIMER, 3.0 + CLOSE_WAIT_S) in live.handle(
         ActionFinished("hangup", "ok", 3.0)
@@ -322,12 +348,14 @@ def test_a_failed_refer_tells_the_agent_and_keeps_the_call() -> None:
         "live_1", refer_control(kind="session", session={"type": "realtime"}, control=CONTROL)
     )
     live.handle(SidebandOpened(0.0))
+    live.handle(speech(0.0))
     live.handle(TimerFired(QUIET_TIMER, QUIET_S))
     commands = live.handle(ActionFinished("refer", "failed", 2.0, "400"))
     instruction, nudge = sent(commands)
     assert instruction["type"] == "session.instructions.append"
     assert "transfer" in instruction["content"]
     assert nudge["type"] == "session.commentary.append"
+    assert nudge["content"] == SPEAK_NOW_NUDGE
     assert actions(commands) == []
     assert not live.ended
     assert live.transfer is not None
@@ -337,6 +365,7 @@ def test_a_failed_refer_tells_the_agent_and_keeps_the_call() -> None:
 def test_a_failed_refer_hangs_up_when_on_error_rejects() -> None:
     live = LiveCallSession("live_1", refer_control(kind="hangup"))
     live.handle(SidebandOpened(0.0))
+    live.handle(speech(0.0))
     live.handle(TimerFired(QUIET_TIMER, QUIET_S))
     commands = live.handle(ActionFinished("refer", "failed", 2.0))
     assert actions(commands) == [PerformAction("hangup", None)]
@@ -346,6 +375,7 @@ def test_a_failed_refer_hangs_up_when_on_error_rejects() -> None:
 def test_a_failed_refer_tries_on_errors_refer_once() -> None:
     live = LiveCallSession("live_1", refer_control(kind="refer", target_uri="tel:+1999"))
     live.handle(SidebandOpened(0.0))
+    live.handle(speech(0.0))
     live.handle(TimerFired(QUIET_TIMER, QUIET_S))
     assert actions(live.handle(ActionFinished("refer", "failed", 2.0))) == [
         PerformAction("refer", {"target_uri": "tel:+1999"})

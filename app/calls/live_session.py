@@ -38,18 +38,22 @@ from app.calls.sideband_session import (
     AUDIO_WAIT_S,
     MAX_TURN_CHARS,
     ActionWait,
-    CallMemory,
+    SessionMemory,
     SidebandSession,
     bad_event,
 )
 
 # The agent's speech is over once no output transcript or audio arrived for this long.
 QUIET_S = 1.5
+# If the agent has not begun speaking this long after a wait began (a goodbye, an
+# announcement), the quiet counts from the wait's start: it may have had nothing to say.
+SILENT_START_S = 5.0
 QUIET_TIMER = "quiet"
 # After sip-router's hangup or refer succeeded, how long it waits for `session.closed`.
 CLOSE_WAIT_S = 5.0
 CLOSE_TIMER = "close"
 GREETING_NUDGE = "Begin the conversation now, following the instructions provided."
+SPEAK_NOW_NUDGE = "Speak to the caller now, following the latest instructions."
 REFER_FAILED = (
     "The transfer of this call failed. Tell the caller now that you could not transfer"
     " them, then keep helping them."
@@ -75,6 +79,7 @@ class _QuietWait(ActionWait):
     """A refer or hangup that waits until the agent's speech has been quiet for a while."""
 
     last_speech: float = 0.0
+    spoke: bool = False  # the agent has spoken since the wait began
 
 
 class LiveCallSession(SidebandSession[_QuietWait]):
@@ -95,7 +100,7 @@ class LiveCallSession(SidebandSession[_QuietWait]):
         control: CallControl,
         *,
         quiet_s: float = QUIET_S,
-        **memory: Unpack[CallMemory],
+        **memory: Unpack[SessionMemory],
     ) -> None:
         super().__init__(call_id, control, **memory)
         self._quiet_s = quiet_s
@@ -123,10 +128,15 @@ class LiveCallSession(SidebandSession[_QuietWait]):
         if self._seen_before(event.get("event_id")):
             return []
         kind: str = event["type"]
+        heard: list[Command] = []
         if kind in _SPEECH and self._wait is not None:
-            self._wait.last_speech = at
+            if not self._wait.spoke:  # the quiet now counts from the agent's words
+                heard = [SetTimer(QUIET_TIMER, at + self._quiet_s)]
+            self._wait.last_speech, self._wait.spoke = at, True
         if kind == "session.output_transcript.delta":
-            return self._turn("agent", event.get("delta"), at)
+            return [*heard, *self._turn("agent", event.get("delta"), at)]
+        if kind == "session.output_audio.delta":
+            return heard
         if kind == "session.input_transcript.delta":
             return self._turn("caller", event.get("delta"), at)
         if kind == "response.event":
@@ -221,7 +231,8 @@ class LiveCallSession(SidebandSession[_QuietWait]):
         if event.key == AUDIO_TIMER and event.at >= wait.deadline:
             return [Note("audio_wait_timed_out", fields={"verb": wait.verb}), *self._act(wait)]
         if event.key == QUIET_TIMER:
-            quiet_at = wait.last_speech + self._quiet_s
+            # Before the agent's first words, quiet is only the model thinking.
+            quiet_at = wait.last_speech + (self._quiet_s if wait.spoke else SILENT_START_S)
             if event.at >= quiet_at:
                 return self._act(wait)
             # The agent spoke meanwhile: look again once it may have been quiet long enough.
@@ -248,7 +259,7 @@ class LiveCallSession(SidebandSession[_QuietWait]):
 
     def _keep_call(self, failure: ReferFailure) -> list[Command] | None:
         # A GPT-Live session cannot be given another profile: the agent keeps the call.
-        return list(_speak_instruction(REFER_FAILED))
+        return list(_speak_instruction(REFER_FAILED, SPEAK_NOW_NUDGE))
 
     # --- the end -------------------------------------------------------------------------
 
@@ -273,15 +284,13 @@ class LiveCallSession(SidebandSession[_QuietWait]):
 
 def _speak(text: str) -> tuple[SendEvent, SendEvent]:
     """The greeting recipe: the words as an instruction, then a nudge to begin now."""
-    return _speak_instruction(say_now_instruction(text))
+    return _speak_instruction(say_now_instruction(text), GREETING_NUDGE)
 
 
-def _speak_instruction(instruction: str) -> tuple[SendEvent, SendEvent]:
+def _speak_instruction(instruction: str, nudge: str) -> tuple[SendEvent, SendEvent]:
     return (
         SendEvent(
             {"type": "session.instructions.append", "delegation_id": None, "content": instruction}
         ),
-        SendEvent(
-            {"type": "session.commentary.append", "delegation_id": None, "content": GREETING_NUDGE}
-        ),
+        SendEvent({"type": "session.commentary.append", "delegation_id": None, "content": nudge}),
     )
