@@ -31,7 +31,7 @@ from app.calls.sideband_session import (
     AUDIO_TIMER,
     AUDIO_WAIT_S,
     ActionWait,
-    CallMemory,
+    SessionMemory,
     SidebandSession,
 )
 
@@ -66,7 +66,7 @@ class CallSession(SidebandSession[_AudioWait]):
     WAIT_TIMERS: ClassVar[tuple[str, ...]] = (AUDIO_TIMER,)
     TIMERS: ClassVar[tuple[str, ...]] = (AUDIO_TIMER,)
 
-    def __init__(self, call_id: str, control: CallControl, **memory: Unpack[CallMemory]) -> None:
+    def __init__(self, call_id: str, control: CallControl, **memory: Unpack[SessionMemory]) -> None:
         super().__init__(call_id, control, **memory)
         self._pending: dict[str, _PendingFunction] = {}
         self._tags = 0

@@ -62,7 +62,7 @@ class ActionWait:
 W = TypeVar("W", bound=ActionWait)
 
 
-class CallMemory(TypedDict, total=False):
+class SessionMemory(TypedDict, total=False):
     """What a call taken over remembers from its previous owner (see `SidebandSession`)."""
 
     answered: Collection[str]
