@@ -32,6 +32,7 @@ from app.rules.consultation import (
 )
 from app.rules.ruleset import Consultation, Decision, Ruleset, ServiceTarget
 from app.settings import UNSIGNED_SERVICES_WARNING
+from app.upstream_transport import UpstreamClient, UpstreamTransport
 
 log = logging.getLogger("sip_router.consult")
 
@@ -40,11 +41,16 @@ log = logging.getLogger("sip_router.consult")
 MAX_SERVICE_TIMEOUT_S = 5.0
 
 
+OUTBOUND_LIMITS = httpx.Limits(max_connections=100, max_keepalive_connections=20)
+
+
 def outbound_http_client(transport: httpx.AsyncBaseTransport | None = None) -> httpx.AsyncClient:
-    """The client for requests to your own services: its own pool, no redirects."""
-    return httpx.AsyncClient(
-        transport=transport,
-        limits=httpx.Limits(max_connections=100, max_keepalive_connections=20),
+    """The client for requests to your own services (consults and functions): its own pool,
+    over aiohttp like OpenAI's client (less CPU per request than httpcore's pool, on the
+    event loop the webhooks share), no redirects."""
+    return UpstreamClient(
+        transport=transport if transport is not None else UpstreamTransport(OUTBOUND_LIMITS),
+        limits=OUTBOUND_LIMITS,
         timeout=httpx.Timeout(MAX_SERVICE_TIMEOUT_S),
         follow_redirects=False,
         headers={"user-agent": "sip-router"},

@@ -1,4 +1,5 @@
 """The HTTP client of OpenAI's endpoints: httpx's API over aiohttp's connection pool.
+(Requests to the company's own services use the same transport, in a pool of their own.)
 
 httpcore's pool scans every connection on each request and response and costs several
 times aiohttp's CPU per request; `httpx-aiohttp` keeps the httpx API (timeouts per request,
