@@ -30,6 +30,7 @@ from app.settings import Settings
 from app.store import RedisStore, Store, StoreAvailability, open_store
 from app.upstream_transport import upstream_http_client
 from app.webhook_verification import WebhookVerifier
+from app.webhooks_first import WebhooksFirst
 
 log = logging.getLogger("sip_router")
 # How many young collections make one of the middle generation (CPython's default: 10).
@@ -69,7 +70,8 @@ def create_app(
     # Your own services get a client of their own: a slow one cannot hold OpenAI's pool.
     outbound = outbound_http_client(outbound_transport)
     consultant = ServiceConsultant(outbound, secret=settings.outbound_secret_value, metrics=metrics)
-    # The calls sip-router stays with after the accept.
+    # The calls sip-router stays with after the accept; their work steps aside for webhooks.
+    webhooks_first = WebhooksFirst()
     active_calls = ActiveCalls(metrics)
     ownership: CallOwnership = (
         RedisCallOwnership(store.client, prefix=f"{store.prefix}sideband:")
@@ -86,6 +88,7 @@ def create_app(
         api_key=api_key,
         metrics=metrics,
         keep_transcripts=settings.transcripts,
+        webhooks=webhooks_first,
     )
     processor = CallProcessor(
         verifier=WebhookVerifier(settings.webhook_secrets, settings.timestamp_tolerance_s),
@@ -102,6 +105,7 @@ def create_app(
         ),
         consultant=consultant,
         keeper=attendant,
+        webhooks=webhooks_first,
     )
     services = Services(settings, metrics, rules, store, processor)
 

@@ -36,6 +36,7 @@ from app.sip_identity import Party, SipHeaders, parse_parties
 from app.store import Claim, ClaimResult, Store, StoreUnavailable
 from app.webhook_event import IncomingCall, OtherEvent, parse_event
 from app.webhook_verification import WebhookVerifier
+from app.webhooks_first import WebhooksFirst
 
 log = logging.getLogger("sip_router.webhook")
 _E164 = re.compile(r"\+[1-9][0-9]{6,14}")
@@ -125,6 +126,7 @@ class CallProcessor:
         consultant: ServiceConsultant,
         wall_clock: Callable[[], float] = time.time,
         keeper: CallKeeper | None = None,
+        webhooks: WebhooksFirst | None = None,
     ) -> None:
         self._verifier = verifier
         self._consultant = consultant
@@ -135,9 +137,8 @@ class CallProcessor:
         self._options = options
         self._wall_clock = wall_clock
         self._keeper = keeper
-        self._in_flight = 0
-        self._idle = asyncio.Event()
-        self._idle.set()
+        # The webhooks in flight, which the calls' work steps aside for.
+        self._webhooks = webhooks if webhooks is not None else WebhooksFirst()
         self.draining = False
         # Pending max_duration_s hang-ups: a timer handle each (a task only once due), so
         # thousands of long calls cost little memory.
@@ -146,13 +147,12 @@ class CallProcessor:
 
     @property
     def in_flight(self) -> int:
-        return self._in_flight
+        return self._webhooks.in_flight
 
     async def handle(self, body: bytes, headers: Mapping[str, str]) -> WebhookAnswer:
         """Process one delivery; every outcome is an answer, nothing here raises for input."""
         started = time.perf_counter()
-        self._in_flight += 1
-        self._idle.clear()
+        self._webhooks.started()
         record = _Record(outcome="error")
         try:
             answer = await self._process(body, headers, record)
@@ -164,9 +164,7 @@ class CallProcessor:
             record.store_down = isinstance(exc, StoreDown)
             answer = WebhookAnswer(503, {"status": "unavailable", "error": str(exc)})
         finally:
-            self._in_flight -= 1
-            if self._in_flight == 0:
-                self._idle.set()
+            self._webhooks.finished()
         elapsed = time.perf_counter() - started
         await self._record(record, answer, elapsed)
         return answer
@@ -510,7 +508,7 @@ class CallProcessor:
         """Refuse new deliveries and wait for in-flight ones; True if all finished."""
         self.draining = True
         try:
-            await asyncio.wait_for(self._idle.wait(), timeout_s)
+            await asyncio.wait_for(self._webhooks.idle(), timeout_s)
         except TimeoutError:
             return False
         return True

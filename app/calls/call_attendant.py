@@ -45,6 +45,7 @@ from app.metrics import Metrics
 from app.rules.call_context import CallApi
 from app.rules.ruleset import Decision
 from app.store import CallLog, StoreUnavailable
+from app.webhooks_first import WebhooksFirst
 
 log = logging.getLogger("sip_router.sideband")
 RECORD_RETRY_DELAYS_S = (0.2, 0.5, 1.0, 2.0)
@@ -73,6 +74,7 @@ class CallAttendant:
         owner: str | None = None,
         wall_clock: Callable[[], float] = time.time,
         reconnect_delays: Callable[[], Generator[float]] = backoff,
+        webhooks: WebhooksFirst | None = None,
     ) -> None:
         self.active = active
         self.ownership = ownership
@@ -88,6 +90,7 @@ class CallAttendant:
         self._keep_transcripts = keep_transcripts
         self._wall_clock = wall_clock
         self._reconnect_delays = reconnect_delays
+        self._webhooks = webhooks
 
     async def stay_with(
         self,
@@ -181,6 +184,7 @@ class CallAttendant:
             greeted=memory.greeted,
             lost=memory.lost,
             reconnect_delays=self._reconnect_delays,
+            webhooks=self._webhooks,
         )
         outcome: CallOutcome | None
         if leased:

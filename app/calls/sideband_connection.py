@@ -50,6 +50,7 @@ from app.calls.session_events import (
 from app.metrics import Metrics
 from app.openai_calls import ActionResult, Verb
 from app.rules.call_context import CallApi
+from app.webhooks_first import WebhooksFirst
 
 log = logging.getLogger("sip_router.sideband")
 
@@ -184,6 +185,7 @@ class SidebandDriver:
         reconnect_delays: Callable[[], Generator[float]] = backoff,
         max_message_bytes: int = MAX_MESSAGE_BYTES,
         open_timeout_s: float = OPEN_TIMEOUT_S,
+        webhooks: WebhooksFirst | None = None,
     ) -> None:
         self.facts = facts
         self.api: CallApi = api
@@ -209,6 +211,8 @@ class SidebandDriver:
         self._reconnect_delays = reconnect_delays
         self._max_message_bytes = max_message_bytes
         self._open_timeout_s = open_timeout_s
+        # Each step waits for the webhooks in flight (a few ms at most): callers first.
+        self._webhooks = webhooks if webhooks is not None else WebhooksFirst()
         self._inbox: asyncio.Queue[_Inbound] = asyncio.Queue(INBOX_SIZE)
         self._ws: ClientConnection | None = None
         self._unsent: deque[str] = deque()
@@ -227,7 +231,13 @@ class SidebandDriver:
             reader = group.create_task(self._connection_loop())
             try:
                 while not self.session.ended:
-                    await self._step(await self._inbox.get())
+                    item = await self._inbox.get()
+                    await self._webhooks.after_webhooks()
+                    await self._step(item)
+                    # What queued up meanwhile goes on without waiting again, so webhooks
+                    # back to back slow a busy call's events by one wait, not one each.
+                    while not self.session.ended and not self._inbox.empty():
+                        await self._step(self._inbox.get_nowait())
             finally:
                 for task in (reader, *self._timers.values(), *self._work):
                     task.cancel()
@@ -353,6 +363,7 @@ class SidebandDriver:
         try:
             # The requester keeps to timeout_s itself; this is the backstop.
             async with asyncio.timeout(function.timeout_s + 1.0):
+                await self._webhooks.after_webhooks()
                 result = await self._functions.call(function, self.facts, command.arguments)
         except TimeoutError:
             result = FunctionResult(
