@@ -8,6 +8,7 @@ import json
 import time
 from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from types import MappingProxyType
+from typing import Any
 from uuid import uuid4
 
 import httpx
@@ -518,6 +519,54 @@ async def test_a_taken_over_ticket_keeps_its_api(backend: Backend) -> None:
     await ownership.release("live_1", "replica-a")
     [(taken, _)] = await ownership.take_over("replica-b", TTL_S, time.time())
     assert taken.api == "live"
+
+
+class CountingScript:
+    """A registered Lua script that counts its calls."""
+
+    def __init__(self, script: Any) -> None:
+        self.script = script
+        self.calls = 0
+
+    async def __call__(self, **kwargs: Any) -> Any:
+        self.calls += 1
+        return await self.script(**kwargs)
+
+
+@pytest.mark.redis
+async def test_the_scan_asks_redis_to_take_over_only_the_calls_without_an_owner(
+    redis_url: str, prefix: str
+) -> None:
+    client = redis.asyncio.Redis.from_url(redis_url)
+    ownership = RedisCallOwnership(client, prefix=prefix)
+    for n in range(50):
+        assert await ownership.register(ticket(f"rtc_{n}"), "replica-a", 10)
+    await ownership.release("rtc_7", "replica-a")
+    counting = CountingScript(ownership._take_over)
+    ownership._take_over = counting  # type: ignore[assignment]
+
+    taken = await ownership.take_over("replica-b", 10, time.time())
+
+    assert [t.call_id for t, _ in taken] == ["rtc_7"]
+    assert counting.calls == 1  # not one round trip per active call
+    await client.aclose()
+    await delete_prefix(redis_url, prefix)
+
+
+@pytest.mark.redis
+async def test_an_unreadable_ticket_in_redis_is_dropped_not_passed_around(
+    redis_url: str, prefix: str
+) -> None:
+    client = redis.asyncio.Redis.from_url(redis_url)
+    ownership = RedisCallOwnership(client, prefix=prefix)
+    await client.set(f"{prefix}ticket:rtc_bad", "{not json")
+    await client.zadd(f"{prefix}active", {"rtc_bad": time.time() + 3600})
+
+    assert await ownership.take_over("replica-b", TTL_S, time.time()) == []
+    assert await client.exists(f"{prefix}ticket:rtc_bad", f"{prefix}owner:rtc_bad") == 0
+    assert await client.zscore(f"{prefix}active", "rtc_bad") is None
+    await client.aclose()
+    await delete_prefix(redis_url, prefix)
 
 
 @pytest.mark.redis

@@ -326,12 +326,11 @@ class RedisCallOwnership:
         self, owner: str, ttl_s: float, now: float
     ) -> list[tuple[CallTicket, CallMemory]]:
         await self._redis.zremrangebyscore(self._active_key(), "-inf", now)
-        call_ids = await self._redis.zrange(self._active_key(), 0, -1)
+        call_ids = [_text(raw_id) for raw_id in await self._redis.zrange(self._active_key(), 0, -1)]
         taken: list[tuple[CallTicket, CallMemory]] = []
-        for raw_id in call_ids:
+        for call_id in await self._unowned(call_ids):
             if len(taken) >= MAX_TAKEOVERS_PER_SCAN:
                 break
-            call_id = raw_id.decode() if isinstance(raw_id, bytes) else str(raw_id)
             result = await self._take_over(keys=self._keys(call_id), args=[owner, _ms(ttl_s)])
             if not result:
                 continue
@@ -342,12 +341,25 @@ class RedisCallOwnership:
                 control = json.loads(control_text) if control_text else None
             except (ValueError, TypeError):
                 log.error(
-                    "an unreadable call ticket was skipped", extra={"fields": {"call_id": call_id}}
+                    "an unreadable call ticket was dropped", extra={"fields": {"call_id": call_id}}
                 )
+                await self.finish(call_id, owner)  # no replica could drive it
                 continue
             memory = CallMemory(frozenset(answered), greeted == "1", frozenset(asking), control)
             taken.append((ticket, memory))
         return taken
+
+    async def _unowned(self, call_ids: Sequence[str]) -> list[str]:
+        """The calls among `call_ids` without an owner now, in one round trip per batch
+        (every replica scans every active call every TAKEOVER_SCAN_S)."""
+        unowned: list[str] = []
+        for start in range(0, len(call_ids), RENEW_BATCH):
+            batch = call_ids[start : start + RENEW_BATCH]
+            holders = await self._redis.mget([self._keys(call_id)[0] for call_id in batch])
+            unowned += [
+                call_id for call_id, holder in zip(batch, holders, strict=True) if not holder
+            ]
+        return unowned
 
     async def record_answered(self, call_id: str, function_call_id: str) -> None:
         answered_key = self._keys(call_id)[2]
