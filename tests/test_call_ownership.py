@@ -93,6 +93,15 @@ async def backend(request: pytest.FixtureRequest, prefix: str) -> AsyncIterator[
     await delete_prefix(url, prefix)
 
 
+@pytest.fixture
+async def redis_client(redis_url: str, prefix: str) -> AsyncIterator[redis.asyncio.Redis]:
+    """A client of the test Redis; the test's keys are deleted afterwards."""
+    client = redis.asyncio.Redis.from_url(redis_url)
+    yield client
+    await client.aclose()
+    await delete_prefix(redis_url, prefix)
+
+
 async def test_one_owner_at_a_time(backend: Backend) -> None:
     ownership = backend.ownership
     assert await ownership.register(ticket(), "replica-a", TTL_S)
@@ -535,10 +544,9 @@ class CountingScript:
 
 @pytest.mark.redis
 async def test_the_scan_asks_redis_to_take_over_only_the_calls_without_an_owner(
-    redis_url: str, prefix: str
+    redis_client: redis.asyncio.Redis, prefix: str
 ) -> None:
-    client = redis.asyncio.Redis.from_url(redis_url)
-    ownership = RedisCallOwnership(client, prefix=prefix)
+    ownership = RedisCallOwnership(redis_client, prefix=prefix)
     for n in range(50):
         assert await ownership.register(ticket(f"rtc_{n}"), "replica-a", 10)
     await ownership.release("rtc_7", "replica-a")
@@ -549,40 +557,32 @@ async def test_the_scan_asks_redis_to_take_over_only_the_calls_without_an_owner(
 
     assert [t.call_id for t, _ in taken] == ["rtc_7"]
     assert counting.calls == 1  # not one round trip per active call
-    await client.aclose()
-    await delete_prefix(redis_url, prefix)
 
 
 @pytest.mark.redis
 async def test_an_unreadable_ticket_in_redis_is_dropped_not_passed_around(
-    redis_url: str, prefix: str
+    redis_client: redis.asyncio.Redis, prefix: str
 ) -> None:
-    client = redis.asyncio.Redis.from_url(redis_url)
-    ownership = RedisCallOwnership(client, prefix=prefix)
+    client, ownership = redis_client, RedisCallOwnership(redis_client, prefix=prefix)
     await client.set(f"{prefix}ticket:rtc_bad", "{not json")
     await client.zadd(f"{prefix}active", {"rtc_bad": time.time() + 3600})
 
     assert await ownership.take_over("replica-b", TTL_S, time.time()) == []
     assert await client.exists(f"{prefix}ticket:rtc_bad", f"{prefix}owner:rtc_bad") == 0
     assert await client.zscore(f"{prefix}active", "rtc_bad") is None
-    await client.aclose()
-    await delete_prefix(redis_url, prefix)
 
 
 @pytest.mark.redis
 async def test_a_ticket_written_before_gpt_live_is_a_realtime_call(
-    redis_url: str, prefix: str
+    redis_client: redis.asyncio.Redis, prefix: str
 ) -> None:
-    client = redis.asyncio.Redis.from_url(redis_url)
-    ownership = RedisCallOwnership(client, prefix=prefix)
+    client, ownership = redis_client, RedisCallOwnership(redis_client, prefix=prefix)
     old = dataclasses.asdict(ticket("rtc_old"))
     del old["api"]
     await client.set(f"{prefix}ticket:rtc_old", json.dumps(old))
     await client.zadd(f"{prefix}active", {"rtc_old": old["active_until"]})
     [(taken, _)] = await ownership.take_over("replica-b", TTL_S, time.time())
     assert (taken.call_id, taken.api) == ("rtc_old", "realtime")
-    await client.aclose()
-    await delete_prefix(redis_url, prefix)
 
 
 async def _accepted_clinic_call(
