@@ -6,7 +6,7 @@ Profiles are checked with these models when rules load, and the accept body is b
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from difflib import get_close_matches
 from typing import Annotated, Any, ClassVar, Literal, NoReturn, TypeVar, get_args
@@ -139,26 +139,36 @@ def _error(loc: tuple[str | int, ...], kind: str, message: str, value: object) -
     return ValidationError.from_exception_data("SessionConfig", [detail])
 
 
-def _by_type(
-    name: str, choices: Mapping[str, TypeAdapter[Any]], untyped: TypeAdapter[Any] | None = None
+def _by_key(
+    key: str,
+    name: str,
+    choices: Mapping[str, TypeAdapter[Any]],
+    untyped: TypeAdapter[Any] | None = None,
 ) -> Callable[[dict[str, Any]], Any]:
-    """Pick the model for a mapping by its `type` key, so errors name fields, not union members."""
+    """Pick the model for a mapping by one of its keys (`type`, a message's `role`), so
+    errors name fields, not union members; `untyped` takes a mapping without the key."""
 
     def validate(value: dict[str, Any]) -> Any:
-        if "type" not in value:
+        if key not in value:
             if untyped is not None:
                 return untyped.validate_python(value)
-            detail = InitErrorDetails(type="missing", loc=("type",), input=value)
+            detail = InitErrorDetails(type="missing", loc=(key,), input=value)
             raise ValidationError.from_exception_data("SessionConfig", [detail])
-        adapter = choices.get(value["type"]) if isinstance(value["type"], str) else None
+        adapter = choices.get(value[key]) if isinstance(value[key], str) else None
         if adapter is None:
             expected = ", ".join(f'"{tag}"' for tag in choices)
-            raise _error(
-                ("type",), "unknown_type", f"{name} type must be one of {expected}", value["type"]
-            )
+            message = f"{name} {key} must be one of {expected}"
+            raise _error((key,), f"unknown_{key}", message, value[key])
         return adapter.validate_python(value)
 
     return validate
+
+
+def _by_type(
+    name: str, choices: Mapping[str, TypeAdapter[Any]], untyped: TypeAdapter[Any] | None = None
+) -> Callable[[dict[str, Any]], Any]:
+    """`_by_key` on `type`."""
+    return _by_key("type", name, choices, untyped)
 
 
 def _by_shape(
@@ -631,14 +641,20 @@ def voice_warnings(config: SessionConfig) -> list[str]:
     Any name is allowed (custom voices), so a misspelt built-in voice would reach OpenAI.
     """
     output = config.audio.output if config.audio is not None else None
-    voice = output.voice if output is not None else None
-    if not isinstance(voice, str) or voice in VOICES:
+    return misspelt_voice_warnings(output.voice if output is not None else None, VOICES, "")
+
+
+def misspelt_voice_warnings(voice: object, voices: Sequence[str], api_name: str) -> list[str]:
+    """A warning when `voice` is not one of `voices` (the API's built-in ones, named with
+    `api_name` in the text) but close to one."""
+    if not isinstance(voice, str) or voice in voices:
         return []
-    close = get_close_matches(voice.lower(), VOICES, n=1, cutoff=0.75)
+    close = get_close_matches(voice.lower(), voices, n=1, cutoff=0.75)
     if not close:
         return []
+    built_in = f"built-in {api_name} voice" if api_name else "built-in voice"
     return [
-        f"voice '{voice}' is not a built-in voice (did you mean '{close[0]}'?); it is sent"
+        f"voice '{voice}' is not a {built_in} (did you mean '{close[0]}'?); it is sent"
         " as the name of a custom voice"
     ]
 

@@ -8,8 +8,7 @@ is `{"session": {"type": "live", ...}}`. The fields are those of the Live accept
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
-from difflib import get_close_matches
+from collections.abc import Mapping
 from types import MappingProxyType
 from typing import Annotated, Any, Literal, NoReturn, get_args
 
@@ -17,11 +16,10 @@ from pydantic import (
     Field,
     SerializeAsAny,
     TypeAdapter,
-    ValidationError,
     field_validator,
 )
 from pydantic.json_schema import SkipJsonSchema
-from pydantic_core import InitErrorDetails, PydanticCustomError
+from pydantic_core import PydanticCustomError
 
 from app.calls.call_control import CallControl
 from app.calls.call_tools import call_control_tools
@@ -30,10 +28,11 @@ from app.rules.accept_body import (
     BodyPath,
     JsonObject,
     VoiceId,
+    _by_key,
     _by_shape,
-    _error,
     _literal,
     _Model,
+    misspelt_voice_warnings,
 )
 
 __all__ = [
@@ -190,24 +189,6 @@ class ResponsesToolChoiceMcp(_Model):
     type: Literal["mcp"]
     server_label: Annotated[str, Field(min_length=1)]
     name: ToolName
-
-
-def _by_key(
-    key: str, what: str, choices: Mapping[str, TypeAdapter[Any]]
-) -> Callable[[dict[str, Any]], Any]:
-    """Pick the model for a mapping by one of its keys, so errors name fields, not unions."""
-
-    def validate(value: dict[str, Any]) -> Any:
-        if key not in value:
-            detail = InitErrorDetails(type="missing", loc=(key,), input=value)
-            raise ValidationError.from_exception_data("LiveSessionConfig", [detail])
-        adapter = choices.get(value[key]) if isinstance(value[key], str) else None
-        if adapter is None:
-            expected = ", ".join(f'"{tag}"' for tag in choices)
-            raise _error((key,), f"unknown_{key}", f"{what} {key} must be one of {expected}", value)
-        return adapter.validate_python(value)
-
-    return validate
 
 
 ResponsesTool = Annotated[
@@ -403,15 +384,7 @@ def live_voice_warnings(config: LiveSessionConfig) -> list[str]:
     """A warning when the voice is not a built-in Live voice but its name is close to one."""
     output = config.audio.output if config.audio is not None else None
     voice = output.voice if output is not None else None
-    if not isinstance(voice, str) or voice in LIVE_VOICES:
-        return []
-    close = get_close_matches(voice.lower(), LIVE_VOICES, n=1, cutoff=0.75)
-    if not close:
-        return []
-    return [
-        f"voice '{voice}' is not a built-in GPT-Live voice (did you mean '{close[0]}'?); it is"
-        " sent as the name of a custom voice"
-    ]
+    return misspelt_voice_warnings(voice, LIVE_VOICES, "GPT-Live")
 
 
 def live_function_tool_warnings(config: LiveSessionConfig) -> list[str]:
