@@ -22,6 +22,7 @@ from app.calls.function_requests import MAX_ANSWER_BYTES, CallFacts, FunctionReq
 from app.calls.sideband_connection import CallOutcome, SidebandDriver, sideband_url
 from app.metrics import Metrics
 from app.openai_calls import OpenAICallsClient
+from app.webhooks_first import WebhooksFirst
 from tests.fake_openai import (
     AgentCallsFunction,
     AwaitClient,
@@ -107,6 +108,7 @@ async def drive(
     metrics: Metrics | None = None,
     secret: str | None = SECRET,
     max_message_bytes: int = 1024 * 1024,
+    webhooks: WebhooksFirst | None = None,
 ) -> CallOutcome:
     calls = (
         await accept(fake, http, call_id)
@@ -125,6 +127,7 @@ async def drive(
         metrics=metrics,
         reconnect_delays=fast_reconnects,
         max_message_bytes=max_message_bytes,
+        webhooks=webhooks,
     )
     return await asyncio.wait_for(driver.run(), 15)
 
@@ -280,6 +283,36 @@ async def test_a_function_is_answered_by_the_company_service(
     assert (
         metrics.function_calls.labels(function="lookup_appointment", outcome="ok")._value.get() == 1
     )
+
+
+async def test_the_calls_work_waits_for_the_webhook_in_flight(
+    fake: FakeOpenAI, http: httpx.AsyncClient, function_service: Any
+) -> None:
+    service = await function_service(json_answer({"next": "Tuesday 9:00"}))
+    fake.script_sideband(
+        "rtc_second",
+        [
+            AgentCallsFunction("lookup_appointment", {}, "call_f"),
+            AwaitClient("conversation.item.create"),
+            HangUp(),
+        ],
+    )
+    webhooks = WebhooksFirst(max_defer_s=30.0)
+    webhooks.started()  # a webhook is being decided
+    driving = asyncio.ensure_future(
+        drive(fake, http, "rtc_second", with_function(service.url), webhooks=webhooks)
+    )
+    while not fake.sideband_attempts_for("rtc_second"):
+        await asyncio.sleep(0.01)
+    await asyncio.sleep(0.3)
+    # Attached, but neither the greeting nor the function's request goes before the webhook.
+    assert fake.client_events_for("rtc_second") == []
+    assert service.requests == []
+    webhooks.finished()
+    await driving
+    assert types_sent(fake, "rtc_second")[0] == "response.create"  # the greeting
+    assert function_outputs(fake, "rtc_second") == [("call_f", '{"next": "Tuesday 9:00"}')]
+    assert len(service.requests) == 1
 
 
 async def test_without_a_secret_function_requests_are_unsigned(
