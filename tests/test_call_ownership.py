@@ -6,7 +6,7 @@ import asyncio
 import dataclasses
 import json
 import time
-from collections.abc import AsyncIterator, Callable, Iterator, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Sequence
 from types import MappingProxyType
 from typing import Any
 from uuid import uuid4
@@ -23,13 +23,14 @@ from app.calls.call_control import (
     control_to_json,
 )
 from app.calls.call_ownership import (
+    LEASE_TTL_S,
+    RENEW_EVERY_S,
     CallMemory,
     CallOwnership,
     CallTicket,
     LeaseKeeper,
     MemoryCallOwnership,
     RedisCallOwnership,
-    drive_while_owned,
     take_over_orphans,
 )
 from app.calls.function_requests import CallFacts, FunctionRequester
@@ -40,6 +41,21 @@ from tests.function_service import function_services, json_answer
 from tests.redis_server import delete_prefix
 
 TTL_S = 0.3
+
+
+async def drive_while_owned(
+    ownership: CallOwnership,
+    call_id: str,
+    owner: str,
+    run: Callable[[], Awaitable[Any]],
+    *,
+    ttl_s: float = LEASE_TTL_S,
+    renew_every_s: float = RENEW_EVERY_S,
+    clock: Callable[[], float] = time.monotonic,
+) -> Any:
+    """One call driven under its own LeaseKeeper (a replica shares one among its calls)."""
+    keeper = LeaseKeeper(ownership, owner, ttl_s=ttl_s, renew_every_s=renew_every_s, clock=clock)
+    return await keeper.drive(call_id, run)
 
 
 class FakeClock:

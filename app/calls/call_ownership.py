@@ -531,21 +531,6 @@ class LeaseKeeper:
                 lease.renewed_at = sent_at
 
 
-async def drive_while_owned(
-    ownership: CallOwnership,
-    call_id: str,
-    owner: str,
-    run: Callable[[], Awaitable[Any]],
-    *,
-    ttl_s: float = LEASE_TTL_S,
-    renew_every_s: float = RENEW_EVERY_S,
-    clock: Callable[[], float] = time.monotonic,
-) -> Any:
-    """One call driven on its own (a replica shares one LeaseKeeper among its calls)."""
-    keeper = LeaseKeeper(ownership, owner, ttl_s=ttl_s, renew_every_s=renew_every_s, clock=clock)
-    return await keeper.drive(call_id, run)
-
-
 async def take_over_orphans(
     ownership: CallOwnership,
     owner: str,
