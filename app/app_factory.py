@@ -7,7 +7,7 @@ import contextlib
 import gc
 import logging
 import signal
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from contextlib import asynccontextmanager
 
 import httpx
@@ -15,8 +15,10 @@ from fastapi import FastAPI
 
 from app.call_processing import CallProcessor, ProcessingOptions
 from app.calls.active_calls import ActiveCalls
-from app.calls.call_attendant import CallAttendant
+from app.calls.call_attendant import CallAttendant, CallEndLog
 from app.calls.call_ownership import CallOwnership, MemoryCallOwnership, RedisCallOwnership
+from app.calls.calls_process import CallsProcess
+from app.calls.calls_process_link import CallsConfig
 from app.calls.function_requests import FunctionRequester
 from app.http import admin, console, health, replay, webhooks
 from app.http.metrics_port import MetricsPortMiddleware
@@ -45,9 +47,12 @@ def create_app(
     store: Store | None = None,
     handle_signals: bool = False,
     watch_interval_s: float | None = 1.0,
+    calls_process: bool = False,
 ) -> FastAPI:
     """Build the service. `transport` replaces the network to OpenAI, `outbound_transport`
-    the one to your own services (tests); signals only under serve."""
+    the one to your own services (tests); signals only under serve. With `calls_process`
+    the calls sip-router stays with are driven by a process of their own (their actions
+    and functions then go over the network, whatever the transports)."""
     metrics = Metrics()
     rules = RulesHolder(
         settings.rules,
@@ -70,26 +75,40 @@ def create_app(
     # Your own services get a client of their own: a slow one cannot hold OpenAI's pool.
     outbound = outbound_http_client(outbound_transport)
     consultant = ServiceConsultant(outbound, secret=settings.outbound_secret_value, metrics=metrics)
-    # The calls sip-router stays with after the accept; their work steps aside for webhooks.
+    # The calls sip-router stays with after the accept: driven by a process of their own
+    # (under `serve`), or here, where their work steps aside for webhooks.
     webhooks_first = WebhooksFirst()
-    active_calls = ActiveCalls(metrics)
-    ownership: CallOwnership = (
-        RedisCallOwnership(store.client, prefix=f"{store.prefix}sideband:")
-        if isinstance(store, RedisStore)
-        else MemoryCallOwnership()
-    )
-    attendant = CallAttendant(
-        active=active_calls,
-        ownership=ownership,
-        actions=calls,
-        functions=FunctionRequester(outbound, secret=settings.outbound_secret_value),
-        call_log=store,
-        base_url=settings.openai_base_url,
-        api_key=api_key,
-        metrics=metrics,
+    keeper: CallAttendant | CallsProcess
+    calls_config = CallsConfig(
+        openai_base_url=settings.openai_base_url,
+        openai_api_key=api_key,
+        outbound_secret=settings.outbound_secret_value,
         keep_transcripts=settings.transcripts,
-        webhooks=webhooks_first,
+        redis_url=settings.redis_url.get_secret_value() if settings.redis_url else None,
+        action_deadline_s=settings.action_deadline_s,
+        log_format=settings.log_format,
+        log_level=settings.log_level,
     )
+    if calls_process:
+        keeper = CallsProcess(calls_config, call_log=store, metrics_dir=metrics.multiprocess_dir)
+    else:
+        ownership: CallOwnership = (
+            RedisCallOwnership(store.client, prefix=f"{store.prefix}sideband:")
+            if isinstance(store, RedisStore)
+            else MemoryCallOwnership()
+        )
+        keeper = CallAttendant(
+            active=ActiveCalls(metrics),
+            ownership=ownership,
+            actions=calls,
+            functions=FunctionRequester(outbound, secret=calls_config.outbound_secret),
+            call_log=store,
+            base_url=calls_config.openai_base_url,
+            api_key=api_key,
+            metrics=metrics,
+            keep_transcripts=calls_config.keep_transcripts,
+            webhooks=webhooks_first,
+        )
     processor = CallProcessor(
         verifier=WebhookVerifier(settings.webhook_secrets, settings.timestamp_tolerance_s),
         rules=rules,
@@ -104,7 +123,7 @@ def create_app(
             keep_call_inputs=settings.keep_call_inputs,
         ),
         consultant=consultant,
-        keeper=attendant,
+        keeper=keeper,
         webhooks=webhooks_first,
     )
     services = Services(settings, metrics, rules, store, processor)
@@ -143,34 +162,15 @@ def create_app(
         watcher = asyncio.create_task(rules.watch(watch_interval_s)) if watch_interval_s else None
         if handle_signals:
             _on_sighup(rules)
-        await active_calls.__aenter__()
-        stop_scan = asyncio.Event()
-        orphans = asyncio.create_task(attendant.scan_for_orphans(stop_scan))
-        # What start-up built (modules, the ruleset, the clients) lives as long as the
-        # service: out of the collector's full walks, which otherwise pause every call.
-        gc.collect()
-        gc.freeze()
-        # A full collection walks every active call's objects (about 130 each): 100-300 ms
-        # with 1,000 calls. It follows every 11th middle-generation collection, so those
-        # come after 50 young collections rather than 10: with 1,000 calls (bench/
-        # active_calls.py) 1 full collection a minute instead of 6, 39% fewer objects
-        # walked in all, the largest young walk 21,000 objects instead of 18,000.
-        thresholds = gc.get_threshold()
-        gc.set_threshold(thresholds[0], YOUNG_COLLECTIONS_PER_MIDDLE, thresholds[2])
+        await keeper.start()
         try:
-            yield
+            with tuned_collector():
+                yield
         finally:
-            gc.set_threshold(*thresholds)
-            gc.unfreeze()
             finished = await processor.drain(settings.action_deadline_s * 2 + 1)
             dropped = processor.cancel_scheduled_hangups()
             # Hand the calls over: their leases are released, another replica takes them.
-            # Stopped between scans: a Redis command cut short by a cancel may never answer.
-            stop_scan.set()
-            await asyncio.wait({orphans}, timeout=5.0)
-            orphans.cancel()
-            handed_over = len(active_calls)
-            await active_calls.__aexit__(None, None, None)
+            handed_over = await keeper.stop()
             log.info(
                 "sip-router stopped",
                 extra={
@@ -212,6 +212,69 @@ def create_app(
         app.include_router(replay.router)
         app.include_router(console.router)
     return app
+
+
+@contextlib.contextmanager
+def tuned_collector() -> Iterator[None]:
+    """The garbage collector set for a long-running service, restored on the way out."""
+    # What start-up built (modules, the ruleset, the clients) lives as long as the
+    # service: out of the collector's full walks, which otherwise pause every call.
+    gc.collect()
+    gc.freeze()
+    # A full collection walks every active call's objects (about 130 each): 100-300 ms
+    # with 1,000 calls. It follows every 11th middle-generation collection, so those
+    # come after 50 young collections rather than 10: with 1,000 calls (bench/
+    # active_calls.py) 1 full collection a minute instead of 6, 39% fewer objects
+    # walked in all, the largest young walk 21,000 objects instead of 18,000.
+    thresholds = gc.get_threshold()
+    gc.set_threshold(thresholds[0], YOUNG_COLLECTIONS_PER_MIDDLE, thresholds[2])
+    try:
+        yield
+    finally:
+        gc.set_threshold(*thresholds)
+        gc.unfreeze()
+
+
+def calls_process_attendant(
+    config: CallsConfig, call_log: CallEndLog
+) -> tuple[CallAttendant, Callable[[], Awaitable[None]]]:
+    """The calls process's parts (app/calls_process_main.py): the attendant of its calls,
+    and what closes its clients once they are handed over."""
+    metrics = Metrics()
+    http = upstream_http_client(None)
+    actions = OpenAICallsClient(
+        http,
+        base_url=config.openai_base_url,
+        api_key=config.openai_api_key,
+        deadline_s=config.action_deadline_s,
+        on_response=metrics.upstream_answered,
+    )
+    outbound = outbound_http_client(None)
+    store = RedisStore.from_url(config.redis_url) if config.redis_url else None
+    ownership: CallOwnership = (
+        RedisCallOwnership(store.client, prefix=f"{store.prefix}sideband:")
+        if store is not None
+        else MemoryCallOwnership()
+    )
+    attendant = CallAttendant(
+        active=ActiveCalls(metrics),
+        ownership=ownership,
+        actions=actions,
+        functions=FunctionRequester(outbound, secret=config.outbound_secret),
+        call_log=call_log,
+        base_url=config.openai_base_url,
+        api_key=config.openai_api_key,
+        metrics=metrics,
+        keep_transcripts=config.keep_transcripts,
+    )
+
+    async def close() -> None:
+        await http.aclose()
+        await outbound.aclose()
+        if store is not None:
+            await store.aclose()
+
+    return attendant, close
 
 
 def _on_sighup(rules: RulesHolder) -> None:

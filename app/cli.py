@@ -20,6 +20,7 @@ from typing import Any
 
 import httpx
 
+from app.metrics import write_metrics_to
 from app.rules.loader import load_ruleset
 from app.rules.problems import RuleFileError
 from app.rules.ruleset import Ruleset
@@ -120,8 +121,11 @@ def cmd_serve(args: argparse.Namespace) -> int:
         return _fail(f"--port {args.port}: must be between 0 and 65535")
     except OSError as exc:
         return _fail(_listen_problem(args.host, args.port, exc))
-    if args.workers > 1 and not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
-        os.environ["PROMETHEUS_MULTIPROC_DIR"] = tempfile.mkdtemp(prefix="sip-router-metrics-")
+    # Several processes (the workers, each one's calls process) write the metrics there.
+    several = args.workers > 1 or settings.calls_process
+    if several:
+        directory = os.environ.get("PROMETHEUS_MULTIPROC_DIR")
+        write_metrics_to(directory or tempfile.mkdtemp(prefix="sip-router-metrics-"))
     metrics_listener = None
     if settings.metrics_port is not None:
         if settings.metrics_port == args.port:

@@ -21,6 +21,7 @@ from prometheus_client import (
     disable_created_metrics,
     generate_latest,
     multiprocess,
+    values,
 )
 from prometheus_client.metrics_core import GaugeMetricFamily, Metric
 
@@ -55,6 +56,14 @@ class _BoundChildren:
 
     def __len__(self) -> int:
         return len(self._children)
+
+
+def write_metrics_to(directory: str) -> None:
+    """Have every metric made from now on write its values under `directory`, where /metrics
+    reads every process's (`PROMETHEUS_MULTIPROC_DIR`). prometheus_client reads that
+    variable once, when it is imported; the CLI sets it after that, so it is read again."""
+    os.environ["PROMETHEUS_MULTIPROC_DIR"] = directory
+    values.ValueClass = values.get_value_class()  # type: ignore[no-untyped-call]
 
 
 class Metrics:

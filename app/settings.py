@@ -91,6 +91,9 @@ class Settings(BaseSettings):
     outbound_secret: SecretStr | None = Field(default=None, alias="SIP_ROUTER_OUTBOUND_SECRET")
     # Keep the transcripts of calls whose profile says `transcript: true`.
     transcripts: bool = Field(default=False, alias="SIP_ROUTER_TRANSCRIPTS")
+    # Under `serve`, the calls sip-router stays with are driven by a process of their own,
+    # so their traffic never delays a webhook's decision; false: in the service's process.
+    calls_process: bool = Field(default=True, alias="SIP_ROUTER_CALLS_PROCESS")
 
     @field_validator("openai_api_key", "admin_token", "redis_url", mode="before")
     @classmethod

@@ -745,3 +745,50 @@ async def test_a_killed_workers_call_is_taken_over_on_the_same_machine(
         ("call_2", {"status": "ending the call; say goodbye"}),
     ]
     assert len(function.requests) == 1
+
+
+def sample(text: str, name: str, **labels: str) -> float | None:
+    """One sample's value in a /metrics text, None when it is not there."""
+    for family in text_string_to_metric_families(text):
+        for found in family.samples:
+            if found.name == name and found.labels == labels:
+                return float(found.value)
+    return None
+
+
+async def test_serve_drives_its_calls_in_a_calls_process_and_serves_their_metrics(
+    fake: FakeOpenAI, secret: str, start_services: StartServices, tmp_path: Path
+) -> None:
+    delivery = signed_test_call(secret, CALLER, CALLED, now=now())
+    call_id = delivery.call_id
+    fake.script_sideband(call_id, [AwaitClient("response.create"), Pause(60)])
+    rules = tmp_path / "call-rules.yaml"
+    rules.write_text(
+        CALL_RULES.replace("FUNCTION_URL", "http://127.0.0.1:9/functions"), encoding="utf-8"
+    )
+    (service,) = start_services(SIP_ROUTER_RULES=str(rules))
+    [ready] = [r for r in service.log_records() if r.get("message") == "calls process ready"]
+    assert service.process is not None
+    assert ready["pid"] != service.process.pid
+    answer = await post_all([service], [delivery])
+    assert answer[0].json()["action"] == "accept"
+    await wait_until(lambda: bool(fake.client_events_for(call_id)), 10, "the greeting")
+
+    # The calls process's metrics are served by the service's /metrics.
+    async with httpx.AsyncClient(base_url=service.url, timeout=10) as client:
+        text = (await client.get("/metrics")).text
+    assert sample(text, "sip_router_active_calls", api="realtime") == 1.0, text
+    connected = sample(
+        text, "sip_router_sideband_connections_total", api="realtime", outcome="connected"
+    )
+    assert connected == 1.0, text
+    assert (
+        sample(text, "sip_router_decisions_total", rule="default", action="accept", profile="desk")
+        == 1.0
+    )
+
+    assert service.stop() == 0
+    [stopped] = [r for r in service.log_records() if r.get("message") == "sip-router stopped"]
+    assert stopped["calls_handed_over"] == 1
+    with pytest.raises(ProcessLookupError):
+        os.kill(ready["pid"], 0)

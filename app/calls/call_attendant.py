@@ -18,7 +18,7 @@ import time
 from collections.abc import Callable, Generator, Mapping
 from dataclasses import replace
 from datetime import UTC, datetime
-from typing import Any, get_args
+from typing import Any, Protocol, get_args
 
 from redis.exceptions import RedisError
 from websockets.client import backoff
@@ -44,11 +44,18 @@ from app.calls.sideband_connection import (
 from app.metrics import Metrics
 from app.rules.call_context import CallApi
 from app.rules.ruleset import Decision
-from app.store import CallLog, StoreUnavailable
+from app.store import StoreUnavailable
 from app.webhooks_first import WebhooksFirst
 
 log = logging.getLogger("sip_router.sideband")
 RECORD_RETRY_DELAYS_S = (0.2, 0.5, 1.0, 2.0)
+
+
+class CallEndLog(Protocol):
+    """Where a call's later life joins its entry: the store's call log (app.store.CallLog),
+    or the service's process seen from the calls process (app.calls.calls_process)."""
+
+    async def add_to_call(self, call_id: str, fields: Mapping[str, Any]) -> bool: ...
 
 
 def replica_id() -> str:
@@ -66,7 +73,7 @@ class CallAttendant:
         ownership: CallOwnership,
         actions: CallActions,
         functions: FunctionRequester,
-        call_log: CallLog,
+        call_log: CallEndLog,
         base_url: str,
         api_key: str,
         metrics: Metrics | None = None,
@@ -91,6 +98,26 @@ class CallAttendant:
         self._wall_clock = wall_clock
         self._reconnect_delays = reconnect_delays
         self._webhooks = webhooks
+        self._scan: asyncio.Task[None] | None = None
+        self._stop_scan = asyncio.Event()
+
+    async def start(self) -> None:
+        """Start holding calls: their task group and the scan for calls without an owner."""
+        await self.active.__aenter__()
+        self._stop_scan = asyncio.Event()
+        self._scan = asyncio.create_task(self.scan_for_orphans(self._stop_scan))
+
+    async def stop(self) -> int:
+        """Hand every call over (their leases released, another replica takes them);
+        returns how many there were."""
+        # Stopped between scans: a Redis command cut short by a cancel may never answer.
+        if self._scan is not None:
+            self._stop_scan.set()
+            await asyncio.wait({self._scan}, timeout=5.0)
+            self._scan.cancel()
+        handed_over = len(self.active)
+        await self.active.__aexit__(None, None, None)
+        return handed_over
 
     async def stay_with(
         self,
@@ -100,23 +127,27 @@ class CallAttendant:
         called: Mapping[str, Any],
     ) -> None:
         """Start driving a call just accepted for `decision`; returns once it is started."""
-        control = decision.control
-        if control is None or not control.needs_sideband:
-            return
-        if not self._keep_transcripts:
-            control = replace(control, transcript=False)
-        now = self._wall_clock()
-        ticket = CallTicket(
+        made = call_ticket(
             call_id,
-            decision.rule or "default",
-            decision.profile or "",
-            dict(caller),
-            dict(called),
-            active_until=now + (decision.max_duration_s or DEFAULT_ACTIVE_FOR_S),
-            control=control_to_json(control),
-            accepted_at=now,
-            api=decision.api,
+            decision,
+            caller,
+            called,
+            now=self._wall_clock(),
+            keep_transcripts=self._keep_transcripts,
         )
+        if made is not None:
+            await self.attend(*made)
+
+    async def attend(self, ticket: CallTicket, control: CallControl | None = None) -> None:
+        """Register and start driving a call just accepted (its control read from the ticket
+        when not given)."""
+        if control is None:
+            try:
+                control = control_from_json(ticket.control)
+            except (ValueError, TypeError, KeyError, AttributeError):
+                log.error("a call ticket without call control", extra={"fields": _ids(ticket)})
+                return
+        call_id = ticket.call_id
         try:
             registered = await self.ownership.register(ticket, self.owner, LEASE_TTL_S)
         except (RedisError, OSError):
@@ -234,6 +265,36 @@ class CallAttendant:
             log.warning("could not record a call's end", extra={"fields": _ids(ticket)})
         summary = {"duration_s": fields["duration_s"], "end_reason": outcome.end_reason}
         log.info("call_recorded", extra={"fields": {**_ids(ticket), **summary}})
+
+
+def call_ticket(
+    call_id: str,
+    decision: Decision,
+    caller: Mapping[str, Any],
+    called: Mapping[str, Any],
+    *,
+    now: float,
+    keep_transcripts: bool,
+) -> tuple[CallTicket, CallControl] | None:
+    """The ticket of a call just accepted for `decision` and what sip-router does on it, or
+    None when the decision does not stay with the call."""
+    control = decision.control
+    if control is None or not control.needs_sideband:
+        return None
+    if not keep_transcripts:
+        control = replace(control, transcript=False)
+    ticket = CallTicket(
+        call_id,
+        decision.rule or "default",
+        decision.profile or "",
+        dict(caller),
+        dict(called),
+        active_until=now + (decision.max_duration_s or DEFAULT_ACTIVE_FOR_S),
+        control=control_to_json(control),
+        accepted_at=now,
+        api=decision.api,
+    )
+    return ticket, control
 
 
 def _ids(ticket: CallTicket) -> dict[str, Any]:
