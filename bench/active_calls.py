@@ -3,7 +3,8 @@
 `uv run python -m bench.active_calls [--calls 1000]` starts a peer process (the project's
 fake OpenAI on loopback, scripted so every call's agent calls a company function every
 `--function-every-s` seconds, and that function's service), then in this process the
-service itself (`create_app`, its lifespan running):
+service itself (`create_app`, its lifespan running, its calls process as under `serve`;
+`--inline` drives the calls in this process instead):
 
 1. baseline: webhook decisions (signed deliveries through `CallProcessor.handle`, each an
    accept sent to the fake) at a steady rate, with no active call;
@@ -11,12 +12,13 @@ service itself (`create_app`, its lifespan running):
    seconds per call, answered through the service's outbound client);
 3. the same webhook run again while they are active.
 
-It reports memory per active call (RSS growth / calls), event-loop lag p99 (a 10 ms
-ticker), and decision latency p50/p99 without and with the active calls. Timings vary with
-the machine's load; the collector's share does not, so it is reported too: objects the
-collector tracks and asyncio tasks per active call (after a `gc.collect()`, growth /
-calls), and the full (generation 2) collections during each webhook run, with their total
-and longest pause (`gc.callbacks`). `--object-types` adds the per-call count of the most
+It reports memory per active call (RSS growth of this process and the calls process /
+calls), the webhooks' event-loop lag p99 (a 10 ms ticker), and decision latency p50/p99
+without and with the active calls. Timings vary with the machine's load; the collector's
+share does not, so it is reported too: the full (generation 2) collections during each
+webhook run in this process, with their total and longest pause (`gc.callbacks`), and
+with `--inline` objects the collector tracks and asyncio tasks per active call (after a
+`gc.collect()`, growth / calls). `--object-types` adds the per-call count of the most
 common tracked types. The webhook
 path excludes the HTTP server (the same in both runs). The call endpoints (accept, and the
 calls' hangups) go to bench/upstream.py, a cheap loopback stand-in in a third process, so
@@ -42,8 +44,10 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+from prometheus_client.parser import text_string_to_metric_families
 
 from app.app_factory import create_app
+from app.metrics import write_metrics_to
 from app.rules.simulation import simulated_context
 from app.settings import Settings
 from app.webhook_signing import signed_test_call
@@ -139,11 +143,14 @@ def free_port() -> int:
         return port
 
 
-def rss_bytes() -> int:
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) * 1024
-    return 0
+def rss_bytes(pids: list[str]) -> int:
+    """The resident memory of these processes (`self` is this one), in all."""
+    total = 0
+    for pid in pids:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                total += int(line.split()[1]) * 1024
+    return total
 
 
 def percentile(values: list[float], share: float) -> float:
@@ -259,9 +266,17 @@ async def measure(args: argparse.Namespace, urls: dict[str, str]) -> dict[str, A
         log_level="warning",
         outbound_secret="whsec_" + "YmVuY2gtb3V0Ym91bmQtc2VjcmV0LW9mLTMyLWJ5dGVz",
     )
+    inline = args.inline
+    if not inline:
+        # As under `serve`: the calls process's metrics are read from this directory.
+        write_metrics_to(tempfile.mkdtemp(prefix="bench-metrics-"))
     transport = ToCheapUpstream(urls["upstream_port"])
-    app = create_app(settings, transport=transport, watch_interval_s=None)
-    results: dict[str, Any] = {"calls": args.calls, "function_every_s": args.function_every_s}
+    app = create_app(settings, transport=transport, watch_interval_s=None, calls_process=not inline)
+    results: dict[str, Any] = {
+        "calls": args.calls,
+        "function_every_s": args.function_every_s,
+        "calls_process": not inline,
+    }
     results["load_average_at_start"] = [round(load, 2) for load in os.getloadavg()]
     async with app.router.lifespan_context(app):
         lost_leases = LostLeases()
@@ -271,7 +286,9 @@ async def measure(args: argparse.Namespace, urls: dict[str, str]) -> dict[str, A
         results["gc_threshold"] = list(gc.get_threshold())
         services = app.state.services
         metrics = services.metrics
-        attendant = services.processor._keeper
+        keeper = services.processor._keeper
+        # The processes that hold the calls: this one, and the calls process if there is one.
+        pids = ["self"] if inline else ["self", str(keeper.pid)]
         lag: list[float] = []
         stop = asyncio.Event()
         ticker = asyncio.ensure_future(loop_lag(lag, stop))
@@ -288,78 +305,87 @@ async def measure(args: argparse.Namespace, urls: dict[str, str]) -> dict[str, A
 
         objects_before, types_before = tracked_objects()
         tasks_before = len(asyncio.all_tasks())
-        rss_before = rss_bytes()
+        rss_before = rss_bytes(pids)
         ruleset = services.rules.current
         for index in range(args.calls):
             call_id = f"rtc_bench{index:05d}"
             ctx = simulated_context(ruleset, CALLER, STAY_LINE, ruleset_now(), call_id=call_id)
             decision = ruleset.decide(ctx)
-            await attendant.stay_with(call_id, decision, {"e164": CALLER}, {"e164": STAY_LINE})
+            await keeper.stay_with(call_id, decision, {"e164": CALLER}, {"e164": STAY_LINE})
         deadline = time.monotonic() + 120
         connected = 0.0
         while time.monotonic() < deadline:
-            connected = (
-                metrics.registry.get_sample_value(
-                    "sip_router_sideband_connections_total",
-                    {"api": "realtime", "outcome": "connected"},
-                )
-                or 0.0
-            )
+            connected = metric(metrics, "sip_router_sideband_connections_total", CONNECTED)
             if connected >= args.calls:
                 break
             await asyncio.sleep(0.2)
         # Every call has had a function call (a run with rare ones waits 10 s at most).
         await asyncio.sleep(min(args.function_every_s, 10.0))
-        rss_after = rss_bytes()
+        rss_after = rss_bytes(pids)
         results["connected"] = int(connected)
         results["memory_per_call_kib"] = round((rss_after - rss_before) / args.calls / 1024, 1)
-        # The calls' function calls in flight come and go: the fewest of three samples.
-        samples = []
-        for _ in range(3):
-            samples.append(tracked_objects())
-            await asyncio.sleep(0.5)
-        objects_after, types_after = min(samples, key=lambda sample: sample[0])
-        per_call = max(1, args.calls)
-        results["tracked_objects_per_call"] = round((objects_after - objects_before) / per_call, 1)
-        results["tasks_per_call"] = round((len(asyncio.all_tasks()) - tasks_before) / per_call, 2)
-        if args.object_types:
-            types_after.subtract(types_before)
-            results["tracked_types_per_call"] = {
-                name: round(count / per_call, 2) for name, count in types_after.most_common(20)
-            }
+        if inline:
+            # The calls' function calls in flight come and go: the fewest of three samples.
+            samples = []
+            for _ in range(3):
+                samples.append(tracked_objects())
+                await asyncio.sleep(0.5)
+            objects_after, types_after = min(samples, key=lambda sample: sample[0])
+            per_call = max(1, args.calls)
+            results["tracked_objects_per_call"] = round(
+                (objects_after - objects_before) / per_call, 1
+            )
+            results["tasks_per_call"] = round(
+                (len(asyncio.all_tasks()) - tasks_before) / per_call, 2
+            )
+            if args.object_types:
+                types_after.subtract(types_before)
+                results["tracked_types_per_call"] = {
+                    name: round(count / per_call, 2) for name, count in types_after.most_common(20)
+                }
         lag.clear()
-        before_functions = function_calls(metrics)
-        rss_before_run = rss_bytes()
+        before_functions = metric(metrics, "sip_router_function_calls_total", FUNCTION_OK)
+        rss_before_run = rss_bytes(pids)
         with Collections() as collections:
             loaded = await webhooks(app, args.rate, args.webhooks)
-        results["rss_growth_during_run_mib"] = round((rss_bytes() - rss_before_run) / 2**20, 1)
+        results["rss_growth_during_run_mib"] = round((rss_bytes(pids) - rss_before_run) / 2**20, 1)
         results["with_calls"] = summary(loaded)
         results["with_calls_full_collections"] = collections.summary(2)
         results["with_calls_young_collections"] = collections.young()
         results["with_calls_loop_lag_p99_ms"] = round(percentile(lag, 0.99) * 1000, 2)
-        results["function_calls_during_run"] = function_calls(metrics) - before_functions
-        results["active_calls"] = len(attendant.active)
-        results["leases_lost"] = lost_leases.count
+        results["function_calls_during_run"] = (
+            metric(metrics, "sip_router_function_calls_total", FUNCTION_OK) - before_functions
+        )
+        results["active_calls"] = int(
+            metric(metrics, "sip_router_active_calls", {"api": "realtime"})
+        )
+        if inline:  # the calls process logs its own lost leases (`call_lease_lost`)
+            results["leases_lost"] = lost_leases.count
         stop.set()
         await ticker
     ratio = results["with_calls"]["p50_ms"] / results["baseline"]["p50_ms"]
     results["p50_ratio"] = round(ratio, 3)
+    results["p99_ratio"] = round(results["with_calls"]["p99_ms"] / results["baseline"]["p99_ms"], 3)
     return results
+
+
+CONNECTED = {"api": "realtime", "outcome": "connected"}
+FUNCTION_OK = {"function": "lookup_appointment", "outcome": "ok"}
+
+
+def metric(metrics: Any, name: str, labels: dict[str, str]) -> float:
+    """A sample's value as /metrics shows it (every process's, with the calls process)."""
+    for family in text_string_to_metric_families(metrics.render().decode()):
+        for sample in family.samples:
+            if sample.name == name and sample.labels == labels:
+                return float(sample.value)
+    return 0.0
 
 
 def ruleset_now() -> Any:
     from datetime import UTC, datetime
 
     return datetime.now(tz=UTC)
-
-
-def function_calls(metrics: Any) -> float:
-    return (
-        metrics.registry.get_sample_value(
-            "sip_router_function_calls_total", {"function": "lookup_appointment", "outcome": "ok"}
-        )
-        or 0.0
-    )
 
 
 def summary(latencies: list[float]) -> dict[str, float]:
@@ -377,7 +403,14 @@ def main() -> int:
     parser.add_argument("--rate", type=float, default=50.0, help="webhooks per second")
     parser.add_argument("--webhooks", type=int, default=1000)
     parser.add_argument(
-        "--object-types", action="store_true", help="the most common tracked types per call"
+        "--inline",
+        action="store_true",
+        help="drive the calls in the service's process (SIP_ROUTER_CALLS_PROCESS=false)",
+    )
+    parser.add_argument(
+        "--object-types",
+        action="store_true",
+        help="with --inline: the most common tracked types per call",
     )
     parser.add_argument(
         "--gc-threshold",
