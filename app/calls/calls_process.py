@@ -69,11 +69,13 @@ class CallsProcess:
         # Tickets sent and not yet taken: sent again (once) to the next calls process if
         # this one dies first.
         self._untaken: dict[str, _Ticket] = {}
+        # The link to the running calls process, and the same once it is ready for tickets.
+        self._link: asyncio.StreamWriter | None = None
         self._writer: asyncio.StreamWriter | None = None
         self._process: subprocess.Popen[bytes] | None = None
         self._supervisor: asyncio.Task[None] | None = None
         self._ready = asyncio.Event()
-        self._stopping = False
+        self._stopping = asyncio.Event()
         self._stopped: asyncio.Future[int] | None = None
         self._replies: set[asyncio.Task[None]] = set()
 
@@ -131,11 +133,11 @@ class CallsProcess:
 
     async def stop(self, within_s: float = 30.0) -> int:
         """Have the calls process hand its calls over and exit; how many it handed over."""
-        self._stopping = True
+        self._stopping.set()
         handed_over = 0
-        if self._writer is not None:
+        if self._link is not None:  # also one still starting: it reads `stop` once started
             self._stopped = asyncio.get_running_loop().create_future()
-            self._writer.write(encode({"type": "stop"}))
+            self._link.write(encode({"type": "stop"}))
             try:
                 handed_over = await asyncio.wait_for(asyncio.shield(self._stopped), within_s)
             except TimeoutError:
@@ -149,11 +151,17 @@ class CallsProcess:
                     await self._supervisor
         for reply in list(self._replies):
             reply.cancel()
+        never_taken = len(self._waiting) + len(self._untaken)
+        if never_taken:
+            log.error(
+                "accepted calls were never taken by a calls process: not stayed with",
+                extra={"fields": {"calls": never_taken}},
+            )
         return handed_over
 
     async def _supervise(self) -> None:
         delays = _restart_delays()
-        while not self._stopping:
+        while not self._stopping.is_set():
             started = time.monotonic()
             try:
                 code = await self._run_once()
@@ -162,7 +170,7 @@ class CallsProcess:
                     "could not start the calls process", extra={"fields": {"error": str(exc)}}
                 )
                 code = None
-            if self._stopping:
+            if self._stopping.is_set():
                 return
             if time.monotonic() - started > RAN_LONG_ENOUGH_S:
                 delays = _restart_delays()
@@ -171,7 +179,8 @@ class CallsProcess:
                 "the calls process ended; starting it again",
                 extra={"fields": {"exit_code": code, "restart_in_s": delay_s}},
             )
-            await asyncio.sleep(delay_s)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._stopping.wait(), delay_s)
 
     async def _run_once(self) -> int | None:
         """Run one calls process until it exits; its exit code."""
@@ -195,10 +204,11 @@ class CallsProcess:
         try:
             reader, writer = await asyncio.open_unix_connection(sock=ours, limit=LINE_LIMIT_BYTES)
             writer.write(encode({"type": "start", "config": self._config.to_json()}))
+            self._link = writer
             try:
                 await self._listen(reader, writer)
             finally:
-                self._writer = None
+                self._link = self._writer = None
                 self._ready.clear()
                 writer.close()
                 self._resend_untaken()
