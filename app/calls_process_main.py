@@ -22,6 +22,7 @@ from app.app_factory import calls_process_attendant, tuned_collector
 from app.calls.call_attendant import CallAttendant
 from app.calls.call_ownership import CallTicket
 from app.calls.calls_process_link import LINE_LIMIT_BYTES, CallsConfig, decode, encode
+from app.calls.cpu_priority import yield_to_webhooks
 from app.log_format import configure_logging
 from app.store import StoreUnavailable
 
@@ -74,6 +75,8 @@ async def serve_calls(sock: socket.socket) -> None:
         return
     config = CallsConfig.from_json(decode(first)["config"])
     configure_logging(config.log_format, config.log_level)
+    priority = yield_to_webhooks()
+    log.info("calls process started", extra={"fields": {"cpu_priority": priority}})
     call_log = ServiceCallLog(writer)
     attendant, close = calls_process_attendant(config, call_log)
     starting: set[asyncio.Task[None]] = set()

@@ -27,6 +27,7 @@ import pytest
 
 from app.calls.calls_process import CallsProcess
 from app.calls.calls_process_link import LINE_LIMIT_BYTES, CallsConfig, decode, encode
+from app.calls.cpu_priority import usable_cpus
 from tests import test_call_control_end_to_end as end_to_end
 from tests.fake_openai import AgentCallsFunction, AwaitClient, FakeOpenAI, HangUp, Pause
 from tests.function_service import FunctionService
@@ -82,6 +83,9 @@ async def test_a_call_is_driven_by_the_calls_process_and_its_end_recorded_here(
         calls = calls_process_of(service)
         assert calls.pid is not None
         assert calls.pid != os.getpid()
+        # Below the webhooks' priority where that cannot starve it (app/calls/cpu_priority.py).
+        idle = usable_cpus() >= 2
+        assert os.sched_getscheduler(calls.pid) == (os.SCHED_IDLE if idle else os.SCHED_OTHER)
         answer = await service.call(call_id=call_id)
         assert answer.json() == {"status": "processed", "call_id": call_id, "action": "accept"}
         # The call's later life, recorded by the calls process, joins this process's log.
