@@ -276,6 +276,7 @@ async def measure(args: argparse.Namespace, urls: dict[str, str]) -> dict[str, A
         "calls": args.calls,
         "function_every_s": args.function_every_s,
         "calls_process": not inline,
+        "peer_competes": args.peer_competes,
     }
     results["load_average_at_start"] = [round(load, 2) for load in os.getloadavg()]
     async with app.router.lifespan_context(app):
@@ -303,6 +304,9 @@ async def measure(args: argparse.Namespace, urls: dict[str, str]) -> dict[str, A
         results["baseline_loop_lag_p99_ms"] = round(percentile(lag, 0.99) * 1000, 2)
         lag.clear()
 
+        # A control: processes that only burn CPU, started for the second run, tell the
+        # machine's contention apart from the service's own work.
+        neighbours = [start_neighbour(share) for share in args.neighbour]
         objects_before, types_before = tracked_objects()
         tasks_before = len(asyncio.all_tasks())
         rss_before = rss_bytes(pids)
@@ -361,6 +365,9 @@ async def measure(args: argparse.Namespace, urls: dict[str, str]) -> dict[str, A
         )
         if inline:  # the calls process logs its own lost leases (`call_lease_lost`)
             results["leases_lost"] = lost_leases.count
+        for neighbour in neighbours:
+            neighbour.kill()
+            neighbour.wait()
         stop.set()
         await ticker
     ratio = results["with_calls"]["p50_ms"] / results["baseline"]["p50_ms"]
@@ -380,6 +387,21 @@ def metric(metrics: Any, name: str, labels: dict[str, str]) -> float:
             if sample.name == name and sample.labels == labels:
                 return float(sample.value)
     return 0.0
+
+
+def start_neighbour(share: float) -> subprocess.Popen[bytes]:
+    """A process that keeps a CPU busy `share` of the time, in 1 ms bursts."""
+    return subprocess.Popen([sys.executable, "-m", "bench.active_calls", "--burn", str(share)])
+
+
+def burn(share: float) -> None:
+    busy_s = 0.001
+    idle_s = busy_s * (1 - share) / share
+    while True:
+        until = time.perf_counter() + busy_s
+        while time.perf_counter() < until:
+            pass
+        time.sleep(idle_s)
 
 
 def ruleset_now() -> Any:
@@ -419,15 +441,40 @@ def main() -> int:
         metavar=("GEN0", "GEN1", "GEN2"),
         help="collector thresholds to try (gc.set_threshold) once the service has started",
     )
+    parser.add_argument(
+        "--neighbour",
+        type=float,
+        action="append",
+        default=[],
+        metavar="SHARE",
+        help="a control: during the run with calls, also a process that only keeps a CPU busy"
+        " SHARE (0-1) of the time (repeatable); with --calls 1 it shows what the machine's"
+        " contention alone does to the decisions",
+    )
+    parser.add_argument(
+        "--peer-competes",
+        action="store_true",
+        help="run the peer (fake OpenAI, the function's service) at normal CPU priority,"
+        " competing with the replica for this machine's CPUs",
+    )
     parser.add_argument("--peer", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--burn", type=float, help=argparse.SUPPRESS)
     args = parser.parse_args()
     duration_s = 120 + 2 * args.webhooks / args.rate
+    if args.burn:
+        burn(args.burn)
     if args.peer:
+        if not args.peer_competes:
+            # The peer stands in for OpenAI and the company's service, which run on other
+            # machines: it takes only the CPU the replica leaves (Linux's idle priority).
+            os.sched_setscheduler(0, os.SCHED_IDLE, os.sched_param(0))
         peer(args.calls, args.function_every_s, duration_s)
         return 0
     command = [sys.executable, "-m", "bench.active_calls", "--peer", "--calls", str(args.calls)]
     command += ["--function-every-s", str(args.function_every_s)]
     command += ["--rate", str(args.rate), "--webhooks", str(args.webhooks)]
+    if args.peer_competes:
+        command.append("--peer-competes")
     port = free_port()
     upstream = subprocess.Popen(
         [sys.executable, "-m", "bench.upstream", "--port", str(port)], stdout=subprocess.PIPE
