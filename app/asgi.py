@@ -13,4 +13,4 @@ def app_from_environment() -> FastAPI:
     """Read the settings the CLI already validated and build the app."""
     settings = load_settings()
     configure_logging(settings.log_format, settings.log_level)
-    return create_app(settings, handle_signals=True, calls_process=settings.calls_process)
+    return create_app(settings, handle_signals=True, calls_process=settings.calls_in_own_process)

@@ -147,6 +147,12 @@ class Settings(BaseSettings):
         return tuple(s.get_secret_value() for s in self.openai_webhook_secret)
 
     @property
+    def calls_in_own_process(self) -> bool:
+        """Under `serve`: a calls process drives the calls stayed with (none in dry-run,
+        which accepts no call)."""
+        return self.calls_process and not self.dry_run
+
+    @property
     def outbound_secret_value(self) -> str | None:
         """SIP_ROUTER_OUTBOUND_SECRET in clear, for the signer only."""
         return self.outbound_secret.get_secret_value() if self.outbound_secret else None

@@ -347,6 +347,8 @@ def test_dry_run_prints_a_generated_secret_that_send_test_call_uses(
     assert [(w["call_id"], w["outcome"], w["dry_run"]) for w in webhook_lines] == [
         (answer["call_id"], "dry_run", True)
     ]
+    # Dry-run accepts no call, so it starts no calls process to stay with one.
+    assert "calls process ready" not in dry_run_service.logs()
 
 
 def test_send_test_call_with_a_wrong_secret_prints_401_and_exits_1(
