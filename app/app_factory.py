@@ -92,21 +92,13 @@ def create_app(
     if calls_process:
         keeper = CallsProcess(calls_config, call_log=store, metrics_dir=metrics.multiprocess_dir)
     else:
-        ownership: CallOwnership = (
-            RedisCallOwnership(store.client, prefix=f"{store.prefix}sideband:")
-            if isinstance(store, RedisStore)
-            else MemoryCallOwnership()
-        )
-        keeper = CallAttendant(
-            active=ActiveCalls(metrics),
-            ownership=ownership,
-            actions=calls,
-            functions=FunctionRequester(outbound, secret=calls_config.outbound_secret),
-            call_log=store,
-            base_url=calls_config.openai_base_url,
-            api_key=api_key,
+        keeper = _call_attendant(
+            calls_config,
             metrics=metrics,
-            keep_transcripts=calls_config.keep_transcripts,
+            actions=calls,
+            outbound=outbound,
+            call_log=store,
+            redis_store=store if isinstance(store, RedisStore) else None,
             webhooks=webhooks_first,
         )
     processor = CallProcessor(
@@ -251,21 +243,13 @@ def calls_process_attendant(
     )
     outbound = outbound_http_client(None)
     store = RedisStore.from_url(config.redis_url) if config.redis_url else None
-    ownership: CallOwnership = (
-        RedisCallOwnership(store.client, prefix=f"{store.prefix}sideband:")
-        if store is not None
-        else MemoryCallOwnership()
-    )
-    attendant = CallAttendant(
-        active=ActiveCalls(metrics),
-        ownership=ownership,
-        actions=actions,
-        functions=FunctionRequester(outbound, secret=config.outbound_secret),
-        call_log=call_log,
-        base_url=config.openai_base_url,
-        api_key=config.openai_api_key,
+    attendant = _call_attendant(
+        config,
         metrics=metrics,
-        keep_transcripts=config.keep_transcripts,
+        actions=actions,
+        outbound=outbound,
+        call_log=call_log,
+        redis_store=store,
     )
 
     async def close() -> None:
@@ -275,6 +259,36 @@ def calls_process_attendant(
             await store.aclose()
 
     return attendant, close
+
+
+def _call_attendant(
+    config: CallsConfig,
+    *,
+    metrics: Metrics,
+    actions: OpenAICallsClient,
+    outbound: httpx.AsyncClient,
+    call_log: CallEndLog,
+    redis_store: RedisStore | None,
+    webhooks: WebhooksFirst | None = None,
+) -> CallAttendant:
+    """The attendant of the calls stayed with, their leases in Redis when there is one."""
+    ownership: CallOwnership = (
+        RedisCallOwnership(redis_store.client, prefix=f"{redis_store.prefix}sideband:")
+        if redis_store is not None
+        else MemoryCallOwnership()
+    )
+    return CallAttendant(
+        active=ActiveCalls(metrics),
+        ownership=ownership,
+        actions=actions,
+        functions=FunctionRequester(outbound, secret=config.outbound_secret),
+        call_log=call_log,
+        base_url=config.openai_base_url,
+        api_key=config.openai_api_key,
+        metrics=metrics,
+        keep_transcripts=config.keep_transcripts,
+        webhooks=webhooks,
+    )
 
 
 def _on_sighup(rules: RulesHolder) -> None:
