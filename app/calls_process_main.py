@@ -21,7 +21,7 @@ from typing import Any
 from app.app_factory import calls_process_attendant, tuned_collector
 from app.calls.call_attendant import CallAttendant
 from app.calls.call_ownership import CallTicket
-from app.calls.calls_process_link import LINE_LIMIT_BYTES, CallsConfig, decode, encode
+from app.calls.calls_process_link import LINE_LIMIT_BYTES, CallsConfig, encode, read_messages
 from app.calls.cpu_priority import yield_to_webhooks
 from app.log_format import configure_logging
 from app.store import StoreUnavailable
@@ -70,10 +70,11 @@ class ServiceCallLog:
 
 async def serve_calls(sock: socket.socket) -> None:
     reader, writer = await asyncio.open_unix_connection(sock=sock, limit=LINE_LIMIT_BYTES)
-    first = await reader.readline()
-    if not first:
+    incoming = read_messages(reader, "the service's process")
+    first = await anext(incoming, None)
+    if first is None:
         return
-    config = CallsConfig.from_json(decode(first)["config"])
+    config = CallsConfig.from_json(first["config"])
     configure_logging(config.log_format, config.log_level)
     priority = yield_to_webhooks()
     log.info("calls process started", extra={"fields": {"cpu_priority": priority}})
@@ -83,24 +84,16 @@ async def serve_calls(sock: socket.socket) -> None:
     await attendant.start()
     with tuned_collector():
         writer.write(encode({"type": "ready"}))
-        try:
-            while line := await reader.readline():
-                try:
-                    message = decode(line)
-                except ValueError:
-                    log.error("the service's process sent a line that is not a message")
-                    continue
-                kind = message["type"]
-                if kind == "ticket":
-                    task = asyncio.create_task(_attend(attendant, message.get("ticket"), writer))
-                    starting.add(task)
-                    task.add_done_callback(starting.discard)
-                elif kind == "added":
-                    call_log.answered(message)
-                elif kind == "stop":
-                    break
-        except (ValueError, ConnectionError):  # a line over the limit, or the socket broke
-            log.exception("the link to the service's process broke")
+        async for message in incoming:
+            kind = message["type"]
+            if kind == "ticket":
+                task = asyncio.create_task(_attend(attendant, message.get("ticket"), writer))
+                starting.add(task)
+                task.add_done_callback(starting.discard)
+            elif kind == "added":
+                call_log.answered(message)
+            elif kind == "stop":
+                break
         # Handed over: their leases are released, another replica takes them.
         if starting:
             await asyncio.wait(starting)

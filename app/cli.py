@@ -122,8 +122,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     except OSError as exc:
         return _fail(_listen_problem(args.host, args.port, exc))
     # Several processes (the workers, each one's calls process) write the metrics there.
-    several = args.workers > 1 or settings.calls_in_own_process
-    if several:
+    if args.workers > 1 or settings.calls_in_own_process:
         directory = os.environ.get("PROMETHEUS_MULTIPROC_DIR")
         write_metrics_to(directory or tempfile.mkdtemp(prefix="sip-router-metrics-"))
     metrics_listener = None

@@ -104,7 +104,6 @@ class CallAttendant:
     async def start(self) -> None:
         """Start holding calls: their task group and the scan for calls without an owner."""
         await self.active.__aenter__()
-        self._stop_scan = asyncio.Event()
         self._scan = asyncio.create_task(self.scan_for_orphans(self._stop_scan))
 
     async def stop(self) -> int:
@@ -142,10 +141,8 @@ class CallAttendant:
         """Register and start driving a call just accepted (its control read from the ticket
         when not given)."""
         if control is None:
-            try:
-                control = control_from_json(ticket.control)
-            except (ValueError, TypeError, KeyError, AttributeError):
-                log.error("a call ticket without call control", extra={"fields": _ids(ticket)})
+            control = _read_control(ticket, ticket.control)
+            if control is None:
                 return
         call_id = ticket.call_id
         try:
@@ -168,12 +165,10 @@ class CallAttendant:
     def take_over(self, ticket: CallTicket, memory: CallMemory) -> bool:
         """Drive a call whose owner died, with what it remembers (and its control as it was
         last: the one it switched to, if it did). False for a ticket no replica can drive."""
-        try:
-            control = control_from_json(
-                memory.control if memory.control is not None else ticket.control
-            )
-        except (ValueError, TypeError, KeyError, AttributeError):
-            log.error("a call ticket without call control", extra={"fields": _ids(ticket)})
+        control = _read_control(
+            ticket, memory.control if memory.control is not None else ticket.control
+        )
+        if control is None:
             return False
         if ticket.api not in get_args(CallApi):
             log.error("a call ticket of an unknown API", extra={"fields": _ids(ticket)})
@@ -295,6 +290,16 @@ def call_ticket(
         api=decision.api,
     )
     return ticket, control
+
+
+def _read_control(ticket: CallTicket, written: Mapping[str, Any]) -> CallControl | None:
+    """The call control `written` for `ticket` (control_to_json), or None (logged) when it
+    cannot be read."""
+    try:
+        return control_from_json(written)
+    except (ValueError, TypeError, KeyError, AttributeError):
+        log.error("a call ticket without call control", extra={"fields": _ids(ticket)})
+        return None
 
 
 def _ids(ticket: CallTicket) -> dict[str, Any]:

@@ -30,9 +30,15 @@ from pathlib import Path
 from typing import Any
 
 from prometheus_client import multiprocess
+from websockets.client import backoff
 
 from app.calls.call_attendant import call_ticket
-from app.calls.calls_process_link import LINE_LIMIT_BYTES, CallsConfig, decode, encode
+from app.calls.calls_process_link import (
+    LINE_LIMIT_BYTES,
+    CallsConfig,
+    encode,
+    read_messages,
+)
 from app.rules.ruleset import Decision
 from app.store import CallLog, StoreUnavailable
 
@@ -42,8 +48,8 @@ log = logging.getLogger("sip_router.sideband")
 MAX_WAITING_TICKETS = 10_000
 # What may wait unread in the socket pair before a new call is refused: a stuck process.
 MAX_UNREAD_BYTES = 16 * 1024 * 1024
-# Delays between restarts of a calls process that keeps dying; reset after a long run.
-RESTART_DELAYS_S = (0.5, 1.0, 2.0, 5.0, 10.0)
+# Restarts of a calls process that keeps dying back off (up to 10 s apart), and start
+# over after a long run.
 RAN_LONG_ENOUGH_S = 60.0
 EXIT_WITHIN_S = 5.0
 MAIN_MODULE = "app.calls_process_main"
@@ -225,22 +231,7 @@ class CallsProcess:
                 multiprocess.mark_process_dead(process.pid, self._metrics_dir)  # type: ignore[no-untyped-call]
 
     async def _listen(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        while True:
-            try:
-                line = await reader.readline()
-            except (ValueError, ConnectionError) as exc:  # ValueError: a line over the limit
-                log.error(
-                    "the calls process sent what cannot be read",
-                    extra={"fields": {"error": str(exc)}},
-                )
-                return
-            if not line:
-                return
-            try:
-                message = decode(line)
-            except ValueError:
-                log.error("the calls process sent a line that is not a message")
-                continue
+        async for message in read_messages(reader, "the calls process"):
             kind = message["type"]
             if kind == "ready":
                 self._writer = writer
@@ -294,9 +285,7 @@ def _not_stayed_with(call_id: str, why: str) -> None:
 
 
 def _restart_delays() -> Iterator[float]:
-    yield from RESTART_DELAYS_S
-    while True:
-        yield RESTART_DELAYS_S[-1]
+    return backoff(initial_delay=0.5, min_delay=0.5, max_delay=10.0)
 
 
 def _child_environment() -> dict[str, str]:

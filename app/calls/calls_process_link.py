@@ -10,9 +10,14 @@ life for the call log) and, once every call is handed over, `stopped`.
 
 from __future__ import annotations
 
+import asyncio
 import json
+import logging
+from collections.abc import AsyncIterator
 from dataclasses import asdict, dataclass
 from typing import Any
+
+log = logging.getLogger("sip_router.sideband")
 
 # The longest line either side reads: a call's later life with its transcript fits.
 LINE_LIMIT_BYTES = 32 * 1024 * 1024
@@ -51,3 +56,22 @@ def decode(line: bytes) -> dict[str, Any]:
     if not isinstance(message, dict) or not isinstance(message.get("type"), str):
         raise ValueError("not a message")
     return message
+
+
+async def read_messages(reader: asyncio.StreamReader, sender: str) -> AsyncIterator[dict[str, Any]]:
+    """The messages `sender` sends until it closes the link; a line that is not a message
+    is logged and skipped, a line over LINE_LIMIT_BYTES or a broken socket ends them."""
+    while True:
+        try:
+            line = await reader.readline()
+        except (ValueError, ConnectionError) as exc:  # ValueError: a line over the limit
+            log.error(f"the link to {sender} broke", extra={"fields": {"error": str(exc)}})
+            return
+        if not line:
+            return
+        try:
+            message = decode(line)
+        except ValueError:
+            log.error(f"{sender} sent a line that is not a message")
+            continue
+        yield message
