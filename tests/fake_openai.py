@@ -890,6 +890,9 @@ class FakeOpenAI:
         self._scripts: dict[str, deque[Behaviour]] = {}
         self._any_script: deque[Behaviour] = deque()
         self._calls: dict[str, str] = {}
+        # Who waits for a call to leave `active` (its sideband's watcher), by call.
+        self._call_watchers: dict[str, list[tuple[asyncio.AbstractEventLoop, asyncio.Event]]]
+        self._call_watchers = {}
         # Ids announcing one SIP call share a group; the id that decided each group.
         self._call_groups: dict[str, frozenset[str]] = {}
         self._decided_by: dict[frozenset[str], str] = {}
@@ -928,7 +931,7 @@ class FakeOpenAI:
     def mark_gone(self, call_id: str) -> None:
         """From now on every verb on `call_id` answers 404 call_id_not_found."""
         with self._lock:
-            self._calls[call_id] = "gone"
+            self._set_call_state_locked(call_id, "gone")
 
     def same_call(self, *call_ids: str) -> None:
         """Say that these ids (a Realtime `rtc_...` and a Live `live_...`) announce one SIP
@@ -954,6 +957,31 @@ class FakeOpenAI:
         with self._lock:
             return self._calls.get(call_id)
 
+    async def until_not_active(self, call_id: str) -> None:
+        """Return once `call_id` is no longer an active call (woken by the change, from
+        whichever thread makes it)."""
+        loop = asyncio.get_running_loop()
+        while True:
+            changed = asyncio.Event()
+            with self._lock:
+                if self._calls.get(call_id) != "active":
+                    return
+                self._call_watchers.setdefault(call_id, []).append((loop, changed))
+            await changed.wait()
+
+    def _set_call_state_locked(
+        self, call_id: str, state: str, *, unless_known: bool = False
+    ) -> None:
+        if unless_known and call_id in self._calls:
+            return
+        self._calls[call_id] = state
+        self._wake_watchers_locked(call_id)
+
+    def _wake_watchers_locked(self, call_id: str) -> None:
+        for loop, changed in self._call_watchers.pop(call_id, []):
+            with contextlib.suppress(RuntimeError):  # that loop is closed: nobody waits
+                loop.call_soon_threadsafe(changed.set)
+
     def reset(self) -> None:
         """Forget requests, scripts and call states (to share one server between tests)."""
         with self._lock:
@@ -961,6 +989,8 @@ class FakeOpenAI:
             self._scripts.clear()
             self._any_script.clear()
             self._calls.clear()
+            for call_id in list(self._call_watchers):
+                self._wake_watchers_locked(call_id)
             self._call_groups.clear()
             self._decided_by.clear()
             self._sideband_scripts.clear()
@@ -1003,7 +1033,7 @@ class FakeOpenAI:
     def activate(self, call_id: str) -> None:
         """Make `call_id` an active call, as a successful accept would."""
         with self._lock:
-            self._calls[call_id] = "active"
+            self._set_call_state_locked(call_id, "active")
 
     def _next_sideband_script(self, call_id: str) -> Sequence[AgentStep]:
         with self._lock:
@@ -1159,13 +1189,13 @@ class FakeOpenAI:
                 # A dropped hangup of a call that is not up had no effect either way.
                 not_found = Respond(404, code="call_id_not_found")
                 return delay, not_found if isinstance(final, Respond) else final
-            self._calls[call_id] = "ended"
+            self._set_call_state_locked(call_id, "ended")
         elif verb == "accept":
-            self._calls.setdefault(call_id, "active")
+            self._set_call_state_locked(call_id, "active", unless_known=True)
         elif verb == "reject":
-            self._calls.setdefault(call_id, "ended")
+            self._set_call_state_locked(call_id, "ended", unless_known=True)
         elif verb == "refer":
-            self._calls[call_id] = "ended"
+            self._set_call_state_locked(call_id, "ended")
         return delay, final
 
 
@@ -1744,7 +1774,7 @@ class _FakeSideband:
                 await self._await_client(step)
             elif isinstance(step, HangUp | CloseSession):
                 with self._fake._lock:
-                    self._fake._calls[self.call_id] = "ended"
+                    self._fake._set_call_state_locked(self.call_id, "ended")
                 await self._hang_up(step)
                 return
             elif isinstance(step, DropConnection):
@@ -1807,8 +1837,7 @@ class _FakeSideband:
 
     async def _watch_call_end(self) -> None:
         """A refer or hangup that took effect ends the call: the server closes the socket."""
-        while self._fake.call_state(self.call_id) == "active":
-            await asyncio.sleep(0.02)
+        await self._fake.until_not_active(self.call_id)
         await self._call_ended()
 
     async def _call_ended(self) -> None:
@@ -2032,7 +2061,7 @@ class _FakeLiveSideband(_FakeSideband):
             return
         self._session_ended = True
         with self._fake._lock:
-            self._fake._calls[self.call_id] = "ended"
+            self._fake._set_call_state_locked(self.call_id, "ended")
         await self._emit(
             {
                 "type": "session.closed",
