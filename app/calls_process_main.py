@@ -15,7 +15,7 @@ import logging
 import signal
 import socket
 import sys
-from collections.abc import Mapping
+from collections.abc import Coroutine, Mapping
 from typing import Any
 
 from app.app_factory import calls_process_attendant, tuned_collector
@@ -129,8 +129,19 @@ def main(argv: list[str]) -> int:
     for stop_signal in (signal.SIGINT, signal.SIGTERM):
         signal.signal(stop_signal, signal.SIG_IGN)
     sock = socket.socket(fileno=int(argv[1]))
-    asyncio.run(serve_calls(sock))
+    run_event_loop(serve_calls(sock))
     return 0
+
+
+def run_event_loop(main: Coroutine[Any, Any, None]) -> None:
+    """Run `main` on uvloop, the service's own event loop under `serve` (uvicorn picks it
+    where it is installed), or on asyncio's where it is not."""
+    try:
+        import uvloop
+    except ImportError:  # not on Windows
+        asyncio.run(main)
+    else:
+        uvloop.run(main)
 
 
 if __name__ == "__main__":
