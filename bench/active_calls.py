@@ -44,6 +44,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import uvloop
 from prometheus_client.parser import text_string_to_metric_families
 
 from app.app_factory import create_app
@@ -110,7 +111,7 @@ def peer(calls: int, every_s: float, duration_s: float) -> None:
 
     async def serve() -> None:
         async with function_services() as start:
-            service = await start(json_answer({"next": "Tuesday 9:00"}))
+            service = await start(json_answer({"next": "Tuesday 9:00"}), keep_alive=True)
             with fake.serve_on_loopback() as base_url:
                 print(json.dumps({"base_url": base_url, "function_url": service.url}), flush=True)
                 await asyncio.get_running_loop().run_in_executor(None, sys.stdin.read)
@@ -151,6 +152,12 @@ def rss_bytes(pids: list[str]) -> int:
             if line.startswith("VmRSS:"):
                 total += int(line.split()[1]) * 1024
     return total
+
+
+def cpu_seconds(pid: str) -> float:
+    """The CPU time (user and system) process `pid` has used so far."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def percentile(values: list[float], share: float) -> float:
@@ -253,7 +260,7 @@ def tracked_objects() -> tuple[int, Counter[str]]:
     return len(objects), Counter(type(o).__qualname__ for o in objects)
 
 
-async def measure(args: argparse.Namespace, urls: dict[str, str]) -> dict[str, Any]:
+async def measure(args: argparse.Namespace, urls: dict[str, Any]) -> dict[str, Any]:
     folder = Path(tempfile.mkdtemp())
     rules = folder / "rules.yaml"
     rules.write_text(RULES.replace("FUNCTION_URL", urls["function_url"]), encoding="utf-8")
@@ -350,8 +357,19 @@ async def measure(args: argparse.Namespace, urls: dict[str, str]) -> dict[str, A
         lag.clear()
         before_functions = metric(metrics, "sip_router_function_calls_total", FUNCTION_OK)
         rss_before_run = rss_bytes(pids)
+        # Whose CPU the run took: the service's process, the calls process, the peer.
+        shares = {"service": "self", "calls_process": pids[-1], "peer": urls["peer_pid"]}
+        if inline:
+            del shares["calls_process"]
+        cpu_before = {name: cpu_seconds(pid) for name, pid in shares.items()}
+        run_started = time.monotonic()
         with Collections() as collections:
             loaded = await webhooks(app, args.rate, args.webhooks)
+        run_s = time.monotonic() - run_started
+        results["cpu_share_during_run"] = {
+            name: round((cpu_seconds(pid) - cpu_before[name]) / run_s, 3)
+            for name, pid in shares.items()
+        }
         results["rss_growth_during_run_mib"] = round((rss_bytes(pids) - rss_before_run) / 2**20, 1)
         results["with_calls"] = summary(loaded)
         results["with_calls_full_collections"] = collections.summary(2)
@@ -487,8 +505,10 @@ def main() -> int:
         assert child.stdout is not None
         assert child.stdin is not None
         urls = {**json.loads(child.stdout.readline()), "upstream_port": port}
+        urls["peer_pid"] = str(child.pid)
         try:
-            results = asyncio.run(measure(args, urls))
+            # uvloop, as under `serve` (uvicorn's choice) and in the calls process.
+            results = uvloop.run(measure(args, urls))
         finally:
             child.stdin.close()
             child.wait(timeout=30)
