@@ -6,6 +6,7 @@ like any tool a profile lists itself.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from typing import Any
 
 from app.calls.call_control import END_CALL, TRANSFER_CALL, CallControl
@@ -41,11 +42,16 @@ def with_call_control_tools(config: SessionConfig, control: CallControl) -> Sess
     if not added:
         return config
     existing = list(config.tools or ())
+    refuse_taken_names(existing, added)
+    return config.model_copy(update={"tools": [*existing, *added]})
+
+
+def refuse_taken_names(existing: Iterable[object], added: Iterable[FunctionTool]) -> None:
+    """ValueError on an added tool whose name a tool the profile lists already has."""
     taken = {getattr(tool, "name", None) for tool in existing}
     for tool in added:
         if tool.name in taken:
             raise ValueError(f"the profile already has a tool named {tool.name!r}")
-    return config.model_copy(update={"tools": [*existing, *added]})
 
 
 def _tool(name: str, description: str, parameters: dict[str, Any]) -> FunctionTool:

@@ -22,7 +22,7 @@ from pydantic.json_schema import SkipJsonSchema
 from pydantic_core import PydanticCustomError
 
 from app.calls.call_control import CallControl
-from app.calls.call_tools import call_control_tools
+from app.calls.call_tools import call_control_tools, refuse_taken_names
 from app.rules.accept_body import (
     FORMAT_REFUSED,
     BodyPath,
@@ -366,14 +366,11 @@ def with_live_call_control_tools(
     if backend is None:
         raise ValueError("end_call on GPT-Live needs delegation: {type: responses, ...}")
     existing = list(backend.tools or ())
-    taken = {getattr(tool, "name", None) for tool in existing}
-    tools: list[ResponsesFunctionTool | WebSearchTool] = []
-    for tool in added:
-        if tool.name in taken:
-            raise ValueError(f"the profile already has a tool named {tool.name!r}")
-        tools.append(
-            ResponsesFunctionTool.model_validate(tool.model_dump(mode="json", exclude_none=True))
-        )
+    refuse_taken_names(existing, added)
+    tools: list[ResponsesFunctionTool | WebSearchTool] = [
+        ResponsesFunctionTool.model_validate(tool.model_dump(mode="json", exclude_none=True))
+        for tool in added
+    ]
     backend = backend.model_copy(update={"tools": [*existing, *tools]})
     assert isinstance(config.delegation, ResponsesDelegation)
     delegation = config.delegation.model_copy(update={"responses": backend})
