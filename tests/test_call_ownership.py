@@ -122,8 +122,8 @@ async def test_one_owner_at_a_time(backend: Backend) -> None:
     ownership = backend.ownership
     assert await ownership.register(ticket(), "replica-a", TTL_S)
     assert not await ownership.register(ticket(), "replica-b", TTL_S)
-    assert await ownership.renew("rtc_1", "replica-a", TTL_S)
-    assert not await ownership.renew("rtc_1", "replica-b", TTL_S)
+    assert await ownership.renew_all(["rtc_1"], "replica-a", TTL_S) == set()
+    assert await ownership.renew_all(["rtc_1"], "replica-b", TTL_S) == {"rtc_1"}
     assert await ownership.take_over("replica-b", TTL_S, time.time()) == []
 
 
@@ -139,8 +139,8 @@ async def test_an_expired_lease_is_taken_over_with_the_calls_memory(backend: Bac
     assert (taken.rule, taken.profile, taken.caller) == ("clinic", "desk", {"e164": "+15550001111"})
     assert memory == CallMemory(frozenset({"call_1", "call_2"}), greeted=True)
     # The old owner lost it; nobody else can take it while the new owner renews.
-    assert not await ownership.renew("rtc_1", "replica-a", TTL_S)
-    assert await ownership.renew("rtc_1", "replica-b", TTL_S)
+    assert await ownership.renew_all(["rtc_1"], "replica-a", TTL_S) == {"rtc_1"}
+    assert await ownership.renew_all(["rtc_1"], "replica-b", TTL_S) == set()
     assert await ownership.take_over("replica-c", TTL_S, time.time()) == []
 
 

@@ -77,10 +77,6 @@ class CallOwnership(Protocol):
         """Record the call as active and take its lease; False if someone else holds it."""
         ...
 
-    async def renew(self, call_id: str, owner: str, ttl_s: float) -> bool:
-        """Extend `owner`'s lease; False if `owner` no longer holds it."""
-        ...
-
     async def renew_all(self, call_ids: Sequence[str], owner: str, ttl_s: float) -> set[str]:
         """Extend `owner`'s leases of `call_ids` at once; returns those it no longer holds."""
         ...
@@ -146,15 +142,15 @@ class MemoryCallOwnership:
         call.owner, call.lease_until = owner, self._clock() + ttl_s
         return True
 
-    async def renew(self, call_id: str, owner: str, ttl_s: float) -> bool:
-        call = self._calls.get(call_id)
-        if call is None or self._holder(call) != owner:
-            return False
-        call.lease_until = self._clock() + ttl_s
-        return True
-
     async def renew_all(self, call_ids: Sequence[str], owner: str, ttl_s: float) -> set[str]:
-        return {call_id for call_id in call_ids if not await self.renew(call_id, owner, ttl_s)}
+        lost: set[str] = set()
+        for call_id in call_ids:
+            call = self._calls.get(call_id)
+            if call is None or self._holder(call) != owner:
+                lost.add(call_id)
+            else:
+                call.lease_until = self._clock() + ttl_s
+        return lost
 
     async def release(self, call_id: str, owner: str) -> None:
         call = self._calls.get(call_id)
@@ -214,13 +210,6 @@ if holder and holder ~= ARGV[1] then return 0 end
 redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
 return 1
 """
-_RENEW = """
-if redis.call('GET', KEYS[1]) == ARGV[1] then
-  redis.call('PEXPIRE', KEYS[1], ARGV[2])
-  return 1
-end
-return 0
-"""
 # KEYS: the owner keys of many calls. ARGV: owner, ttl ms. The positions (1-based) of the
 # keys `owner` no longer holds.
 _RENEW_ALL = """
@@ -275,7 +264,6 @@ class RedisCallOwnership:
         self._redis = client
         self._prefix = prefix
         self._take_lease = client.register_script(_TAKE_LEASE)
-        self._renew = client.register_script(_RENEW)
         self._renew_all = client.register_script(_RENEW_ALL)
         self._release = client.register_script(_RELEASE)
         self._finish = client.register_script(_FINISH)
@@ -303,9 +291,6 @@ class RedisCallOwnership:
             pipe.zadd(self._active_key(), {ticket.call_id: ticket.active_until})
             await pipe.execute()
         return bool(await self._take_lease(keys=[owner_key], args=[owner, _ms(ttl_s)]))
-
-    async def renew(self, call_id: str, owner: str, ttl_s: float) -> bool:
-        return bool(await self._renew(keys=self._keys(call_id)[:1], args=[owner, _ms(ttl_s)]))
 
     async def renew_all(self, call_ids: Sequence[str], owner: str, ttl_s: float) -> set[str]:
         lost: set[str] = set()
