@@ -4,30 +4,28 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import gc
 import logging
 import signal
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 import httpx
 from fastapi import FastAPI
 
 from app.call_processing import CallProcessor, ProcessingOptions
-from app.calls.active_calls import ActiveCalls
-from app.calls.call_attendant import CallAttendant, CallEndLog
-from app.calls.call_ownership import CallOwnership, MemoryCallOwnership, RedisCallOwnership
+from app.calls.call_attendant import CallAttendant
 from app.calls.calls_process import CallsProcess
 from app.calls.calls_process_link import CallsConfig
-from app.calls.function_requests import FunctionRequester
+from app.calls_wiring import call_attendant, tuned_collector
 from app.http import admin, console, health, replay, webhooks
 from app.http.metrics_port import MetricsPortMiddleware
 from app.http.services import Services
 from app.metrics import Metrics
 from app.openai_calls import OpenAICallsClient
+from app.outbound_requests import outbound_http_client
 from app.rules.problems import RuleFileError
 from app.rules_reloading import RulesHolder, start_load_server
-from app.service_consultation import ServiceConsultant, outbound_http_client
+from app.service_consultation import ServiceConsultant
 from app.settings import Settings
 from app.store import RedisStore, Store, StoreAvailability, open_store
 from app.upstream_transport import upstream_http_client
@@ -35,8 +33,6 @@ from app.webhook_verification import WebhookVerifier
 from app.webhooks_first import WebhooksFirst
 
 log = logging.getLogger("sip_router")
-# How many young collections make one of the middle generation (CPython's default: 10).
-YOUNG_COLLECTIONS_PER_MIDDLE = 50
 
 
 def create_app(
@@ -92,7 +88,7 @@ def create_app(
     if calls_process:
         keeper = CallsProcess(calls_config, call_log=store, metrics_dir=metrics.multiprocess_dir)
     else:
-        keeper = _call_attendant(
+        keeper = call_attendant(
             calls_config,
             metrics=metrics,
             actions=calls,
@@ -204,91 +200,6 @@ def create_app(
         app.include_router(replay.router)
         app.include_router(console.router)
     return app
-
-
-@contextlib.contextmanager
-def tuned_collector() -> Iterator[None]:
-    """The garbage collector set for a long-running service, restored on the way out."""
-    # What start-up built (modules, the ruleset, the clients) lives as long as the
-    # service: out of the collector's full walks, which otherwise pause every call.
-    gc.collect()
-    gc.freeze()
-    # A full collection walks every active call's objects (about 130 each): 100-300 ms
-    # with 1,000 calls. It follows every 11th middle-generation collection, so those
-    # come after 50 young collections rather than 10: with 1,000 calls (bench/
-    # active_calls.py) 1 full collection a minute instead of 6, 39% fewer objects
-    # walked in all, the largest young walk 21,000 objects instead of 18,000.
-    thresholds = gc.get_threshold()
-    gc.set_threshold(thresholds[0], YOUNG_COLLECTIONS_PER_MIDDLE, thresholds[2])
-    try:
-        yield
-    finally:
-        gc.set_threshold(*thresholds)
-        gc.unfreeze()
-
-
-def calls_process_attendant(
-    config: CallsConfig, call_log: CallEndLog
-) -> tuple[CallAttendant, Callable[[], Awaitable[None]]]:
-    """The calls process's parts (app/calls_process_main.py): the attendant of its calls,
-    and what closes its clients once they are handed over."""
-    metrics = Metrics()
-    http = upstream_http_client(None)
-    actions = OpenAICallsClient(
-        http,
-        base_url=config.openai_base_url,
-        api_key=config.openai_api_key,
-        deadline_s=config.action_deadline_s,
-        on_response=metrics.upstream_answered,
-    )
-    outbound = outbound_http_client(None)
-    store = RedisStore.from_url(config.redis_url) if config.redis_url else None
-    attendant = _call_attendant(
-        config,
-        metrics=metrics,
-        actions=actions,
-        outbound=outbound,
-        call_log=call_log,
-        redis_store=store,
-    )
-
-    async def close() -> None:
-        await http.aclose()
-        await outbound.aclose()
-        if store is not None:
-            await store.aclose()
-
-    return attendant, close
-
-
-def _call_attendant(
-    config: CallsConfig,
-    *,
-    metrics: Metrics,
-    actions: OpenAICallsClient,
-    outbound: httpx.AsyncClient,
-    call_log: CallEndLog,
-    redis_store: RedisStore | None,
-    webhooks: WebhooksFirst | None = None,
-) -> CallAttendant:
-    """The attendant of the calls stayed with, their leases in Redis when there is one."""
-    ownership: CallOwnership = (
-        RedisCallOwnership(redis_store.client, prefix=f"{redis_store.prefix}sideband:")
-        if redis_store is not None
-        else MemoryCallOwnership()
-    )
-    return CallAttendant(
-        active=ActiveCalls(metrics),
-        ownership=ownership,
-        actions=actions,
-        functions=FunctionRequester(outbound, secret=config.outbound_secret),
-        call_log=call_log,
-        base_url=config.openai_base_url,
-        api_key=config.openai_api_key,
-        metrics=metrics,
-        keep_transcripts=config.keep_transcripts,
-        webhooks=webhooks,
-    )
 
 
 def _on_sighup(rules: RulesHolder) -> None:

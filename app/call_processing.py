@@ -20,13 +20,14 @@ from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from typing import Any, Protocol, cast
 
+from app.call_api import CallApi
 from app.errors import DeliveryError, ServiceUnavailable, StoreDown
 from app.metrics import Metrics
 from app.openai_calls import ActionResult, OpenAICallsClient, Verb
 from app.phone_numbers import mask_number
 from app.recorded_calls import compact_trace, decision_fields, kept_inputs
 from app.recorded_decisions import decision_from_record, decision_record, resent_outcome
-from app.rules.call_context import CallApi, CallContext
+from app.rules.call_context import CallContext
 from app.rules.profile_control import control_summary
 from app.rules.ruleset import Decision, Ruleset, party_fields
 from app.rules_reloading import RulesHolder

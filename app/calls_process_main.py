@@ -18,11 +18,11 @@ import sys
 from collections.abc import Coroutine, Mapping
 from typing import Any
 
-from app.app_factory import calls_process_attendant, tuned_collector
 from app.calls.call_attendant import CallAttendant
 from app.calls.call_ownership import CallTicket
 from app.calls.calls_process_link import LINE_LIMIT_BYTES, CallsConfig, encode, read_messages
 from app.calls.cpu_priority import yield_to_webhooks
+from app.calls_wiring import calls_process_attendant, tuned_collector
 from app.log_format import configure_logging
 from app.store import StoreUnavailable
 

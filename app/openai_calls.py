@@ -25,7 +25,7 @@ from typing import Any, Literal
 
 import httpx
 
-from app.rules.call_context import CALL_PATHS, CallApi
+from app.call_api import CALL_PATHS, CallApi
 
 Verb = Literal["accept", "refer", "reject", "hangup"]
 Outcome = Literal["ok", "gone", "duplicate", "failed", "unknown"]

@@ -14,8 +14,9 @@ from collections.abc import Iterable, Mapping, Sequence
 from datetime import UTC, datetime
 from typing import Any
 
+from app.call_api import CallApi
 from app.phone_numbers import mask_number
-from app.rules.call_context import CallApi, CallContext
+from app.rules.call_context import CallContext
 from app.rules.ruleset import Decision, Ruleset
 from app.sip_identity import SipHeaders, parse_parties
 

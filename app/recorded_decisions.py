@@ -13,9 +13,9 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any, cast, get_args
 
+from app.call_api import CallApi
 from app.calls.call_control import control_from_json, control_to_json
 from app.openai_calls import ActionResult
-from app.rules.call_context import CallApi
 from app.rules.ruleset import ActionKind, Decision
 
 _ACTIONS = frozenset(get_args(ActionKind))

@@ -13,8 +13,8 @@ from typing import Annotated
 
 from pydantic import BaseModel, ConfigDict, Field, StrictInt, StrictStr, ValidationError
 
+from app.call_api import CallApi
 from app.errors import UnreadablePayload
-from app.rules.call_context import CallApi
 
 INCOMING_CALL = "realtime.call.incoming"
 LIVE_TRANSPORT_INCOMING = "live.transport.incoming"

@@ -11,7 +11,7 @@ from datetime import UTC, datetime
 
 from standardwebhooks import Webhook
 
-from app.rules.call_context import CallApi
+from app.call_api import CallApi
 from app.rules.simulation import sip_headers_for
 
 

@@ -225,3 +225,16 @@ async def test_the_calls_process_reads_past_what_it_cannot_read(fake: FakeOpenAI
         link.send({"type": "stop"})
         assert await link.receive() == {"type": "stopped", "handed_over": 0}
         assert await link.exit_code() == 0
+
+
+def test_the_calls_process_imports_neither_the_web_framework_nor_the_rules_engine() -> None:
+    # Each worker has a calls process: what it imports is memory on every replica.
+    heavy = ["fastapi", "starlette", "pydantic", "app.rules.ruleset", "phonenumbers", "holidays"]
+    probe = (
+        "import sys, app.calls_process_main; "
+        f"print([name for name in {heavy!r} if name in sys.modules])"
+    )
+    imported = subprocess.run(
+        [sys.executable, "-c", probe], cwd=REPO_ROOT, capture_output=True, text=True, check=True
+    )
+    assert imported.stdout.strip() == "[]", imported.stdout

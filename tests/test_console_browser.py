@@ -16,7 +16,7 @@ import httpx
 import pytest
 
 from app.app_factory import create_app
-from app.rules.call_context import CallApi
+from app.call_api import CallApi
 from app.webhook_signing import signed_test_call
 from tests.conftest import app_settings
 from tests.fake_openai import FakeOpenAI

@@ -12,9 +12,9 @@ from collections.abc import Awaitable, Callable
 from types import TracebackType
 from typing import Any
 
+from app.call_api import CallApi
 from app.calls.sideband_connection import CallOutcome
 from app.metrics import Metrics
-from app.rules.call_context import CallApi
 
 log = logging.getLogger("sip_router.sideband")
 

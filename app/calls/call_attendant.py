@@ -18,11 +18,12 @@ import time
 from collections.abc import Callable, Generator, Mapping
 from dataclasses import replace
 from datetime import UTC, datetime
-from typing import Any, Protocol, get_args
+from typing import TYPE_CHECKING, Any, Protocol, get_args
 
 from redis.exceptions import RedisError
 from websockets.client import backoff
 
+from app.call_api import CallApi
 from app.calls.active_calls import ActiveCalls
 from app.calls.call_control import CallControl, control_from_json, control_to_json
 from app.calls.call_ownership import (
@@ -42,10 +43,11 @@ from app.calls.sideband_connection import (
     sideband_url,
 )
 from app.metrics import Metrics
-from app.rules.call_context import CallApi
-from app.rules.ruleset import Decision
 from app.store import StoreUnavailable
 from app.webhooks_first import WebhooksFirst
+
+if TYPE_CHECKING:  # the rules engine stays out of the calls process
+    from app.rules.ruleset import Decision
 
 log = logging.getLogger("sip_router.sideband")
 RECORD_RETRY_DELAYS_S = (0.2, 0.5, 1.0, 2.0)

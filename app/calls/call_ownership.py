@@ -25,7 +25,7 @@ from typing import Any, Protocol
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
-from app.rules.call_context import CallApi
+from app.call_api import CallApi
 
 log = logging.getLogger("sip_router.sideband")
 

@@ -23,6 +23,7 @@ from websockets.asyncio.client import ClientConnection, connect
 from websockets.client import backoff
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 
+from app.call_api import CallApi
 from app.calls.call_control import CallControl, control_to_json
 from app.calls.call_session import CallSession
 from app.calls.function_requests import CallFacts, FunctionRequester, FunctionResult
@@ -49,7 +50,6 @@ from app.calls.session_events import (
 )
 from app.metrics import Metrics
 from app.openai_calls import ActionResult, Verb
-from app.rules.call_context import CallApi
 from app.webhooks_first import WebhooksFirst
 
 log = logging.getLogger("sip_router.sideband")

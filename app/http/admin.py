@@ -19,10 +19,10 @@ from fastapi import APIRouter, Depends, HTTPException, Query, Request
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from app.call_api import CallApi
 from app.call_replay import export_json
 from app.http.services import Services, ServicesDep
 from app.recorded_calls import call_json
-from app.rules.call_context import CallApi
 from app.rules.file_reading import FileRefused, RuleFolder
 from app.rules.problems import RuleFileError
 from app.rules.simulation import decision_json, simulated_context

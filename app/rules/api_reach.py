@@ -14,7 +14,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import get_args
 
-from app.rules.call_context import CallApi
+from app.call_api import CallApi
 from app.rules.conditions import AllOf, AnyOf, ApiCondition, Condition, Not
 from app.rules.profile_control import ANNOUNCER_PROFILE
 from app.rules.ruleset import (

@@ -4,15 +4,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Literal
 
+from app.call_api import CallApi
 from app.sip_identity import CallParties, SipHeaders
-
-# Which of OpenAI's voice APIs announced the call: Realtime (`realtime.call.incoming`,
-# `/realtime/calls/{call_id}/...`) or GPT-Live (`live.*.incoming`, `/live/sessions/{id}/...`).
-CallApi = Literal["realtime", "live"]
-# Where each API's call endpoints are, below OPENAI_BASE_URL: `{path}/{id}/{verb}`.
-CALL_PATHS: dict[CallApi, str] = {"realtime": "/realtime/calls", "live": "/live/sessions"}
 
 
 @dataclass(frozen=True, slots=True)

@@ -10,7 +10,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Literal, Protocol
 
-from app.rules.call_context import CallApi, CallContext
+from app.call_api import CallApi
+from app.rules.call_context import CallContext
 from app.rules.linear_regex import Regex
 from app.rules.number_set import NumberSet
 from app.rules.schedule import CompiledSchedule

@@ -23,6 +23,7 @@ from zoneinfo import ZoneInfo
 import phonenumbers
 from pydantic import ValidationError
 
+from app.call_api import CallApi
 from app.calls.call_control import END_CALL, CompanyFunction
 from app.outbound_urls import check_outbound_url
 from app.phone_numbers import NumberFormatError, normalize_number, normalize_prefix
@@ -36,7 +37,6 @@ from app.rules.accept_body import (
     voice_warnings,
 )
 from app.rules.api_reach import api_warnings
-from app.rules.call_context import CallApi
 from app.rules.conditions import (
     ALWAYS,
     AllOf,

@@ -10,6 +10,7 @@ from zoneinfo import ZoneInfo
 
 from pydantic import ValidationError
 
+from app.call_api import CALL_PATHS, CallApi
 from app.calls.call_control import (
     HANG_UP,
     CallControl,
@@ -24,7 +25,7 @@ from app.rules.accept_body import (
     compile_accept_templates,
     validate_session_config,
 )
-from app.rules.call_context import CALL_PATHS, CallApi, CallContext
+from app.rules.call_context import CallContext
 from app.rules.conditions import Condition
 from app.rules.consultation import (
     ConsultNote,

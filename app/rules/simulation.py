@@ -14,7 +14,8 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from app.rules.call_context import CallApi, CallContext
+from app.call_api import CallApi
+from app.rules.call_context import CallContext
 from app.rules.file_model import TestCaseSpec
 from app.rules.profile_control import control_summary
 from app.rules.ruleset import Decision, Ruleset
