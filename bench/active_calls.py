@@ -13,8 +13,11 @@ service itself (`create_app`, its lifespan running, its calls process as under `
 3. the same webhook run again while they are active.
 
 It reports memory per active call (RSS growth of this process and the calls process /
-calls), the webhooks' event-loop lag p99 (a 10 ms ticker), and decision latency p50/p99
-without and with the active calls. Timings vary with the machine's load; the collector's
+calls), the webhooks' event-loop lag p99 (a 10 ms ticker), decision latency p50/p99
+without and with the active calls, and the CPU share of the service's process, the calls
+process and the peer during the run with calls. `--webhooks 5000` gives runs of 100 s,
+whose p99 varies less from run to run; `--latencies FILE` keeps every decision's latency
+to pool several runs. Timings vary with the machine's load; the collector's
 share does not, so it is reported too: the full (generation 2) collections during each
 webhook run in this process, with their total and longest pause (`gc.callbacks`), and
 with `--inline` objects the collector tracks and asyncio tasks per active call (after a
@@ -389,6 +392,10 @@ async def measure(args: argparse.Namespace, urls: dict[str, Any]) -> dict[str, A
         stop.set()
         await ticker
     ratio = results["with_calls"]["p50_ms"] / results["baseline"]["p50_ms"]
+    if args.latencies:
+        # Every decision's latency, to pool several runs' (their p99 over more decisions).
+        raw = {"baseline": base, "with_calls": loaded}
+        Path(args.latencies).write_text(json.dumps(raw), encoding="utf-8")
     results["p50_ratio"] = round(ratio, 3)
     results["p99_ratio"] = round(results["with_calls"]["p99_ms"] / results["baseline"]["p99_ms"], 3)
     return results
@@ -474,6 +481,11 @@ def main() -> int:
         action="store_true",
         help="run the peer (fake OpenAI, the function's service) at normal CPU priority,"
         " competing with the replica for this machine's CPUs",
+    )
+    parser.add_argument(
+        "--latencies",
+        metavar="FILE",
+        help="write every decision's latency (seconds) of both runs to FILE as JSON",
     )
     parser.add_argument("--peer", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--burn", type=float, help=argparse.SUPPRESS)
