@@ -22,7 +22,6 @@ from pydantic.json_schema import SkipJsonSchema
 from pydantic_core import PydanticCustomError
 
 from app.calls.call_control import CallControl
-from app.calls.call_tools import call_control_tools, refuse_taken_names
 from app.rules.accept_body import (
     FORMAT_REFUSED,
     BodyPath,
@@ -34,6 +33,7 @@ from app.rules.accept_body import (
     _Model,
     misspelt_voice_warnings,
 )
+from app.rules.call_control_tools import call_control_tools, refuse_taken_names
 
 __all__ = [
     "LIVE_ANNOUNCER_SESSION",

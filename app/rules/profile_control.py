@@ -21,7 +21,7 @@ from app.calls.call_control import (
     CompanyFunction,
     TransferTarget,
 )
-from app.calls.call_tools import call_control_tools
+from app.rules.call_control_tools import call_control_tools
 from app.rules.file_model import Name
 from app.rules.target_uris import check_target_uri
 from app.rules.templates import Template, TemplateRenderError

@@ -17,7 +17,6 @@ from app.calls.call_control import (
     ReferAfterAccept,
     ReferFailure,
 )
-from app.calls.call_tools import with_call_control_tools
 from app.rules.accept_body import (
     AcceptTemplates,
     SessionConfig,
@@ -26,6 +25,7 @@ from app.rules.accept_body import (
     validate_session_config,
 )
 from app.rules.call_context import CallContext
+from app.rules.call_control_tools import with_call_control_tools
 from app.rules.conditions import Condition
 from app.rules.consultation import (
     ConsultNote,

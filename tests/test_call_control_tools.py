@@ -8,10 +8,10 @@ import httpx
 import pytest
 
 from app.calls.call_control import CallControl, CompanyFunction, TransferTarget
-from app.calls.call_tools import call_control_tools, with_call_control_tools
 from app.openai_calls import OpenAICallsClient
 from app.outbound_urls import check_outbound_url
 from app.rules.accept_body import build_accept_body, validate_session_config
+from app.rules.call_control_tools import call_control_tools, with_call_control_tools
 from tests.fake_openai import MOCK_BASE_URL, FakeOpenAI
 
 CONTROL = CallControl(
