@@ -18,7 +18,7 @@ import time
 from collections.abc import Callable, Generator, Mapping
 from dataclasses import replace
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING, Any, Protocol, get_args
+from typing import Any, Protocol, get_args
 
 from redis.exceptions import RedisError
 from websockets.client import backoff
@@ -46,11 +46,24 @@ from app.metrics import Metrics
 from app.store import StoreUnavailable
 from app.webhooks_first import WebhooksFirst
 
-if TYPE_CHECKING:  # the rules engine stays out of the calls process
-    from app.rules.ruleset import Decision
-
 log = logging.getLogger("sip_router.sideband")
 RECORD_RETRY_DELAYS_S = (0.2, 0.5, 1.0, 2.0)
+
+
+class AcceptedDecision(Protocol):
+    """What a call's ticket takes from the decision that accepted it (the rules engine's
+    `Decision` has all of it, and the calls need nothing else of the rules)."""
+
+    @property
+    def rule(self) -> str | None: ...
+    @property
+    def profile(self) -> str | None: ...
+    @property
+    def max_duration_s(self) -> float | None: ...
+    @property
+    def control(self) -> CallControl | None: ...
+    @property
+    def api(self) -> CallApi: ...
 
 
 class CallEndLog(Protocol):
@@ -123,7 +136,7 @@ class CallAttendant:
     async def stay_with(
         self,
         call_id: str,
-        decision: Decision,
+        decision: AcceptedDecision,
         caller: Mapping[str, Any],
         called: Mapping[str, Any],
     ) -> None:
@@ -266,7 +279,7 @@ class CallAttendant:
 
 def call_ticket(
     call_id: str,
-    decision: Decision,
+    decision: AcceptedDecision,
     caller: Mapping[str, Any],
     called: Mapping[str, Any],
     *,

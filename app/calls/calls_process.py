@@ -32,14 +32,13 @@ from typing import Any
 from prometheus_client import multiprocess
 from websockets.client import backoff
 
-from app.calls.call_attendant import call_ticket
+from app.calls.call_attendant import AcceptedDecision, call_ticket
 from app.calls.calls_process_link import (
     LINE_LIMIT_BYTES,
     CallsConfig,
     encode,
     read_messages,
 )
-from app.rules.ruleset import Decision
 from app.store import CallLog, StoreUnavailable
 
 log = logging.getLogger("sip_router.sideband")
@@ -105,7 +104,7 @@ class CallsProcess:
     async def stay_with(
         self,
         call_id: str,
-        decision: Decision,
+        decision: AcceptedDecision,
         caller: Mapping[str, Any],
         called: Mapping[str, Any],
     ) -> None:
