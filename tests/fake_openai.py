@@ -891,8 +891,7 @@ class FakeOpenAI:
         self._any_script: deque[Behaviour] = deque()
         self._calls: dict[str, str] = {}
         # Who waits for a call to leave `active` (its sideband's watcher), by call.
-        self._call_watchers: dict[str, list[tuple[asyncio.AbstractEventLoop, asyncio.Event]]]
-        self._call_watchers = {}
+        self._call_watchers: dict[str, list[tuple[asyncio.AbstractEventLoop, asyncio.Event]]] = {}
         # Ids announcing one SIP call share a group; the id that decided each group.
         self._call_groups: dict[str, frozenset[str]] = {}
         self._decided_by: dict[frozenset[str], str] = {}
@@ -962,12 +961,16 @@ class FakeOpenAI:
         whichever thread makes it)."""
         loop = asyncio.get_running_loop()
         while True:
-            changed = asyncio.Event()
+            watcher = (loop, asyncio.Event())
             with self._lock:
                 if self._calls.get(call_id) != "active":
                     return
-                self._call_watchers.setdefault(call_id, []).append((loop, changed))
-            await changed.wait()
+                self._call_watchers.setdefault(call_id, []).append(watcher)
+            try:
+                await watcher[1].wait()
+            finally:  # a sideband that closed first leaves no watcher behind
+                with self._lock, contextlib.suppress(KeyError, ValueError):
+                    self._call_watchers[call_id].remove(watcher)
 
     def _set_call_state_locked(
         self, call_id: str, state: str, *, unless_known: bool = False

@@ -25,8 +25,9 @@ class FunctionService:
 
     async def handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         try:
-            while await self._answer_one(reader, writer) and self.keep_alive:
-                pass
+            while await self._answer_one(reader, writer):
+                if not self.keep_alive:
+                    break
         except (ConnectionError, asyncio.IncompleteReadError):
             pass
         finally:

@@ -74,9 +74,8 @@ class CallsProcess:
         # Tickets sent and not yet taken: sent again (once) to the next calls process if
         # this one dies first.
         self._untaken: dict[str, _Ticket] = {}
-        # The link to the running calls process, and the same once it is ready for tickets.
+        # The link to the running calls process (it takes tickets once `_ready` is set).
         self._link: asyncio.StreamWriter | None = None
-        self._writer: asyncio.StreamWriter | None = None
         self._process: subprocess.Popen[bytes] | None = None
         self._supervisor: asyncio.Task[None] | None = None
         self._ready = asyncio.Event()
@@ -123,7 +122,7 @@ class CallsProcess:
         self._send_ticket(_Ticket(call_id, line))
 
     def _send_ticket(self, ticket: _Ticket) -> None:
-        writer = self._writer
+        writer = self._link if self._ready.is_set() else None
         if writer is None:
             if len(self._waiting) >= MAX_WAITING_TICKETS:
                 _not_stayed_with(ticket.call_id, "the calls process is not running")
@@ -213,7 +212,7 @@ class CallsProcess:
             try:
                 await self._listen(reader, writer)
             finally:
-                self._link = self._writer = None
+                self._link = None
                 self._ready.clear()
                 writer.close()
                 self._resend_untaken()
@@ -233,10 +232,9 @@ class CallsProcess:
         async for message in read_messages(reader, "the calls process"):
             kind = message["type"]
             if kind == "ready":
-                self._writer = writer
+                self._ready.set()
                 while self._waiting:
                     self._send_ticket(self._waiting.popleft())
-                self._ready.set()
                 log.info("calls process ready", extra={"fields": {"pid": self.pid}})
             elif kind == "taken":
                 self._untaken.pop(str(message.get("call_id")), None)
